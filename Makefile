@@ -1,0 +1,51 @@
+# adrenaline_sgl: every command a user or CI runs. Each target installs what it needs through `setup`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+RESULTS_DIR ?= results
+export RESULTS_DIR
+FIGS := 1 2 5 6 7 8 9
+
+.PHONY: setup test test-fast lint e2e demo demo-check bench-kernels reproduce-all clean help \
+	$(addprefix reproduce-fig,$(FIGS))
+
+help:
+	@echo "make setup           create .venv with the CPU stack (GPU stack where nvidia-smi sees a GPU)"
+	@echo "make test            setup, then the CPU test suite (GPU tests skip with a reason)"
+	@echo "make lint            ruff"
+	@echo "make reproduce-figN  figure N ($(FIGS)) into $(RESULTS_DIR)/figN/ (simulated on CPU)"
+	@echo "make reproduce-all   every figure"
+	@echo "make demo            1P1D SGLang stack with Adrenaline on loopback, until Ctrl-C"
+	@echo "make demo-check      start the demo stack, ask one question, check the answer, stop"
+	@echo "make e2e             end-to-end suite against real SGLang servers"
+	@echo "make bench-kernels   decode-attention kernel benchmark CSV into $(RESULTS_DIR)/kernels/"
+
+setup:
+	@bash .ci/setup.sh
+
+test: setup
+	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check adrenaline_sgl kernels experiments plots tests
+
+e2e: setup
+	$(PY) -m pytest -m e2e tests/e2e $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) -m adrenaline_sgl.launch --config adrenaline_sgl/configs/cpu_demo.yaml
+
+demo-check: setup
+	$(PY) -m adrenaline_sgl.launch --config adrenaline_sgl/configs/cpu_demo.yaml --check
+
+bench-kernels: setup
+	$(PY) -m adrenaline_kernels.bench --out $(RESULTS_DIR)/kernels/bench.csv
+
+$(addprefix reproduce-fig,$(FIGS)): reproduce-fig%: setup
+	$(PY) -m experiments.run fig$* $(ARGS)
+
+reproduce-all: setup
+	$(PY) -m experiments.run all $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

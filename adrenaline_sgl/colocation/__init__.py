@@ -1,0 +1,1 @@
+"""See docs/design.md for this package's role."""

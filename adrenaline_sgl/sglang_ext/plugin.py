@@ -1,0 +1,19 @@
+"""SGLang plugin entry point (`sglang.srt.plugins` group, see pyproject.toml).
+
+SGLang calls `load()` in every process it starts (launcher, scheduler, detokenizer). It must stay cheap
+and must not import CUDA-only modules.
+"""
+
+SUPPORTED_SGLANG_VERSION = "0.5.23"
+
+
+def load() -> None:
+    """Check the SGLang version; the hooks are registered by later modules of this package."""
+    from importlib.metadata import version
+
+    found = version("sglang")
+    if found != SUPPORTED_SGLANG_VERSION:
+        raise RuntimeError(
+            f"adrenaline_sgl supports sglang=={SUPPORTED_SGLANG_VERSION} only, found sglang=={found}; "
+            f"install the pinned version (pip install -c .ci/constraints.txt sglang=={SUPPORTED_SGLANG_VERSION})"
+        )
