@@ -2,11 +2,44 @@
 
 SGLang calls `load()` in every process it starts (launcher, scheduler, detokenizer). It must stay cheap
 and must not import CUDA-only modules.
+
+`load()` registers every Adrenaline hook with SGLang's `HookRegistry`; `load_plugins()` applies them right
+after. Every hook is inert unless the instance was started with `--adrenaline-role prefill|decode` and the
+request is marked offloaded, so stock PD serving through this plugin is stock SGLang. The table of hooks,
+with what each changes and why, is `hook_table()`; docs/sglang.md repeats it for operators.
 """
 
 import os
 
 SUPPORTED_SGLANG_VERSION = "0.5.23"
+
+
+class UnsupportedSGLangVersion(SystemExit):
+    """Raised by `load()` on another sglang version.
+
+    NOTE: a SystemExit on purpose: `sglang.srt.plugins.load_plugins` catches `Exception` from a plugin, logs
+    it and starts the server anyway; the hooks target 0.5.23 internals, so start-up must stop instead.
+    """
+
+
+def hook_table() -> list[tuple[str, object, object]]:
+    """(target, hook, HookType) for every hook; imports only our light hook modules and sglang's registry."""
+    from sglang.srt.plugins.hook_registry import HookType
+
+    from adrenaline_sgl.sglang_ext import args_hooks
+
+    return [
+        (args_hooks.ADD_CLI_ARGS, args_hooks.add_cli_args_hook, HookType.AROUND),
+        (args_hooks.FROM_CLI_ARGS, args_hooks.from_cli_args_hook, HookType.AROUND),
+    ]
+
+
+def register_hooks() -> None:
+    """Register `hook_table()` with SGLang's HookRegistry (applied by `load_plugins()` right after)."""
+    from sglang.srt.plugins.hook_registry import HookRegistry
+
+    for target, hook, hook_type in hook_table():
+        HookRegistry.register(target, hook, hook_type)
 
 
 def load() -> None:
@@ -15,7 +48,7 @@ def load() -> None:
 
     found = version("sglang")
     if found != SUPPORTED_SGLANG_VERSION:
-        raise RuntimeError(
+        raise UnsupportedSGLangVersion(
             f"adrenaline_sgl supports sglang=={SUPPORTED_SGLANG_VERSION} only, found sglang=={found}; "
             f"install the pinned version (pip install -c .ci/constraints.txt sglang=={SUPPORTED_SGLANG_VERSION})"
         )
@@ -24,3 +57,4 @@ def load() -> None:
         from adrenaline_sgl.sglang_ext.cpu import fixes
 
         fixes.apply()
+    register_hooks()

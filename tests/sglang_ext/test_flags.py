@@ -1,0 +1,93 @@
+"""AdrenalineArgs validation and the argparse group (no sglang import needed)."""
+
+import argparse
+
+import pytest
+
+from adrenaline_sgl.sglang_ext import flags
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser()
+    flags.add_cli_args(parser)
+    return flags.from_namespace(parser.parse_args(argv))
+
+
+def test_defaults_are_stock_sglang():
+    args = flags.AdrenalineArgs()
+    assert not args.enabled
+    assert args.executor_addr == "127.0.0.1:31000"
+
+
+def test_every_flag_parses_into_its_field():
+    args = _parse(
+        [
+            "--adrenaline-role", "prefill",
+            "--adrenaline-transport", "inproc",
+            "--adrenaline-executor-host", "10.0.0.2",
+            "--adrenaline-executor-port", "4000",
+            "--adrenaline-executor-sm-share", "0.25",
+            "--adrenaline-executor-max-tokens", "8192",
+            "--adrenaline-offload-policy", "ratio:0.3",
+            "--adrenaline-remote-timeout-s", "2.5",
+        ]
+    )  # fmt: skip
+    assert args == flags.AdrenalineArgs(
+        role="prefill",
+        transport="inproc",
+        executor_host="10.0.0.2",
+        executor_port=4000,
+        executor_sm_share=0.25,
+        executor_max_tokens=8192,
+        offload_policy="ratio:0.3",
+        remote_timeout_s=2.5,
+    )
+    assert args.enabled and args.executor_addr == "10.0.0.2:4000"
+
+
+def test_every_flag_has_help():
+    parser = argparse.ArgumentParser()
+    flags.add_cli_args(parser)
+    text = parser.format_help()
+    for field in flags.dataclasses.fields(flags.AdrenalineArgs):
+        assert "--adrenaline-" + field.name.replace("_", "-") in text
+        assert field.metadata["help"]
+
+
+def test_unknown_role_is_rejected_by_the_parser(capsys):
+    with pytest.raises(SystemExit):
+        _parse(["--adrenaline-role", "both"])
+    assert "--adrenaline-role" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"role": "both"}, "role"),
+        ({"transport": "rdma"}, "transport"),
+        ({"executor_port": 0}, "executor_port"),
+        ({"executor_sm_share": 0.0}, "executor_sm_share"),
+        ({"executor_sm_share": 1.5}, "executor_sm_share"),
+        ({"executor_max_tokens": -1}, "executor_max_tokens"),
+        ({"offload_policy": "ratio:1.5"}, "offload_policy"),
+        ({"offload_policy": "sometimes"}, "offload_policy"),
+        ({"remote_timeout_s": 0}, "remote_timeout_s"),
+        ({"executor_host": ""}, "executor_host"),
+    ],
+)
+def test_bad_values_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field) as err:
+        flags.AdrenalineArgs(**kwargs)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("text", ["never", "always", "auto", "ratio:0", "ratio:1", "ratio:0.25"])
+def test_valid_policies(text):
+    assert flags.validate_policy(text) == text
+
+
+def test_of_a_record_without_our_attribute_is_disabled():
+    class Record:
+        pass
+
+    assert flags.of(Record()) == flags.AdrenalineArgs()
