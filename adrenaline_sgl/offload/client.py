@@ -1,0 +1,126 @@
+"""The offload client (decode side): per step, which rows are offloaded; per layer, submit then wait.
+
+    client.begin_step(rids)                  off the critical path: the executor allocates and plans
+    for each layer:
+        client.submit(layer, q_off, k_off, v_off)  one message, returns at once
+        ... local attention for the other rows ...
+        o_off, lse_off = client.wait()           the executor's answer, or OffloadError after the timeout
+    (client.abort_step() if the step cannot finish)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .errors import OffloadError
+from .transports.base import Channel
+from .wire import RowLayout
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    layer_timeout_s: float = field(default=5.0, metadata={"help": "seconds wait() waits for one layer's reply"})
+    control_timeout_s: float = field(
+        default=60.0, metadata={"help": "seconds a control call (adopt, release, begin_step) may take"}
+    )
+
+    def __post_init__(self):
+        for name in ("layer_timeout_s", "control_timeout_s"):
+            value = getattr(self, name)
+            if not 0 < value <= 3600:
+                raise ValueError(f"{name} must lie in (0, 3600] seconds, got {value}")
+
+
+class OffloadClient:
+    """Decode-side handle on one executor, over any `Channel`."""
+
+    def __init__(self, channel: Channel, layout: RowLayout, num_layers: int, config: ClientConfig | None = None):
+        self.channel = channel
+        self.layout = layout
+        self.num_layers = num_layers
+        self.config = config or ClientConfig()
+        self.round_trip_ms: list[float] = []  # one entry per layer: submit() to wait() returning
+        self._step_id: int | None = None
+        self._rids: tuple[str, ...] = ()
+        self._pending: tuple[int, float] | None = None  # (layer, submit time)
+        info, _ = self._call("hello", {"layout": layout.to_json(), "num_layers": num_layers})
+        self.executor_info: dict[str, Any] = info
+
+    @property
+    def address(self) -> str:
+        return self.channel.address
+
+    @property
+    def offloaded_rids(self) -> tuple[str, ...]:
+        return self._rids
+
+    # ---- off the per-layer path ----
+
+    def adopt_copy(self, rid: str, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Hand the executor a prompt's KV `[num_layers, T, Hkv, D]` (the copy case)."""
+        self._call("adopt_copy", {"rid": rid}, {"k": k, "v": v})
+
+    def release(self, rid: str) -> None:
+        self._call("release", {"rid": rid})
+
+    def begin_step(self, rids: Sequence[str]) -> None:
+        """This step's offloaded requests, in the order their rows will be submitted."""
+        if self._pending is not None:
+            raise OffloadError(f"begin_step: layer {self._pending[0]} was submitted but never waited for")
+        self._rids = tuple(rids)
+        self._step_id, _ = self._call("begin_step", {"rids": list(self._rids)})
+
+    def abort_step(self) -> None:
+        """Roll the executor's step back (after an error); a no-op when no step is open."""
+        self._pending = None
+        if self._step_id is not None:
+            self._step_id = None
+            self._call("abort_step", {})
+
+    def stats(self) -> dict[str, Any]:
+        return self._call("stats", {})[0]
+
+    def close(self) -> None:
+        self.channel.close()
+
+    # ---- the per-layer path ----
+
+    def submit(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Send the offloaded rows' q `[N, Hq, D]`, k, v `[N, Hkv, D]` for `layer` in one message."""
+        if self._step_id is None:
+            raise OffloadError(f"submit(layer={layer}) to {self.address}: no open step; call begin_step first")
+        if self._pending is not None:
+            raise OffloadError(f"submit(layer={layer}) to {self.address}: layer {self._pending[0]} still pending")
+        if q.shape[0] != len(self._rids):
+            raise OffloadError(f"submit(layer={layer}): {q.shape[0]} rows, but the step offloads {len(self._rids)}")
+        self._pending = (layer, time.perf_counter())
+        self.channel.send_layer(self._step_id, layer, q, k, v)
+
+    def wait(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """o `[N, Hq, D]`, lse `[N, Hq]` of the submitted layer; `OffloadError` after `layer_timeout_s`."""
+        if self._pending is None:
+            raise OffloadError(f"wait() on {self.address}: nothing was submitted")
+        layer, start = self._pending
+        try:
+            o, lse = self.channel.recv_layer(self._step_id, layer, self.config.layer_timeout_s)
+        except OffloadError:
+            raise
+        except Exception as exc:  # a transport bug must still surface as an offload failure
+            raise OffloadError(f"executor at {self.address}, layer {layer}: {exc}") from exc
+        finally:
+            self._pending = None
+        self.round_trip_ms.append((time.perf_counter() - start) * 1e3)
+        return o, lse
+
+    def _call(self, op: str, args: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None):
+        try:
+            return self.channel.call(op, args, tensors, self.config.control_timeout_s)
+        except OffloadError:
+            raise
+        except Exception as exc:
+            raise OffloadError(f"executor at {self.address}: {op} failed: {exc}") from exc

@@ -1,0 +1,139 @@
+"""What crosses a process boundary: the per-layer row layout and the control-message framing.
+
+Per layer (data plane), one contiguous byte buffer each way, N = offloaded rows of the step:
+    request  q [N, Hq, D] | k [N, Hkv, D] | v [N, Hkv, D]          (model dtype)
+    reply    o [N, Hq, D] (model dtype) | lse [N, Hq] (float32, natural log)
+
+Control plane (adopt, release, begin_step, ...): ZMQ multipart frames
+    [kind, json header, raw tensor bytes...]; the header lists each tensor's name, dtype and shape.
+No pickle: a peer can only send tensors and JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64,
+           "int32": torch.int32, "uint8": torch.uint8, "bool": torch.bool}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    name = str(dtype).removeprefix("torch.")
+    if name not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype}")
+    return name
+
+
+def dtype_from_name(name: str) -> torch.dtype:
+    if name not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {name!r}")
+    return _DTYPES[name]
+
+
+@dataclass(frozen=True)
+class RowLayout:
+    """Shapes of one offloaded row; both sides must agree (checked at connect)."""
+
+    num_q_heads: int
+    num_kv_heads: int
+    head_dim: int
+    dtype: torch.dtype
+
+    def __post_init__(self):
+        for name in ("num_q_heads", "num_kv_heads", "head_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_q_heads % self.num_kv_heads:
+            raise ValueError(f"num_q_heads ({self.num_q_heads}) must be a multiple of num_kv_heads "
+                             f"({self.num_kv_heads})")
+        dtype_name(self.dtype)
+
+    @property
+    def elem_bytes(self) -> int:
+        return torch.empty(0, dtype=self.dtype).element_size()
+
+    def request_bytes(self, rows: int) -> int:
+        return rows * (self.num_q_heads + 2 * self.num_kv_heads) * self.head_dim * self.elem_bytes
+
+    def reply_bytes(self, rows: int) -> int:
+        return rows * self.num_q_heads * (self.head_dim * self.elem_bytes + 4)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"num_q_heads": self.num_q_heads, "num_kv_heads": self.num_kv_heads, "head_dim": self.head_dim,
+                "dtype": dtype_name(self.dtype)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> RowLayout:
+        return cls(int(d["num_q_heads"]), int(d["num_kv_heads"]), int(d["head_dim"]), dtype_from_name(d["dtype"]))
+
+    # ---- packing into / out of a flat uint8 buffer ----
+
+    def _views(self, buf: torch.Tensor, rows: int, shapes: list[tuple[tuple[int, ...], torch.dtype]]):
+        out, offset = [], 0
+        for shape, dtype in shapes:
+            nbytes = torch.Size(shape).numel() * torch.empty(0, dtype=dtype).element_size()
+            out.append(buf[offset : offset + nbytes].view(dtype).view(shape))
+            offset += nbytes
+        return out
+
+    def _request_shapes(self, rows: int):
+        d, dt = self.head_dim, self.dtype
+        return [((rows, self.num_q_heads, d), dt), ((rows, self.num_kv_heads, d), dt),
+                ((rows, self.num_kv_heads, d), dt)]
+
+    def _reply_shapes(self, rows: int):
+        return [((rows, self.num_q_heads, self.head_dim), self.dtype), ((rows, self.num_q_heads), torch.float32)]
+
+    def pack_request(self, buf: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> int:
+        """Copy q, k, v into `buf` (uint8); returns the byte count."""
+        rows = q.shape[0]
+        for view, src in zip(self._views(buf, rows, self._request_shapes(rows)), (q, k, v)):
+            view.copy_(src)
+        return self.request_bytes(rows)
+
+    def unpack_request(self, buf: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Views (no copy) of q `[N, Hq, D]`, k, v `[N, Hkv, D]` inside `buf`."""
+        q, k, v = self._views(buf, rows, self._request_shapes(rows))
+        return q, k, v
+
+    def pack_reply(self, buf: torch.Tensor, o: torch.Tensor, lse: torch.Tensor) -> int:
+        rows = o.shape[0]
+        for view, src in zip(self._views(buf, rows, self._reply_shapes(rows)), (o, lse)):
+            view.copy_(src)
+        return self.reply_bytes(rows)
+
+    def unpack_reply(self, buf: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copies of o `[N, Hq, D]` and lse `[N, Hq]` (the staging buffer is reused by the next layer)."""
+        o, lse = self._views(buf, rows, self._reply_shapes(rows))
+        return o.clone(), lse.clone()
+
+
+def encode(kind: str, header: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None) -> list[bytes]:
+    """Frames for one control message: [kind, json header, tensor bytes...]."""
+    tensors = tensors or {}
+    meta = [{"name": n, "dtype": dtype_name(t.dtype), "shape": list(t.shape)} for n, t in tensors.items()]
+    frames = [kind.encode(), json.dumps({"header": header, "tensors": meta}).encode()]
+    for t in tensors.values():
+        frames.append(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return frames
+
+
+def decode(frames: list[bytes]) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
+    """Inverse of `encode`; raises ValueError on a malformed message."""
+    if len(frames) < 2:
+        raise ValueError(f"a message needs at least 2 frames (kind, header), got {len(frames)}")
+    kind = bytes(frames[0]).decode()
+    body = json.loads(bytes(frames[1]))
+    meta = body.get("tensors", [])
+    if len(meta) != len(frames) - 2:
+        raise ValueError(f"message {kind!r} lists {len(meta)} tensors but carries {len(frames) - 2}")
+    tensors = {}
+    for m, raw in zip(meta, frames[2:]):
+        dtype = dtype_from_name(m["dtype"])
+        flat = torch.frombuffer(bytearray(raw), dtype=torch.uint8) if len(raw) else torch.empty(0, dtype=torch.uint8)
+        tensors[m["name"]] = flat.view(dtype).view(m["shape"])
+    return kind, body["header"], tensors
