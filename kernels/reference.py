@@ -54,16 +54,21 @@ def merge_state_ref(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Combine two attention states over disjoint KV sets: o `[T, H, D]`, lse `[T, H]` natural log.
 
-    Returns (o `[T, H, D]` in o_a.dtype, lse `[T, H]` float32). Empty sides (lse = -inf) get weight 0;
-    both empty gives (0, -inf), never NaN.
+    Returns (o `[T, H, D]` in o_a.dtype, lse `[T, H]` float32). Empty sides (lse = -inf, or +inf as some
+    kernels write it) get weight 0, whatever their o holds; both empty gives (0, -inf), never NaN.
     """
     la, lb = lse_a.float(), lse_b.float()
+    # +inf marks an empty state in some kernels (SGLang's merge_state_triton maps it the same way).
+    la = torch.where(torch.isposinf(la), torch.full_like(la, float("-inf")), la)
+    lb = torch.where(torch.isposinf(lb), torch.full_like(lb, float("-inf")), lb)
     m = torch.maximum(la, lb)  # [T, H]
     m_safe = torch.where(torch.isneginf(m), torch.zeros_like(m), m)
     wa, wb = torch.exp(la - m_safe), torch.exp(lb - m_safe)  # [T, H], 0 where the side is empty
     s = wa + wb
     s_safe = torch.where(s > 0, s, torch.ones_like(s))
-    o = (o_a.float() * (wa / s_safe)[..., None] + o_b.float() * (wb / s_safe)[..., None]).to(o_a.dtype)
+    part_a = torch.where((wa > 0)[..., None], o_a.float() * (wa / s_safe)[..., None], 0.0)
+    part_b = torch.where((wb > 0)[..., None], o_b.float() * (wb / s_safe)[..., None], 0.0)
+    o = (part_a + part_b).to(o_a.dtype)
     lse = m_safe + torch.log(s)  # log(0) = -inf for two empty sides
     return o, lse
 
