@@ -1,0 +1,102 @@
+"""Mutable state of the simulated GPUs: prefill instances (with their executors) and decode instances.
+
+KV memory is counted in tokens. A request reserves its maximum sequence length (prompt + requested output)
+when it is admitted where its KV will live, so `used <= reserved <= capacity` holds at every instant
+(no preemption is modelled; NOTE: SGLang and vLLM allocate on demand and retract, see docs/simulator.md).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from dataclasses import dataclass, field
+
+
+@dataclass
+class PrefillGPU:
+    """A prefill instance: FCFS queue, one batch at a time, staging KV until the transfer, executor KV."""
+
+    idx: int
+    capacity_tokens: int
+    queue: deque = field(default_factory=deque)  # rids waiting for prefill
+    queued_tokens: int = 0  # their prompt tokens, summed (the proxy routes by it)
+    busy: bool = False
+    busy_bytes_per_s: float = 0.0  # HBM traffic of the running prefill batch (for executor contention)
+    staging_tokens: int = 0  # prompt KV of prefilled local requests not yet transferred (used == reserved)
+    exec_reserved_tokens: int = 0  # max sequence lengths of offloaded requests whose KV lives here
+    exec_used_tokens: int = 0  # current KV of offloaded requests here
+
+    @property
+    def reserved_tokens(self) -> int:
+        return self.staging_tokens + self.exec_reserved_tokens
+
+    @property
+    def used_tokens(self) -> int:
+        return self.staging_tokens + self.exec_used_tokens
+
+    @property
+    def free_tokens(self) -> int:
+        return self.capacity_tokens - self.reserved_tokens
+
+
+@dataclass
+class RowGroup:
+    """Rows of one decode instance whose attention runs in one place (local, or executor p)."""
+
+    requests: int = 0
+    context_tokens: int = 0  # KV tokens attended at the next step, summed over the rows
+    max_tokens: int = 0  # maximum sequence lengths, summed
+
+    def add(self, context: int, max_tokens: int) -> None:
+        self.requests += 1
+        self.context_tokens += context
+        self.max_tokens += max_tokens
+
+    def remove(self, context: int, max_tokens: int) -> None:
+        self.requests -= 1
+        self.context_tokens -= context
+        self.max_tokens -= max_tokens
+
+
+@dataclass
+class DecodeGPU:
+    """A decode instance: continuous batching over local rows and offloaded rows (one group per executor)."""
+
+    idx: int
+    capacity_tokens: int
+    n_prefill: int
+    prealloc: deque = field(default_factory=deque)  # local rids prefilled, waiting for KV memory here
+    ready: deque = field(default_factory=deque)  # rids whose first token is here, waiting to join the batch
+    busy: bool = False
+    steps_done: int = 0
+    reserved_tokens: int = 0  # local requests' maximum sequence lengths (admitted, incl. in transfer)
+    used_tokens: int = 0  # KV of local requests that is here now (arrived prompts + decoded tokens)
+    local: RowGroup = field(default_factory=RowGroup)
+    remote: list[RowGroup] = field(default_factory=list)  # [n_prefill]
+    finishing: list = field(default_factory=list)  # heap of (finish step, rid)
+    join_step: dict = field(default_factory=dict)  # rid -> steps_done when it joined
+
+    def __post_init__(self):
+        self.remote = [RowGroup() for _ in range(self.n_prefill)]
+
+    @property
+    def batch(self) -> int:
+        return self.local.requests + sum(g.requests for g in self.remote)
+
+    @property
+    def offloaded_requests(self) -> int:
+        return sum(g.requests for g in self.remote)
+
+    @property
+    def free_tokens(self) -> int:
+        return self.capacity_tokens - self.reserved_tokens
+
+    def schedule_finish(self, rid: int, steps_left: int) -> None:
+        self.join_step[rid] = self.steps_done
+        heapq.heappush(self.finishing, (self.steps_done + steps_left, rid))
+
+    def pop_finished(self) -> list[int]:
+        done = []
+        while self.finishing and self.finishing[0][0] <= self.steps_done:
+            done.append(heapq.heappop(self.finishing)[1])
+        return done

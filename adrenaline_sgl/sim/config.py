@@ -1,0 +1,113 @@
+"""Frozen configuration of one simulated cluster run (`ClusterConfig`) and its workload (`WorkloadConfig`).
+
+Every field carries a help string (`field_help`) that the experiment CLIs reuse. Validation happens in
+`__post_init__` and fails with one line naming the field and its valid range. Names that belong to the
+scheduler (model, GPU, predictor, offload policy) are checked against the scheduler's own registries when
+the simulator is built (`adrenaline_sgl.sim.costs`), so there is one list of valid names.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+SYSTEMS = ("pd", "adrenaline")
+WORKLOADS = ("sharegpt", "openthoughts", "azure_conv", "azure_code")
+
+
+def _help(text: str, default):
+    return field(default=default, metadata={"help": text})
+
+
+def field_help(cls) -> dict[str, str]:
+    """{field name: help string} of a config dataclass (for argparse)."""
+    return {f.name: f.metadata.get("help", "") for f in fields(cls)}
+
+
+def _check_range(name: str, value, lo, hi, *, lo_open: bool = False) -> None:
+    ok = (value > lo if lo_open else value >= lo) and value <= hi
+    if not ok or (isinstance(value, float) and math.isnan(value)):
+        bracket = "(" if lo_open else "["
+        raise ValueError(f"{name}={value!r} is out of range; valid: {bracket}{lo}, {hi}]")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """An nPmD cluster: engine limits, the offload policy and the executor's SM share."""
+
+    system: str = _help("pd (offload never) or adrenaline (offload per `offload`)", "adrenaline")
+    model: str = _help("model name known to adrenaline_sgl.scheduler.specs (e.g. llama2-13b)", "llama2-13b")
+    gpu: str = _help("GPU name known to adrenaline_sgl.scheduler.specs (e.g. a100-80gb)", "a100-80gb")
+    predictor: str = _help("cost predictor registered in adrenaline_sgl.scheduler.cost_model", "roofline")
+    n_prefill: int = _help("prefill instances (one GPU each, TP=1)", 1)
+    n_decode: int = _help("decode instances (one GPU each, TP=1)", 1)
+    offload: str = _help("offload policy for system=adrenaline: never | always | ratio:F | auto", "auto")
+    executor_sm_share: float = _help(
+        "fraction of the prefill GPU's SMs given to the attention executor (adrenaline only); "
+        "the paper reports ~20% of A100 SMs reach ~60% of HBM bandwidth",
+        0.2,
+    )
+    prefill_token_budget: int = _help("max prompt tokens in one prefill batch (a longer prompt runs alone)", 8192)
+    max_decode_batch: int = _help("max running requests per decode instance (vLLM's max_num_seqs)", 256)
+    gpu_mem_util: float = _help("fraction of HBM the engine may use for weights + KV (vLLM default 0.9)", 0.9)
+    link: str = _help("link between prefill and decode GPUs, as the cost model names it", "nvlink")
+    tpot_slo_ms: float = _help("TPOT SLO the scheduler's bounds use (ms)", 100.0)
+    ttft_slo_s: float = _help("TTFT SLO (s) for the sustainable-load search in fig 7/8", 5.0)
+
+    def __post_init__(self):
+        if self.system not in SYSTEMS:
+            raise ValueError(f"system={self.system!r} is unknown; valid: {', '.join(SYSTEMS)}")
+        _check_range("n_prefill", self.n_prefill, 1, 64)
+        _check_range("n_decode", self.n_decode, 1, 64)
+        _check_range("executor_sm_share", self.executor_sm_share, 0.0, 0.9, lo_open=True)
+        _check_range("prefill_token_budget", self.prefill_token_budget, 1, 1 << 20)
+        _check_range("max_decode_batch", self.max_decode_batch, 1, 4096)
+        _check_range("gpu_mem_util", self.gpu_mem_util, 0.0, 1.0, lo_open=True)
+        _check_range("tpot_slo_ms", self.tpot_slo_ms, 0.0, 1e6, lo_open=True)
+        _check_range("ttft_slo_s", self.ttft_slo_s, 0.0, 1e6, lo_open=True)
+        if not isinstance(self.offload, str) or not self.offload:
+            raise ValueError(f"offload={self.offload!r} is invalid; valid: never | always | ratio:F | auto")
+
+    @property
+    def offload_enabled(self) -> bool:
+        """True when requests may be offloaded (adrenaline with a policy other than never)."""
+        return self.system == "adrenaline" and self.offload != "never"
+
+    @property
+    def effective_policy(self) -> str:
+        """The admission policy actually used: pd is adrenaline with offload never."""
+        return self.offload if self.system == "adrenaline" else "never"
+
+
+@dataclass(frozen=True)
+class WorkloadConfig:
+    """Which requests arrive and when: a length distribution or a dataset file, and a Poisson rate."""
+
+    name: str = _help("sharegpt | openthoughts (synthetic by default) | azure_conv | azure_code (trace)", "sharegpt")
+    request_rate: float = _help("mean Poisson arrival rate (requests/s), > 0", 2.0)
+    num_requests: int = _help("requests in the run", 400)
+    seed: int = _help("seed for lengths and arrivals; same seed, same run", 0)
+    dataset_path: str | None = _help(
+        "real dataset file instead of the synthetic lengths: ShareGPT JSON, OpenThoughts JSONL/parquet, "
+        "or an Azure trace CSV (num_prefill_tokens,num_decode_tokens)",
+        None,
+    )
+    tokenizer: str | None = _help(
+        "local Hugging Face tokenizer dir for --dataset-path text; default: the 4-chars-per-token proxy", None
+    )
+    max_context: int = _help("model context (prompt + output tokens); Llama-2: 4096", 4096)
+
+    def __post_init__(self):
+        if self.name not in WORKLOADS:
+            raise ValueError(f"workload={self.name!r} is unknown; valid: {', '.join(WORKLOADS)}")
+        if not isinstance(self.request_rate, int | float) or not self.request_rate > 0 or math.isinf(
+            self.request_rate
+        ):
+            raise ValueError(f"request_rate={self.request_rate!r} must be a finite number > 0 (requests/s)")
+        _check_range("num_requests", self.num_requests, 1, 10_000_000)
+        _check_range("max_context", self.max_context, 8, 1 << 20)
+        if self.name.startswith("azure") and self.dataset_path is None:
+            raise ValueError(
+                f"workload={self.name!r} is a trace: give its CSV with --dataset-path "
+                "(e.g. ../shared/data/traces/azure_conv.csv)"
+            )

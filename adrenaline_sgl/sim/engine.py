@@ -1,0 +1,303 @@
+"""Discrete-event simulator of n prefill and m decode instances, with and without attention offloading.
+
+One request's life (docs/design.md, "Request lifecycle"):
+  arrival -> proxy routes it and asks the scheduler to offload or not -> prefill queue -> prefill batch
+  (token budget; on adrenaline the prefill engine keeps 1 - executor_sm_share of the SMs) -> first token
+  -> local:     wait for decode KV memory, KV transfer over the link, join the decode batch
+     offloaded: KV stays on the prefill GPU, first token + metadata to decode, join the decode batch
+  -> one token per decode step until the requested output length -> finish, free KV.
+
+A decode step with M local and N offloaded rows (`_step_time`) costs
+  nonattn(M + N) + max(local_attn(M), max_p [remote_attn_p(N_p) + L x roundtrip(N_p)])
+i.e. the per-layer round trip hides under local attention when it can (paper, technique 1). Remote
+attention runs with the executor's SM share and gets at most the HBM bandwidth a running prefill batch
+leaves free (technique 2's interference). Every cost comes from `SimCosts` (the scheduler's cost model)
+and every offload decision from `OffloadPolicy` (the scheduler's admission).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from dataclasses import asdict
+
+from .cluster import DecodeGPU, PrefillGPU
+from .config import ClusterConfig, WorkloadConfig
+from .costs import NO_WORK, SimCosts, Work
+from .policy import LoadView, OffloadPolicy
+from .records import DECODE, EXECUTOR, PREFILL, MemSample, RequestRecord, SimResult, StepSample
+from .workloads import Requests
+
+ARRIVAL, PREFILL_DONE, TRANSFER_DONE, DECODE_READY, STEP_DONE = range(5)
+
+
+class Simulator:
+    """Runs one request stream through one cluster. `run()` once; the result holds raw records only."""
+
+    def __init__(self, cluster: ClusterConfig, requests: Requests, costs: SimCosts, policy: OffloadPolicy):
+        self.cfg, self.costs, self.policy = cluster, costs, policy
+        cap = costs.info.kv_capacity_tokens
+        max_seq = int((requests.prompt_len + requests.output_len).max())
+        if max_seq > cap:
+            raise ValueError(f"a request needs {max_seq} KV tokens but a GPU holds {cap}; shorten max_context")
+        self.prefill = [PrefillGPU(i, cap) for i in range(cluster.n_prefill)]
+        self.decode = [DecodeGPU(i, cap, cluster.n_prefill) for i in range(cluster.n_decode)]
+        self.reqs = [
+            RequestRecord(i, float(a), int(p), int(o))
+            for i, (a, p, o) in enumerate(zip(requests.arrival_s, requests.prompt_len, requests.output_len))
+        ]
+        self.prefill_sm_share = 1.0 - cluster.executor_sm_share if cluster.offload_enabled else 1.0
+        self.steps: list[StepSample] = []
+        self.mem: list[MemSample] = []
+        self._events: list = []
+        self._seq = itertools.count()
+        self._link_free_s = [[0.0] * cluster.n_decode for _ in range(cluster.n_prefill)]
+        for r in self.reqs:
+            self._push(r.arrival_s, ARRIVAL, r.rid)
+
+    # ---- the main loop ---------------------------------------------------------------------------------
+    def run(self) -> SimResult:
+        handlers = {
+            ARRIVAL: self._on_arrival,
+            PREFILL_DONE: self._on_prefill_done,
+            TRANSFER_DONE: self._on_transfer_done,
+            DECODE_READY: self._on_decode_ready,
+            STEP_DONE: self._on_step_done,
+        }
+        while self._events:
+            t, _, kind, arg = heapq.heappop(self._events)
+            handlers[kind](t, arg)
+        unfinished = sum(1 for r in self.reqs if math.isnan(r.finish_s))
+        if unfinished:
+            raise RuntimeError(f"simulation stalled with {unfinished} unfinished requests (a model bug)")
+        return SimResult(self.reqs, self.steps, self.mem, self.costs.info, {"cluster": asdict(self.cfg)})
+
+    def _push(self, t: float, kind: int, arg) -> None:
+        heapq.heappush(self._events, (t, next(self._seq), kind, arg))
+
+    # ---- proxy -----------------------------------------------------------------------------------------
+    def _on_arrival(self, t: float, rid: int) -> None:
+        r = self.reqs[rid]
+        p = min(self.prefill, key=lambda g: (g.queued_tokens + g.busy, g.idx))
+        d = min(self.decode, key=lambda g: (g.batch + len(g.prealloc) + len(g.ready), g.idx))
+        r.prefill_instance, r.decode_instance = p.idx, d.idx
+        max_seq = r.prompt_len + r.output_len
+        if self.cfg.offload_enabled and self.policy.decide(self._view(p, d), r.prompt_len, max_seq):
+            if max_seq <= p.free_tokens:  # NOTE: a hard memory check even if the policy forgot it
+                r.offloaded = True
+                p.exec_reserved_tokens += max_seq
+                self._sample_mem(t, p)
+        p.queue.append(rid)
+        p.queued_tokens += r.prompt_len
+        self._try_prefill(t, p)
+
+    def _view(self, p: PrefillGPU, d: DecodeGPU) -> LoadView:
+        off = d.remote
+        return LoadView(
+            local_requests=d.local.requests,
+            local_tokens=d.local.context_tokens,
+            local_max_tokens=d.local.max_tokens,
+            offloaded_requests=sum(g.requests for g in off),
+            offloaded_tokens=sum(g.context_tokens for g in off),
+            offloaded_max_tokens=sum(g.max_tokens for g in off),
+            executor_free_kv_tokens=p.free_tokens,
+            decode_free_kv_tokens=d.free_tokens,
+        )
+
+    # ---- prefill ---------------------------------------------------------------------------------------
+    def _try_prefill(self, t: float, p: PrefillGPU) -> None:
+        if p.busy or not p.queue:
+            return
+        batch, tokens = [], 0
+        while p.queue:
+            r = self.reqs[p.queue[0]]
+            if batch and tokens + r.prompt_len > self.cfg.prefill_token_budget:
+                break
+            if not r.offloaded and r.prompt_len > p.free_tokens:
+                break  # FCFS: wait for staging memory (freed when a transfer completes)
+            p.queue.popleft()
+            p.queued_tokens -= r.prompt_len
+            if not r.offloaded:
+                p.staging_tokens += r.prompt_len
+            batch.append(r.rid)
+            tokens += r.prompt_len
+        if not batch:
+            return
+        work = self.costs.prefill([self.reqs[i].prompt_len for i in batch], self.prefill_sm_share)
+        end = t + work.ms / 1e3
+        p.busy, p.busy_bytes_per_s = True, work.bytes / max(work.ms / 1e3, 1e-12)
+        for i in batch:
+            self.reqs[i].prefill_start_s = t
+        self.steps.append(StepSample(PREFILL, p.idx, t, end, work.flops, work.bytes, len(batch)))
+        self._sample_mem(t, p)
+        self._push(end, PREFILL_DONE, (p.idx, batch))
+
+    def _on_prefill_done(self, t: float, arg) -> None:
+        p_idx, batch = arg
+        p = self.prefill[p_idx]
+        p.busy, p.busy_bytes_per_s = False, 0.0
+        for rid in batch:
+            r = self.reqs[rid]
+            r.prefill_end_s, r.tokens_out = t, 1
+            d = self.decode[r.decode_instance]
+            if r.offloaded:  # KV stays here; only the first token and metadata travel
+                p.exec_used_tokens += r.prompt_len
+                self._push(t + self.costs.offload_roundtrip_ms(1) / 1e3, DECODE_READY, rid)
+            else:
+                d.prealloc.append(rid)
+                self._try_prealloc(t, d)
+        self._sample_mem(t, p)
+        self._try_prefill(t, p)
+
+    # ---- KV transfer -----------------------------------------------------------------------------------
+    def _try_prealloc(self, t: float, d: DecodeGPU) -> None:
+        admitted = False
+        while d.prealloc:
+            r = self.reqs[d.prealloc[0]]
+            max_seq = r.prompt_len + r.output_len
+            if max_seq > d.free_tokens:
+                break  # FCFS: wait until finishing requests free memory
+            d.prealloc.popleft()
+            d.reserved_tokens += max_seq
+            link = self._link_free_s[r.prefill_instance]
+            start = max(t, link[d.idx])
+            link[d.idx] = start + self.costs.kv_transfer_ms(r.prompt_len) / 1e3
+            self._push(link[d.idx], TRANSFER_DONE, r.rid)
+            admitted = True
+        if admitted:
+            self._sample_mem(t, d)
+
+    def _on_transfer_done(self, t: float, rid: int) -> None:
+        r = self.reqs[rid]
+        p, d = self.prefill[r.prefill_instance], self.decode[r.decode_instance]
+        p.staging_tokens -= r.prompt_len
+        d.used_tokens += r.prompt_len
+        self._sample_mem(t, p)
+        self._sample_mem(t, d)
+        self._on_decode_ready(t, rid)
+        self._try_prefill(t, p)
+
+    # ---- decode ----------------------------------------------------------------------------------------
+    def _on_decode_ready(self, t: float, rid: int) -> None:
+        r = self.reqs[rid]
+        r.first_token_s = t
+        d = self.decode[r.decode_instance]
+        if r.output_len <= 1:
+            self._finish(t, r, d, context=r.prompt_len + 1, joined=False)
+            return
+        d.ready.append(rid)
+        if not d.busy:
+            self._start_step(t, d)
+
+    def _start_step(self, t: float, d: DecodeGPU) -> None:
+        while d.ready and d.batch < self.cfg.max_decode_batch:
+            r = self.reqs[d.ready.popleft()]
+            max_seq = r.prompt_len + r.output_len
+            if r.offloaded:
+                d.remote[r.prefill_instance].add(r.prompt_len + 1, max_seq)
+                self.prefill[r.prefill_instance].exec_used_tokens += 1
+            else:
+                d.local.add(r.prompt_len + 1, max_seq)
+                d.used_tokens += 1
+            d.schedule_finish(r.rid, r.output_len - 1)
+        if d.batch == 0:
+            d.busy = False
+            return
+        d.busy = True
+        step_ms = self._step_time(t, d)
+        self._push(t + step_ms / 1e3, STEP_DONE, d.idx)
+
+    def _step_time(self, t: float, d: DecodeGPU) -> float:
+        """Record the step's samples and return its duration (ms). See the module docstring."""
+        c = self.costs
+        nonattn = c.decode_nonattn(d.batch)
+        local = c.decode_attn(d.local.requests, d.local.context_tokens, 1.0) if d.local.requests else NO_WORK
+        remote_ms, roundtrip_ms, offloaded = 0.0, 0.0, 0
+        for p, g in zip(self.prefill, d.remote):
+            if not g.requests:
+                continue
+            work = self._executor_attn(p, g.requests, g.context_tokens)
+            rt = c.num_layers * c.offload_roundtrip_ms(g.requests)
+            if work.ms + rt > remote_ms + roundtrip_ms:
+                remote_ms, roundtrip_ms = work.ms, rt
+            offloaded += g.requests
+            self.steps.append(StepSample(EXECUTOR, p.idx, t, t + work.ms / 1e3, work.flops, work.bytes, g.requests,
+                                         offloaded_rows=g.requests))
+        attn_ms = max(local.ms, remote_ms + roundtrip_ms)
+        exposed = min(roundtrip_ms, max(0.0, remote_ms + roundtrip_ms - local.ms))  # round trip not hidden
+        hidden = roundtrip_ms - exposed
+        step_ms = nonattn.ms + attn_ms
+        mine = nonattn + local
+        self.steps.append(StepSample(DECODE, d.idx, t, t + step_ms / 1e3, mine.flops, mine.bytes, d.batch,
+                                     offloaded_rows=offloaded, hidden_roundtrip_ms=hidden,
+                                     exposed_roundtrip_ms=exposed))
+        return step_ms
+
+    def _executor_attn(self, p: PrefillGPU, rows: int, context_tokens: int) -> Work:
+        """Remote attention on prefill GPU p, slowed when a running prefill leaves too little HBM bandwidth."""
+        work = self.costs.decode_attn(rows, context_tokens, self.cfg.executor_sm_share)
+        if not p.busy or work.ms <= 0:
+            return work
+        spare = max(self.costs.info.peak_hbm_bytes_per_s - p.busy_bytes_per_s, 1e-3 * p.busy_bytes_per_s)
+        needed_ms = work.bytes / spare * 1e3
+        return Work(max(work.ms, needed_ms), work.flops, work.bytes)
+
+    def _on_step_done(self, t: float, d_idx: int) -> None:
+        d = self.decode[d_idx]
+        d.steps_done += 1
+        d.local.context_tokens += d.local.requests
+        d.used_tokens += d.local.requests
+        for p, g in zip(self.prefill, d.remote):
+            g.context_tokens += g.requests
+            p.exec_used_tokens += g.requests
+            if g.requests:
+                self._sample_mem(t, p)
+        for rid in d.pop_finished():
+            self._finish(t, self.reqs[rid], d, context=self.reqs[rid].prompt_len + self.reqs[rid].output_len)
+        for p, g in zip(self.prefill, d.remote):
+            if g.requests:
+                self._sample_mem(t, p)
+        self._sample_mem(t, d)
+        self._try_prealloc(t, d)
+        self._start_step(t, d)
+
+    def _finish(self, t: float, r: RequestRecord, d: DecodeGPU, *, context: int, joined: bool = True) -> None:
+        """The request's last token is out: free its KV where it lives."""
+        r.finish_s, r.tokens_out = t, r.output_len
+        max_seq = r.prompt_len + r.output_len
+        if r.offloaded:
+            p = self.prefill[r.prefill_instance]
+            if joined:
+                d.remote[p.idx].remove(context, max_seq)
+                p.exec_used_tokens -= context
+            else:
+                p.exec_used_tokens -= r.prompt_len
+            p.exec_reserved_tokens -= max_seq
+            self._try_prefill(t, p)
+        else:
+            if joined:
+                d.local.remove(context, max_seq)
+                d.used_tokens -= context
+            else:
+                d.used_tokens -= r.prompt_len
+            d.reserved_tokens -= max_seq
+            self._try_prealloc(t, d)
+
+    def _sample_mem(self, t: float, g: PrefillGPU | DecodeGPU) -> None:
+        kind = PREFILL if isinstance(g, PrefillGPU) else DECODE
+        self.mem.append(MemSample(kind, g.idx, t, g.used_tokens, g.reserved_tokens))
+
+
+def simulate(cluster: ClusterConfig, workload: WorkloadConfig, *, costs: str = "scheduler",
+             policy: str = "scheduler") -> SimResult:
+    """Build the request stream, the cost and policy adapters, run, and attach the resolved configs."""
+    from .costs import get_costs
+    from .policy import get_policy
+    from .workloads import make_requests
+
+    sim_costs = get_costs(costs, cluster)
+    result = Simulator(cluster, make_requests(workload), sim_costs, get_policy(policy, cluster, sim_costs)).run()
+    result.config["workload"] = asdict(workload)
+    result.config["adapters"] = {"costs": costs, "policy": policy}
+    return result
