@@ -2,7 +2,8 @@
 
 A profile is a folder with two CSVs, each starting with `# key: value` provenance lines:
 - `prefill.csv`: sm_share, num_sms, total_sms, tokens, layers, prefill_ms (alone on its SMs),
-  prefill_contended_ms (with the executor saturating the other SMs; empty where not measured).
+  prefill_contended_ms (with the executor saturating the other SMs; empty where not measured) and
+  contended_executor_sms (the executor's SMs then; 0 where not measured).
 - `attention.csv`: sm_share, num_sms, total_sms, batch, context, attn_ms, attn_gbs, ref_gbs (the reference
   bandwidth: the measured copy bandwidth for measured profiles, the HBM peak for modelled ones).
 
@@ -30,6 +31,7 @@ class PrefillPoint:
     layers: int  # transformer layers timed
     prefill_ms: float  # alone on its SMs
     prefill_contended_ms: float = math.nan  # executor at full load on the other SMs; nan: not measured
+    contended_executor_sms: int = 0  # the executor's SMs during prefill_contended_ms; 0: not measured
 
 
 @dataclass(frozen=True)
