@@ -1,0 +1,105 @@
+"""The event loop with the test-double costs and policy: hand-computed timelines and invariants."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from adrenaline_sgl.sim import metrics
+from adrenaline_sgl.sim.config import ClusterConfig, WorkloadConfig
+from adrenaline_sgl.sim.costs import FakeCosts
+from adrenaline_sgl.sim.engine import Simulator, simulate
+from adrenaline_sgl.sim.policy import FakePolicy
+from adrenaline_sgl.sim.records import DECODE
+from adrenaline_sgl.sim.workloads import Requests, make_requests
+
+
+def _one(prompt=100, output=3, arrival=1.0):
+    return Requests(np.array([arrival]), np.array([prompt]), np.array([output]))
+
+
+def test_single_local_request_timeline_by_hand():
+    cfg = ClusterConfig(system="pd")
+    r = Simulator(cfg, _one(), FakeCosts(), FakePolicy(0.0)).run().requests[0]
+    # prefill 100 tok x 0.1 ms = 10 ms; transfer 100 x 0.01 = 1 ms; steps: 10 + 0.1 x 1 + 0.001 x ctx(101, 102)
+    assert r.prefill_end_s == pytest.approx(1.010)
+    assert r.first_token_s == pytest.approx(1.011)
+    assert r.finish_s == pytest.approx(1.011 + 0.010201 + 0.010202)
+    assert not r.offloaded and r.tokens_out == 3
+
+
+def test_single_offloaded_request_timeline_by_hand():
+    cfg = ClusterConfig(system="adrenaline", offload="always", executor_sm_share=0.2)
+    r = Simulator(cfg, _one(), FakeCosts(), FakePolicy(None)).run().requests[0]
+    # prefill on 80% of the SMs: 12.5 ms; metadata: one round trip 0.05 ms; each step: nonattn 10.1 ms +
+    # remote attention 0.001 x ctx / 0.2 + 10 layers x 0.05 ms round trip (no local rows to hide it under)
+    assert r.offloaded
+    assert r.prefill_end_s == pytest.approx(1.0125)
+    assert r.first_token_s == pytest.approx(1.01255)
+    assert r.finish_s == pytest.approx(1.01255 + (10.1 + 0.505 + 0.5 + 10.1 + 0.51 + 0.5) / 1e3)
+
+
+def test_roundtrip_hides_under_long_local_attention():
+    class ShortOnes:  # offload the short request only
+        def decide(self, view, prompt_len, max_seq_len):
+            return prompt_len < 1000
+
+    reqs = Requests(np.array([0.0, 0.0]), np.array([3000, 100]), np.array([50, 50]))
+    cfg = ClusterConfig(system="adrenaline", offload="ratio:1")
+    res = Simulator(cfg, reqs, FakeCosts(), ShortOnes()).run()
+    assert [r.offloaded for r in res.requests] == [False, True]
+    both = [s for s in res.steps if s.kind == DECODE and s.batch == 2]
+    assert both and all(s.exposed_roundtrip_ms == 0 and s.hidden_roundtrip_ms == pytest.approx(0.5) for s in both)
+
+
+@pytest.mark.parametrize("policy", ["never", "ratio:0.5", "always"])
+def test_conservation_every_request_finishes_once_with_its_tokens(policy):
+    cfg = ClusterConfig(system="adrenaline", offload=policy)
+    wl = WorkloadConfig(request_rate=4.0, num_requests=150, seed=3)
+    res = simulate(cfg, wl, costs="fake", policy="fake")
+    asked = make_requests(wl).output_len
+    assert [r.rid for r in res.requests] == list(range(150))
+    assert all(np.isfinite(r.finish_s) for r in res.requests)
+    assert [r.tokens_out for r in res.requests] == asked.tolist()
+    decode_tokens = sum(s.batch for s in res.steps if s.kind == DECODE)
+    assert decode_tokens == int((asked - 1).sum())  # one token per row per step; the first came from prefill
+    for r in res.requests:
+        assert r.arrival_s <= r.prefill_start_s < r.prefill_end_s <= r.first_token_s <= r.finish_s
+
+
+@pytest.mark.parametrize("policy", ["never", "always"])
+def test_memory_never_exceeds_capacity_under_overload(policy):
+    costs = FakeCosts(kv_capacity_tokens=6000)
+    cfg = ClusterConfig(system="adrenaline", offload=policy)
+    wl = WorkloadConfig(request_rate=50.0, num_requests=200, seed=1, max_context=2048)
+    reqs = make_requests(wl)
+    res = Simulator(cfg, reqs, costs, FakePolicy(0.0 if policy == "never" else None)).run()
+    assert metrics.max_memory_excess(res.mem, costs.kv_capacity_tokens) <= 0
+    assert max(m.kv_reserved_tokens for m in res.mem) > 0.8 * costs.kv_capacity_tokens  # the limit was hit
+    last = {}
+    for m in res.mem:
+        last[(m.kind, m.instance)] = m
+    assert all(m.kv_used_tokens == 0 and m.kv_reserved_tokens == 0 for m in last.values())  # all freed
+
+
+def test_offload_off_equals_the_baseline_exactly():
+    wl = WorkloadConfig(request_rate=3.0, num_requests=120, seed=7)
+    pd = simulate(ClusterConfig(system="pd"), wl, costs="fake", policy="fake")
+    off = simulate(ClusterConfig(system="adrenaline", offload="never"), wl, costs="fake", policy="fake")
+    assert [dataclasses.astuple(r) for r in pd.requests] == [dataclasses.astuple(r) for r in off.requests]
+    assert pd.steps == off.steps and pd.mem == off.mem
+
+
+def test_same_seed_same_run_other_seed_other_run():
+    cfg = ClusterConfig(system="adrenaline", offload="ratio:0.6", n_prefill=2, n_decode=2)
+    runs = [simulate(cfg, WorkloadConfig(request_rate=5.0, num_requests=100, seed=s), costs="fake", policy="fake")
+            for s in (11, 11, 12)]
+    key = [[(r.first_token_s, r.finish_s, r.offloaded) for r in run.requests] for run in runs]
+    assert key[0] == key[1] and key[0] != key[2]
+    assert {r.decode_instance for r in runs[0].requests} == {0, 1}
+    assert {r.prefill_instance for r in runs[0].requests} == {0, 1}
+
+
+def test_request_longer_than_a_gpu_is_a_clear_error():
+    with pytest.raises(ValueError, match="KV tokens but a GPU holds"):
+        Simulator(ClusterConfig(system="pd"), _one(prompt=30_000), FakeCosts(), FakePolicy(0.0))
