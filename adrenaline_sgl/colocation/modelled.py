@@ -100,6 +100,8 @@ def modelled_profile(gpu: GPUModel = A100, m: LlamaShape = LLAMA2_7B, batch: int
         "source": "modelled",
         "title": "modelled, not measured",
         "gpu": gpu.name,
+        "total_sms": str(gpu.total_sms),
+        "compute_capability": "8.0",
         "model": "Llama-2-7B shape (hidden 4096, 32 heads, head_dim 128, ffn 11008), fp16",
         "attention": f"f(s)=f_max*(1-exp(-s/tau)) of HBM peak, f_max={f_max:.4f} tau={tau:.4f}, fitted to "
         f"paper A100 points {CALIBRATION}",
