@@ -18,6 +18,7 @@ class PrefillGPU:
 
     idx: int
     capacity_tokens: int
+    exec_capacity_tokens: int  # the most offloaded KV the executor may reserve (capacity - prefill reserve)
     queue: deque = field(default_factory=deque)  # rids waiting for prefill
     queued_tokens: int = 0  # their prompt tokens, summed (the proxy routes by it)
     busy: bool = False
@@ -37,6 +38,11 @@ class PrefillGPU:
     @property
     def free_tokens(self) -> int:
         return self.capacity_tokens - self.reserved_tokens
+
+    @property
+    def exec_free_tokens(self) -> int:
+        """KV tokens a new offloaded request may still reserve here."""
+        return min(self.exec_capacity_tokens - self.exec_reserved_tokens, self.free_tokens)
 
 
 @dataclass

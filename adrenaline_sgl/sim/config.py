@@ -37,7 +37,7 @@ class ClusterConfig:
 
     system: str = _help("pd (offload never) or adrenaline (offload per `offload`)", "adrenaline")
     model: str = _help("model name known to adrenaline_sgl.scheduler.specs (e.g. llama2-13b)", "llama2-13b")
-    gpu: str = _help("GPU name known to adrenaline_sgl.scheduler.specs (e.g. a100-80gb)", "a100-80gb")
+    gpu: str = _help("GPU name known to adrenaline_sgl.scheduler.specs (e.g. a100-80g)", "a100-80g")
     predictor: str = _help("cost predictor registered in adrenaline_sgl.scheduler.cost_model", "roofline")
     n_prefill: int = _help("prefill instances (one GPU each, TP=1)", 1)
     n_decode: int = _help("decode instances (one GPU each, TP=1)", 1)
@@ -48,6 +48,11 @@ class ClusterConfig:
         0.2,
     )
     prefill_token_budget: int = _help("max prompt tokens in one prefill batch (a longer prompt runs alone)", 8192)
+    prefill_kv_reserve_tokens: int = _help(
+        "KV tokens each prefill GPU keeps for its own batches (staging before transfer); the executor "
+        "may hold offloaded KV in the rest",
+        16384,
+    )
     max_decode_batch: int = _help("max running requests per decode instance (vLLM's max_num_seqs)", 256)
     gpu_mem_util: float = _help("fraction of HBM the engine may use for weights + KV (vLLM default 0.9)", 0.9)
     link: str = _help("link between prefill and decode GPUs, as the cost model names it", "nvlink")
@@ -61,6 +66,7 @@ class ClusterConfig:
         _check_range("n_decode", self.n_decode, 1, 64)
         _check_range("executor_sm_share", self.executor_sm_share, 0.0, 0.9, lo_open=True)
         _check_range("prefill_token_budget", self.prefill_token_budget, 1, 1 << 20)
+        _check_range("prefill_kv_reserve_tokens", self.prefill_kv_reserve_tokens, 0, 1 << 24)
         _check_range("max_decode_batch", self.max_decode_batch, 1, 4096)
         _check_range("gpu_mem_util", self.gpu_mem_util, 0.0, 1.0, lo_open=True)
         _check_range("tpot_slo_ms", self.tpot_slo_ms, 0.0, 1e6, lo_open=True)

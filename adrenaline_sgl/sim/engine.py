@@ -41,7 +41,8 @@ class Simulator:
         max_seq = int((requests.prompt_len + requests.output_len).max())
         if max_seq > cap:
             raise ValueError(f"a request needs {max_seq} KV tokens but a GPU holds {cap}; shorten max_context")
-        self.prefill = [PrefillGPU(i, cap) for i in range(cluster.n_prefill)]
+        exec_cap = max(0, cap - cluster.prefill_kv_reserve_tokens)
+        self.prefill = [PrefillGPU(i, cap, exec_cap) for i in range(cluster.n_prefill)]
         self.decode = [DecodeGPU(i, cap, cluster.n_prefill) for i in range(cluster.n_decode)]
         self.reqs = [
             RequestRecord(i, float(a), int(p), int(o))
@@ -84,7 +85,7 @@ class Simulator:
         r.prefill_instance, r.decode_instance = p.idx, d.idx
         max_seq = r.prompt_len + r.output_len
         if self.cfg.offload_enabled and self.policy.decide(self._view(p, d), r.prompt_len, max_seq):
-            if max_seq <= p.free_tokens:  # NOTE: a hard memory check even if the policy forgot it
+            if max_seq <= p.exec_free_tokens:  # NOTE: a hard memory check even if the policy forgot it
                 r.offloaded = True
                 p.exec_reserved_tokens += max_seq
                 self._sample_mem(t, p)
@@ -101,7 +102,7 @@ class Simulator:
             offloaded_requests=sum(g.requests for g in off),
             offloaded_tokens=sum(g.context_tokens for g in off),
             offloaded_max_tokens=sum(g.max_tokens for g in off),
-            executor_free_kv_tokens=p.free_tokens,
+            executor_free_kv_tokens=p.exec_free_tokens,
             decode_free_kv_tokens=d.free_tokens,
         )
 

@@ -1,0 +1,48 @@
+"""The simulator on the real scheduler code (cost model and admission), and its name errors."""
+
+import pytest
+
+from adrenaline_sgl.scheduler.cost_model import get_predictor
+from adrenaline_sgl.sim import metrics
+from adrenaline_sgl.sim.config import ClusterConfig, WorkloadConfig
+from adrenaline_sgl.sim.engine import simulate
+from adrenaline_sgl.sim.scheduler_costs import SchedulerCosts
+
+
+def test_costs_are_the_predictors():
+    cfg = ClusterConfig(model="llama2-7b", gpu="a100-80g")
+    costs, pred = SchedulerCosts(cfg), get_predictor("roofline", "a100-80g", "llama2-7b")
+    assert costs.prefill([512, 1024], 1.0).ms == pytest.approx(pred.prefill_step_ms([512, 1024]))
+    assert costs.decode_nonattn(64).ms == pytest.approx(pred.decode_nonattn_ms(64))
+    assert costs.decode_attn(64, 64 * 700, 0.2).ms == pytest.approx(pred.decode_attn_ms(64, 64 * 700, 0.2))
+    assert costs.kv_transfer_ms(1000) == pytest.approx(pred.kv_transfer_ms(1000, "nvlink"))
+    assert costs.offload_roundtrip_ms(16) == pytest.approx(pred.offload_layer_roundtrip_ms(16, "nvlink"))
+    assert 100_000 < costs.info.kv_capacity_tokens < 130_000  # (0.9 x 80 GiB - 13.5 GB) / 512 KiB per token
+
+
+@pytest.mark.parametrize("policy", ["never", "ratio:0.6", "auto"])
+def test_small_run_on_the_scheduler(policy):
+    cfg = ClusterConfig(system="adrenaline", offload=policy, model="llama2-7b")
+    res = simulate(cfg, WorkloadConfig(request_rate=10.0, num_requests=120, seed=0))
+    m = metrics.request_metrics(res.requests)
+    assert m.completed == 120 and 5 < m.mean_tpot_ms < 200
+    assert (m.offloaded_frac == 0) == (policy == "never")
+    assert metrics.max_memory_excess(res.mem, res.info.kv_capacity_tokens) <= 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"model": "gpt-5"}, "model must be one of"),
+        ({"gpu": "tpu-v5"}, "gpu must be one of"),
+        ({"predictor": "oracle"}, "predictor must be one of"),
+        ({"link": "carrier-pigeon"}, "link must be one of"),
+        ({"offload": "sometimes"}, "policy must be one of"),
+        ({"offload": "ratio:x"}, "policy ratio:F needs a number"),
+    ],
+)
+def test_unknown_names_are_one_line_errors(kwargs, match):
+    cfg = ClusterConfig(**kwargs)
+    with pytest.raises(ValueError, match=match) as err:
+        simulate(cfg, WorkloadConfig(num_requests=5))
+    assert "\n" not in str(err.value)
