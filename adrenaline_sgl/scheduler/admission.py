@@ -59,7 +59,10 @@ class LiveStats:
     """Live statistics of one decode instance and the prefill instances serving its offloaded requests.
 
     Tokens are KV tokens (sequence lengths). The proxy fills this from the instances' load endpoints, the
-    simulator from its state.
+    simulator from its state. `prefill_offload_capacity_tokens[i]` is what instance i can devote to
+    offloaded KV in total: tokens it already holds for offloaded requests (at their maximum length) plus
+    its free tokens; from free counts only, pass `offloaded_max_tokens + free` (C1 then checks that the new
+    request's maximum length fits the free tokens).
     """
 
     local_requests: int = 0  # M: requests decoding with their KV on the decode instance
@@ -207,7 +210,7 @@ class AutoPolicy(OffloadPolicy):
         bw_contention_frac: float = 0.0,
         default_context_tokens: float = 512.0,
     ) -> None:
-        check_sm_share(executor_sm_share)
+        check_sm_share(executor_sm_share, "executor_sm_share")
         if not tpot_slo_ms > 0:
             raise ValueError(f"tpot_slo_ms must be > 0 (milliseconds), got {tpot_slo_ms!r}")
         if not default_context_tokens > 0:

@@ -24,9 +24,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from adrenaline_sgl.scheduler.cost_model import Predictor, check_sm_share
+from adrenaline_sgl.scheduler.specs import GPUSpec, ModelSpec
 
 DEFAULT_TPOT_SLO_MS = 100.0  # our choice (the paper gives none); see docs/simulator.md
 DEFAULT_MAX_BATCH = 2048  # search cap for B_slo and B_max
+DEFAULT_MEM_FRACTION = 0.88  # share of HBM for weights + KV (SGLang's mem_fraction_static on 80 GB GPUs)
+DEFAULT_PREFILL_RESERVE_TOKENS = 16384  # KV a prefill instance keeps for its own batches and pending sends
+
+
+def kv_capacity_bytes(gpu: GPUSpec, model: ModelSpec, mem_fraction: float = DEFAULT_MEM_FRACTION) -> float:
+    """KV bytes one instance holds: mem_fraction of HBM minus the weights (0 when the weights do not fit)."""
+    if not 0.0 < mem_fraction <= 1.0:
+        raise ValueError(f"mem_fraction must be in (0, 1], got {mem_fraction!r}")
+    return max(0.0, mem_fraction * gpu.hbm_bytes - model.weight_bytes)
 
 
 @dataclass(frozen=True)
@@ -40,7 +50,7 @@ class PrefillCapacity:
     def __post_init__(self) -> None:
         if self.spare_kv_bytes < 0:
             raise ValueError(f"spare_kv_bytes must be >= 0, got {self.spare_kv_bytes!r}")
-        check_sm_share(self.executor_sm_share)
+        check_sm_share(self.executor_sm_share, "executor_sm_share")
         if not 0.0 <= self.bw_contention_frac < 1.0:
             raise ValueError(f"bw_contention_frac must be in [0, 1), got {self.bw_contention_frac!r}")
 

@@ -117,9 +117,9 @@ def get_link(name: str | LinkSpec, gpu: GPUSpec) -> LinkSpec:
     return LinkSpec(name, _LINK_GBS[name], LINK_LATENCY_US[name])
 
 
-def check_sm_share(sm_share: float) -> None:
+def check_sm_share(sm_share: float, field: str = "sm_share") -> None:
     if not 0.0 < sm_share <= 1.0:
-        raise ValueError(f"sm_share must be in (0, 1], got {sm_share!r}")
+        raise ValueError(f"{field} must be in (0, 1], got {sm_share!r}")
 
 
 class Predictor(ABC):

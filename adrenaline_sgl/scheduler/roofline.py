@@ -77,18 +77,20 @@ _INF = math.inf
 # Keys: (op, phase). misc and sampling have no per-kernel data in the paper: they borrow the memory
 # efficiency of the decode GEMMs and the compute curve of the FFN (a stated assumption).
 A100_EFFICIENCY: dict[tuple[str, str], OpEfficiency] = {
-    ("qkv", "prefill"): OpEfficiency(0.80, 60.0, 1.5, 0.74, 0.0, 700.0, 0.40),
-    ("qkv", "decode"): OpEfficiency(0.80, 60.0, 1.5, 0.74, 0.0, 700.0, 0.40),
-    ("o_proj", "prefill"): OpEfficiency(0.80, 60.0, 1.5, 0.52, 0.0, 700.0, 0.40),
-    ("o_proj", "decode"): OpEfficiency(0.80, 60.0, 1.5, 0.52, 0.0, 700.0, 0.40),
-    ("ffn", "prefill"): OpEfficiency(0.82, 60.0, 1.5, 0.70, 0.0, 700.0, 0.40, kernels=3),
-    ("ffn", "decode"): OpEfficiency(0.82, 60.0, 1.5, 0.70, 0.0, 700.0, 0.40, kernels=3),
-    ("attn", "prefill"): OpEfficiency(0.60, 1000.0, 1.0, 0.80, 0.0, 128.0, 0.10),
-    ("attn", "decode"): OpEfficiency(0.50, 0.0, 1.0, 0.95, 128.0, _INF, 0.01),
-    ("misc", "prefill"): OpEfficiency(0.50, 0.0, 1.0, 0.70, 0.0, _INF, 0.40, kernels=4),
-    ("misc", "decode"): OpEfficiency(0.50, 0.0, 1.0, 0.70, 0.0, _INF, 0.40, kernels=4),
-    ("sampling", "prefill"): OpEfficiency(0.82, 60.0, 1.5, 0.70, 0.0, 700.0, 0.40, kernels=3),
-    ("sampling", "decode"): OpEfficiency(0.82, 60.0, 1.5, 0.70, 0.0, 700.0, 0.40, kernels=3),
+    ("qkv", "prefill"): OpEfficiency(0.775, 128.0, 1.0, 0.85, 0.0, 1024.0, 0.30),
+    ("qkv", "decode"): OpEfficiency(0.775, 128.0, 1.0, 0.85, 0.0, 1024.0, 0.30),
+    ("o_proj", "prefill"): OpEfficiency(0.85, 192.0, 1.0, 0.95, 0.0, 1024.0, 0.30),
+    ("o_proj", "decode"): OpEfficiency(0.85, 192.0, 1.0, 0.95, 0.0, 1024.0, 0.30),
+    ("ffn", "prefill"): OpEfficiency(0.825, 128.0, 1.0, 0.75, 0.0, 1536.0, 0.30, kernels=3),
+    ("ffn", "decode"): OpEfficiency(0.825, 128.0, 1.0, 0.75, 0.0, 1536.0, 0.30, kernels=3),
+    ("attn", "prefill"): OpEfficiency(0.70, 2048.0, 1.0, 0.525, 512.0, _INF, 0.60),
+    ("attn", "decode"): OpEfficiency(0.50, 0.0, 1.0, 0.95, 96.0, _INF, 0.01),
+    # not in the paper's per-kernel data: elementwise kernels at the decode FFN's memory efficiency
+    ("misc", "prefill"): OpEfficiency(0.50, 0.0, 1.0, 0.75, 0.0, _INF, 0.30, kernels=4),
+    ("misc", "decode"): OpEfficiency(0.50, 0.0, 1.0, 0.75, 0.0, _INF, 0.30, kernels=4),
+    # LM head GEMM like the FFN's GEMMs, plus softmax and sampling kernels
+    ("sampling", "prefill"): OpEfficiency(0.825, 128.0, 1.0, 0.75, 0.0, 1536.0, 0.30, kernels=3),
+    ("sampling", "decode"): OpEfficiency(0.825, 128.0, 1.0, 0.75, 0.0, 1536.0, 0.30, kernels=3),
 }
 
 
