@@ -1,0 +1,49 @@
+"""What an instance's `GET /adrenaline/load` returns: the schema shared by the plugin and the proxy.
+
+Pure data, no sglang import: the proxy (a separate process without SGLang's scheduler) parses it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+LOAD_PATH = "/adrenaline/load"
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """One instance's load, as the proxy's scheduler sees it."""
+
+    role: str  # "prefill" | "decode" | "none" (stock SGLang with the plugin installed)
+    num_running_reqs: int = 0
+    num_waiting_reqs: int = 0
+    token_usage: float = 0.0  # fraction of the KV pool in use, 0..1
+    max_total_tokens: int = 0  # KV pool size in tokens (0 = unknown)
+    executor_addr: str = ""  # prefill: "host:port" of its attention executor ("" = none)
+    executor_healthy: bool = False  # prefill: the executor answers; False makes the proxy decode locally
+    executor_kv_tokens: int = 0  # prefill: KV tokens held for offloaded requests
+    executor_kv_bytes: int = 0  # prefill: bytes of that KV
+    offloaded_reqs: int = 0  # prefill: requests whose KV the executor holds; decode: running offloaded
+    offload_rtt_ms: float = 0.0  # decode: mean per-layer round trip to the executor, last window (0 = none)
+
+    def __post_init__(self):
+        if self.role not in ("prefill", "decode", "none"):
+            raise ValueError(f"load report role={self.role!r}: expected prefill, decode or none")
+        if not 0.0 <= self.token_usage <= 1.0:
+            raise ValueError(f"load report token_usage={self.token_usage}: expected 0..1")
+        for name in ("num_running_reqs", "num_waiting_reqs", "max_total_tokens", "executor_kv_tokens",
+                     "executor_kv_bytes", "offloaded_reqs"):  # fmt: skip
+            if getattr(self, name) < 0:
+                raise ValueError(f"load report {name}={getattr(self, name)}: expected >= 0")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LoadReport:
+        """Parse a JSON object; unknown keys are ignored (newer plugins may add fields)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"load report: expected a JSON object, got {type(data).__name__}")
+        known = {f.name: f.type for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
