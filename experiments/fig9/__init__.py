@@ -1,0 +1,1 @@
+"""Figure 9: prefill colocation (SM share curves and the planner)."""
