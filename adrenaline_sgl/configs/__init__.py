@@ -1,0 +1,1 @@
+"""Cluster configurations (YAML) and their schema (`cluster.py`) for `python -m adrenaline_sgl.launch`."""

@@ -1,0 +1,190 @@
+"""Cluster configuration for `python -m adrenaline_sgl.launch --config <cluster.yaml>`.
+
+A cluster is nP prefill and mD decode SGLang servers plus one proxy in front. The YAML mirrors the
+dataclasses below (see `cpu_demo.yaml` and `gpu_node_example.yaml` beside this file); unknown keys are
+errors. SGLang arguments pass through unchanged: `server_args` go to every server, each role's
+`extra_args` only to that role (the plugin's per-role flags go there), `proxy.extra_args` to the proxy.
+Ports left empty are picked free at launch (on one machine) and fixed defaults when only printing the
+per-node commands of a multi-node cluster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+PROXY_KINDS = ("sglang-router", "adrenaline")
+TRANSFER_BACKENDS = ("mooncake", "mooncake_tcp", "nixl", "mori", "fake")
+SMOLLM2_PREFIX = "smollm2:"  # `model: smollm2:<dtype>` = the bundled SmolLM2-135M test checkpoint
+_PORT_RANGE = "1024..65535"
+
+
+def _check_port(where: str, port: int | None) -> None:
+    if port is not None and (not isinstance(port, int) or not 1024 <= port <= 65535):
+        raise ValueError(f"{where} must be an integer port in {_PORT_RANGE}, got {port!r}")
+
+
+def _check_args(where: str, args: Any) -> None:
+    if not isinstance(args, tuple) or not all(isinstance(a, str) for a in args):
+        raise ValueError(f"{where} must be a list of strings (command-line tokens), got {args!r}")
+
+
+@dataclass(frozen=True)
+class RoleConfig:
+    """One server role (prefill or decode): how many instances, where, and its extra SGLang args."""
+
+    count: int = field(default=1, metadata={"help": "number of instances of this role (1..64)"})
+    hosts: tuple[str, ...] = field(default=(), metadata={"help": "host per instance; empty = cluster host"})
+    ports: tuple[int, ...] = field(default=(), metadata={"help": "HTTP port per instance; empty = free port"})
+    bootstrap_ports: tuple[int, ...] = field(
+        default=(), metadata={"help": "prefill only: disaggregation bootstrap port per instance; empty = free"}
+    )
+    extra_args: tuple[str, ...] = field(default=(), metadata={"help": "SGLang args for this role only"})
+
+    def validate(self, role: str) -> None:
+        if not isinstance(self.count, int) or not 1 <= self.count <= 64:
+            raise ValueError(f"{role}.count must be an integer in 1..64, got {self.count!r}")
+        for name in ("hosts", "ports", "bootstrap_ports"):
+            values = getattr(self, name)
+            if values and len(values) != self.count:
+                raise ValueError(f"{role}.{name} must be empty or have count={self.count} entries, got {len(values)}")
+        if role == "decode" and self.bootstrap_ports:
+            raise ValueError("decode.bootstrap_ports is not valid: only prefill servers have a bootstrap port")
+        for i, port in enumerate(self.ports + self.bootstrap_ports):
+            _check_port(f"{role} port #{i}", port)
+        _check_args(f"{role}.extra_args", self.extra_args)
+
+    def host_of(self, i: int, default: str) -> str:
+        return self.hosts[i] if self.hosts else default
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """The request router in front of the servers."""
+
+    kind: str = field(default="sglang-router", metadata={"help": f"one of {PROXY_KINDS}"})
+    host: str | None = field(default=None, metadata={"help": "bind host; empty = cluster host"})
+    port: int | None = field(default=None, metadata={"help": "HTTP port; empty = free port"})
+    prometheus_port: int | None = field(default=None, metadata={"help": "metrics port; empty = free port"})
+    extra_args: tuple[str, ...] = field(default=(), metadata={"help": "args passed to the proxy unchanged"})
+
+    def __post_init__(self):
+        if self.kind not in PROXY_KINDS:
+            raise ValueError(f"proxy.kind must be one of {PROXY_KINDS}, got {self.kind!r}")
+        _check_port("proxy.port", self.port)
+        _check_port("proxy.prometheus_port", self.prometheus_port)
+        _check_args("proxy.extra_args", self.extra_args)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """A whole PD cluster: model, servers, proxy, and how the launcher runs them."""
+
+    model: str = field(metadata={"help": "checkpoint directory, or smollm2:<dtype> for the bundled test model"})
+    host: str = field(default="127.0.0.1", metadata={"help": "default host of every process (bind address)"})
+    cpu_support: bool = field(
+        default=False, metadata={"help": "CPU machines: SGLANG_USE_CPU_ENGINE=1 plus the stand-ins (sglang_ext/cpu)"}
+    )
+    transfer_backend: str = field(default="mooncake", metadata={"help": f"KV transfer: one of {TRANSFER_BACKENDS}"})
+    server_args: tuple[str, ...] = field(default=(), metadata={"help": "SGLang args for every server"})
+    env: dict[str, str] = field(default_factory=dict, metadata={"help": "extra environment for every process"})
+    prefill: RoleConfig = field(default_factory=RoleConfig, metadata={"help": "prefill servers"})
+    decode: RoleConfig = field(default_factory=RoleConfig, metadata={"help": "decode servers"})
+    proxy: ProxyConfig = field(default_factory=ProxyConfig, metadata={"help": "the router in front"})
+    run_dir: str = field(default="results/launch", metadata={"help": "logs go to <run_dir>/<timestamp>/"})
+    startup_timeout_s: float = field(default=600.0, metadata={"help": "health wait per stage, 10..7200 s"})
+    stop_timeout_s: float = field(default=20.0, metadata={"help": "SIGTERM grace before SIGKILL, 1..300 s"})
+
+    def __post_init__(self):
+        if not isinstance(self.model, str) or not self.model:
+            raise ValueError("model must be a checkpoint directory or smollm2:<dtype>, got an empty value")
+        if self.transfer_backend not in TRANSFER_BACKENDS:
+            raise ValueError(f"transfer_backend must be one of {TRANSFER_BACKENDS}, got {self.transfer_backend!r}")
+        if not isinstance(self.cpu_support, bool):
+            raise ValueError(f"cpu_support must be true or false, got {self.cpu_support!r}")
+        _check_args("server_args", self.server_args)
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.env.items()):
+            raise ValueError(f"env must map strings to strings, got {self.env!r}")
+        if not 10 <= self.startup_timeout_s <= 7200:
+            raise ValueError(f"startup_timeout_s must be in 10..7200, got {self.startup_timeout_s!r}")
+        if not 1 <= self.stop_timeout_s <= 300:
+            raise ValueError(f"stop_timeout_s must be in 1..300, got {self.stop_timeout_s!r}")
+        self.prefill.validate("prefill")
+        self.decode.validate("decode")
+        reserved = {"--disaggregation-mode", "--port", "--host", "--disaggregation-bootstrap-port", "--model-path",
+                    "--disaggregation-transfer-backend"}
+        for where, args in (("server_args", self.server_args), ("prefill.extra_args", self.prefill.extra_args),
+                            ("decode.extra_args", self.decode.extra_args)):
+            clash = sorted(reserved.intersection(a.split("=", 1)[0] for a in args))
+            if clash:
+                raise ValueError(f"{where} must not set {clash}: the launcher sets them from the cluster config")
+
+    @property
+    def hosts(self) -> set[str]:
+        """Every host a process of this cluster runs on."""
+        found = {self.proxy.host or self.host}
+        for role in (self.prefill, self.decode):
+            found.update(role.host_of(i, self.host) for i in range(role.count))
+        return found
+
+    @property
+    def is_local(self) -> bool:
+        """True when every process runs on this machine (the launcher can start them itself)."""
+        return self.hosts <= set(LOCAL_HOSTS)
+
+
+def _tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _build(cls, data: Any, where: str):
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be a mapping, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; valid keys are {sorted(names)}")
+    return {k: _tuple(v) for k, v in data.items()}
+
+
+def from_dict(data: dict[str, Any]) -> ClusterConfig:
+    """Build and validate a ClusterConfig from parsed YAML."""
+    kwargs = _build(ClusterConfig, data, "cluster config")
+    for role in ("prefill", "decode"):
+        if role in kwargs:
+            kwargs[role] = RoleConfig(**_build(RoleConfig, kwargs[role] or {}, role))
+    if "proxy" in kwargs:
+        kwargs["proxy"] = ProxyConfig(**_build(ProxyConfig, kwargs["proxy"] or {}, "proxy"))
+    if "env" in kwargs:
+        kwargs["env"] = {str(k): str(v) for k, v in (kwargs["env"] or {}).items()}
+    if "model" not in kwargs:
+        raise ValueError("cluster config: `model` is required (a checkpoint directory or smollm2:<dtype>)")
+    return ClusterConfig(**kwargs)
+
+
+def load(path: str | os.PathLike) -> ClusterConfig:
+    """Read a cluster YAML file. Errors name the file and the offending field."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"cluster config {path} does not exist")
+    try:
+        return from_dict(yaml.safe_load(path.read_text()) or {})
+    except (ValueError, TypeError, yaml.YAMLError) as err:
+        raise ValueError(f"{path}: {err}") from err
+
+
+def resolve_model(model: str) -> str:
+    """The checkpoint directory for `model` (converting the bundled SmolLM2 on first use)."""
+    if model.startswith(SMOLLM2_PREFIX):
+        from adrenaline_sgl.support.smollm2 import checkpoint_dir
+
+        return str(checkpoint_dir(model[len(SMOLLM2_PREFIX):]))
+    if not Path(model).expanduser().is_dir():
+        raise FileNotFoundError(f"model must be an existing checkpoint directory or smollm2:<dtype>, got {model!r}")
+    return str(Path(model).expanduser())

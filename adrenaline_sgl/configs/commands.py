@@ -1,0 +1,171 @@
+"""What to run for a cluster config: ports, then one `ProcessSpec` (command, env, health URL) per process.
+
+Pure code (no process is started here), shared by the launcher and `--print-commands`. Proxy command
+builders sit in a tiny registry keyed by `proxy.kind`; the `adrenaline` proxy (issue 8) gets the same
+arguments as SGLang's router, so it can be swapped in by changing one word in the YAML.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from adrenaline_sgl.configs.cluster import ClusterConfig
+
+# Fixed ports for --print-commands (a remote machine's free ports cannot be picked from here).
+DEFAULT_PREFILL_PORT, DEFAULT_DECODE_PORT, DEFAULT_BOOTSTRAP_PORT = 30000, 30100, 8998
+DEFAULT_PROXY_PORT, DEFAULT_PROMETHEUS_PORT = 8000, 29000
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Every port of the cluster, resolved (one entry per instance)."""
+
+    prefill: tuple[int, ...]
+    bootstrap: tuple[int, ...]
+    decode: tuple[int, ...]
+    proxy: int
+    prometheus: int
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """One process to start: `argv` with `env_overrides` on top of the launcher's environment."""
+
+    name: str  # e.g. prefill-0, decode-0, proxy; also the log file stem
+    role: str  # prefill | decode | proxy
+    host: str
+    argv: tuple[str, ...]
+    env_overrides: dict[str, str] = field(default_factory=dict)
+    ports: tuple[int, ...] = ()  # every port this process binds (checked free after stop)
+    port: int = 0  # HTTP port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def health_url(self) -> str:
+        return f"{self.url}/health"
+
+    @property
+    def log_name(self) -> str:
+        return f"{self.name}.log"
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """True when a server could bind `port` now (SO_REUSEADDR, as servers do: TIME_WAIT does not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port(host: str, taken: set[int]) -> int:
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in taken:
+            return port
+    raise RuntimeError(f"could not find a free port on {host} after 100 tries")
+
+
+def assign_ports(cfg: ClusterConfig, pick_free: bool) -> Ports:
+    """Configured ports (checked free when `pick_free`), else free ones (or fixed defaults when not)."""
+    taken: set[int] = set()
+
+    def one(where: str, configured: int | None, host: str, default: int) -> int:
+        if configured is not None:
+            if pick_free and not port_is_free(host, configured):
+                raise RuntimeError(
+                    f"{where} = {configured} on {host} is already in use; free it, choose another port, "
+                    "or leave the field empty to get a free one"
+                )
+            port = configured
+        else:
+            port = _free_port(host, taken) if pick_free else default
+        if pick_free and port in taken:
+            raise RuntimeError(f"{where} = {port} is used twice in the cluster config")
+        taken.add(port)
+        return port
+
+    def role_ports(role, name: str, configured: tuple[int, ...], default: int) -> tuple[int, ...]:
+        return tuple(
+            one(f"{name} #{i}", configured[i] if configured else None, role.host_of(i, cfg.host), default + i)
+            for i in range(role.count)
+        )
+
+    proxy_host = cfg.proxy.host or cfg.host
+    return Ports(
+        prefill=role_ports(cfg.prefill, "prefill.ports", cfg.prefill.ports, DEFAULT_PREFILL_PORT),
+        bootstrap=role_ports(cfg.prefill, "prefill.bootstrap_ports", cfg.prefill.bootstrap_ports,
+                             DEFAULT_BOOTSTRAP_PORT),
+        decode=role_ports(cfg.decode, "decode.ports", cfg.decode.ports, DEFAULT_DECODE_PORT),
+        proxy=one("proxy.port", cfg.proxy.port, proxy_host, DEFAULT_PROXY_PORT),
+        prometheus=one("proxy.prometheus_port", cfg.proxy.prometheus_port, proxy_host, DEFAULT_PROMETHEUS_PORT),
+    )
+
+
+def _server(cfg: ClusterConfig, role: str, i: int, model_dir: str, ports: Ports, python: str) -> ProcessSpec:
+    role_cfg = cfg.prefill if role == "prefill" else cfg.decode
+    host = role_cfg.host_of(i, cfg.host)
+    port = (ports.prefill if role == "prefill" else ports.decode)[i]
+    argv = [python, "-m", "sglang.launch_server", "--model-path", model_dir, "--host", host, "--port", str(port),
+            "--disaggregation-mode", role, "--disaggregation-transfer-backend", cfg.transfer_backend]
+    bound = [port]
+    if role == "prefill":
+        argv += ["--disaggregation-bootstrap-port", str(ports.bootstrap[i])]
+        bound.append(ports.bootstrap[i])
+    argv += [*cfg.server_args, *role_cfg.extra_args]
+    return ProcessSpec(f"{role}-{i}", role, host, tuple(argv), ports=tuple(bound), port=port)
+
+
+def _sglang_router(cfg: ClusterConfig, prefill: list[ProcessSpec], bootstrap: tuple[int, ...],
+                   decode: list[ProcessSpec], ports: Ports, python: str, module: str) -> tuple[str, ...]:
+    host = cfg.proxy.host or cfg.host
+    argv = [python, "-m", module, "--pd-disaggregation"]
+    for spec, boot in zip(prefill, bootstrap, strict=True):
+        argv += ["--prefill", spec.url, str(boot)]
+    for spec in decode:
+        argv += ["--decode", spec.url]
+    argv += ["--host", host, "--port", str(ports.proxy),
+             "--prometheus-host", host, "--prometheus-port", str(ports.prometheus), *cfg.proxy.extra_args]
+    return tuple(argv)
+
+
+# proxy.kind -> module run with `python -m` and the router's arguments (`--pd-disaggregation --prefill URL
+# BOOTSTRAP_PORT ... --decode URL ... --host --port --prometheus-host --prometheus-port` + extra_args).
+PROXY_MODULES: dict[str, str] = {
+    "sglang-router": "sglang_router.launch_router",
+    "adrenaline": "adrenaline_sgl.proxy",
+}
+
+
+def build_plan(cfg: ClusterConfig, model_dir: str, ports: Ports, python: str,
+               support_dir: Path | None) -> list[ProcessSpec]:
+    """Prefill servers, decode servers, then the proxy. `support_dir`: CPU shims (cpu_support only)."""
+    prefill = [_server(cfg, "prefill", i, model_dir, ports, python) for i in range(cfg.prefill.count)]
+    decode = [_server(cfg, "decode", i, model_dir, ports, python) for i in range(cfg.decode.count)]
+    module = PROXY_MODULES[cfg.proxy.kind]
+    argv = _sglang_router(cfg, prefill, ports.bootstrap, decode, ports, python, module)
+    proxy = ProcessSpec("proxy", "proxy", cfg.proxy.host or cfg.host, argv,
+                        ports=(ports.proxy, ports.prometheus), port=ports.proxy)
+    env = dict(cfg.env)  # overrides on top of the launcher's environment
+    if support_dir is not None:
+        from adrenaline_sgl.sglang_ext.cpu.server_env import server_env
+
+        inherited = {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}
+        env = server_env({**inherited, **env}, support_dir)
+    return [ProcessSpec(p.name, p.role, p.host, p.argv, dict(env), p.ports, p.port) for p in [*prefill, *decode, proxy]]
+
+
+def format_command(spec: ProcessSpec, with_env: bool = False) -> str:
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(spec.env_overrides.items())) if with_env else ""
+    return (env + " " if env else "") + shlex.join(spec.argv)

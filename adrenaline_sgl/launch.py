@@ -1,0 +1,340 @@
+"""Start an nPmD SGLang PD cluster plus its proxy from a cluster YAML, on one machine.
+
+    python -m adrenaline_sgl.launch --config adrenaline_sgl/configs/cpu_demo.yaml           # serve until Ctrl-C
+    python -m adrenaline_sgl.launch --config adrenaline_sgl/configs/cpu_demo.yaml --check   # ask, check, stop
+    python -m adrenaline_sgl.launch --config <multi-node.yaml> --print-commands            # per-node commands
+
+Every process runs in its own process group with its log in <run_dir>/<timestamp>/<name>.log, beside
+`run.json` (resolved config, commands, ports, timings). The launcher waits for /health with a timeout;
+on a failure it prints the tail of the failing process's log; on exit, Ctrl-C or SIGTERM it stops every
+group (SIGTERM, then SIGKILL after `stop_timeout_s`) and checks that no process is left and every port
+is free again. Schema of the YAML: adrenaline_sgl/configs/cluster.py; commands: configs/commands.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from adrenaline_sgl.configs import cluster
+from adrenaline_sgl.configs.commands import (
+    PROXY_MODULES,
+    ProcessSpec,
+    assign_ports,
+    build_plan,
+    format_command,
+    port_is_free,
+)
+
+CHECK_QUESTION = "What is the capital of France?"
+CHECK_EXPECTED = "Paris"
+
+
+class LaunchError(RuntimeError):
+    """A process failed to start, died, or did not become healthy in time (message says which)."""
+
+
+def _log_tail(path: Path, n_lines: int = 40) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError as err:
+        return f"(no log: {err})"
+    return "\n".join(lines[-n_lines:])
+
+
+def _set_parent_death_signal() -> None:
+    """In the child before exec: SIGTERM when the launcher dies, so a SIGKILLed launcher leaves nothing."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG (Linux)
+    except OSError:
+        pass
+
+
+class ProcessGroupSet:
+    """The launched processes, each the leader of its own process group (`start_new_session`)."""
+
+    def __init__(self, folder: Path, stop_timeout_s: float):
+        self.folder = folder
+        self.stop_timeout_s = stop_timeout_s
+        self.running: list[tuple[ProcessSpec, subprocess.Popen]] = []
+
+    def start(self, specs: list[ProcessSpec]) -> None:
+        for spec in specs:
+            log = open(self.folder / spec.log_name, "wb")  # noqa: SIM115 (closed by the child's exit)
+            with log:
+                popen = subprocess.Popen(
+                    spec.argv, env={**os.environ, **spec.env_overrides}, stdout=log, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_set_parent_death_signal,
+                )
+            self.running.append((spec, popen))
+            print(f"launch: started {spec.name} (pid {popen.pid}) on {spec.url}, log {spec.log_name}", flush=True)
+
+    def _failed(self, spec: ProcessSpec, what: str) -> LaunchError:
+        path = self.folder / spec.log_name
+        return LaunchError(f"{spec.name} {what}; last lines of {path}:\n{_log_tail(path)}")
+
+    def wait_healthy(self, specs: list[ProcessSpec], timeout_s: float) -> float:
+        """Poll each spec's /health until all answer 200; raise LaunchError on death or timeout."""
+        import requests
+        from tqdm import tqdm
+
+        popens = {spec.name: popen for spec, popen in self.running}
+        pending = list(specs)
+        t0 = time.monotonic()
+        # A live bar on a terminal; one line per healthy process either way (CI logs are not terminals).
+        with tqdm(total=len(specs), desc="launch: waiting for /health", file=sys.stdout, leave=False,
+                  bar_format="{desc}: {n}/{total} healthy [{elapsed}]", disable=not sys.stdout.isatty()) as bar:
+            while pending:
+                for spec in list(pending):
+                    code = popens[spec.name].poll()
+                    if code is not None:
+                        raise self._failed(spec, f"exited with code {code} before it was healthy")
+                    try:
+                        ok = requests.get(spec.health_url, timeout=2).status_code == 200
+                    except requests.RequestException:
+                        ok = False
+                    if ok:
+                        pending.remove(spec)
+                        bar.update(1)
+                        tqdm.write(f"launch: {spec.name} healthy after {time.monotonic() - t0:.1f} s", file=sys.stdout)
+                if pending and time.monotonic() - t0 > timeout_s:
+                    raise self._failed(pending[0], f"not healthy after {timeout_s:.0f} s (startup_timeout_s)")
+                if pending:
+                    time.sleep(1.0)
+        return time.monotonic() - t0
+
+    def serve_until_exit(self) -> None:
+        """Block until a process exits on its own (then raise LaunchError); signals interrupt it."""
+        while True:
+            for spec, popen in self.running:
+                if popen.poll() is not None:
+                    raise self._failed(spec, f"exited with code {popen.returncode} while serving")
+            time.sleep(1.0)
+
+    def stop_all(self) -> list[str]:
+        """Stop every group (proxy first): SIGTERM, then SIGKILL to the group after the grace time.
+
+        Returns what is left (live processes of the groups, ports still bound); empty when clean."""
+        import psutil
+
+        groups = [popen.pid for _, popen in reversed(self.running)]
+        for _, popen in reversed(self.running):
+            # NOTE: the leader only: SGLang's launch_server drains and stops its own children on SIGTERM;
+            # signalling the children too makes it report them as crashed and wait 5 s for diagnostics.
+            if popen.poll() is None:
+                popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout_s
+        while time.monotonic() < deadline and any(_group_members(psutil, g) for g in groups):
+            time.sleep(0.2)
+        for pgid in groups:
+            if _group_members(psutil, pgid):
+                print(f"launch: group {pgid} ignored SIGTERM for {self.stop_timeout_s} s: SIGKILL", flush=True)
+                _signal_group(pgid, signal.SIGKILL)
+        for _, popen in self.running:
+            try:
+                popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        leftovers = []
+        deadline = time.monotonic() + 10
+        for spec, popen in self.running:
+            while _group_members(psutil, popen.pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if _group_members(psutil, popen.pid):
+                leftovers.append(f"{spec.name}: pids {_group_members(psutil, popen.pid)} still running")
+            for port in spec.ports:
+                while not port_is_free(spec.host, port) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                if not port_is_free(spec.host, port):
+                    leftovers.append(f"{spec.name}: port {port} still bound")
+        self.running = []
+        return leftovers
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _group_members(psutil, pgid: int) -> list[int]:
+    """Live (non-zombie) processes in process group `pgid`."""
+    found = []
+    for proc in psutil.process_iter(["pid", "status"]):
+        try:
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(proc.info["pid"]) == pgid:
+                found.append(proc.info["pid"])
+        except (ProcessLookupError, psutil.Error, OSError):
+            continue
+    return found
+
+
+class _Stop(Exception):
+    """Raised in the main thread by SIGTERM (SIGINT raises KeyboardInterrupt)."""
+
+
+def _raise_stop(signum, frame):
+    raise _Stop(signal.Signals(signum).name)
+
+
+def ask(url: str, question: str = CHECK_QUESTION, max_tokens: int = 32, timeout_s: float = 300.0) -> str:
+    """One greedy chat-templated question through the proxy's OpenAI endpoint; returns the answer text."""
+    import requests
+
+    body = {
+        "model": "default",
+        "messages": [{"role": "user", "content": question}],
+        "temperature": 0.0,
+        "max_tokens": max_tokens,
+    }
+    reply = requests.post(f"{url}/v1/chat/completions", json=body, timeout=timeout_s)
+    if reply.status_code != 200:
+        raise LaunchError(f"{url}/v1/chat/completions answered HTTP {reply.status_code}: {reply.text[:500]}")
+    return reply.json()["choices"][0]["message"]["content"]
+
+
+def _run_dir(base: str) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    folder = Path(base) / f"{stamp}-{os.getpid()}"
+    folder.mkdir(parents=True, exist_ok=False)
+    return folder
+
+
+def _write_run_json(folder: Path, cfg: cluster.ClusterConfig, plan: list[ProcessSpec], record: dict) -> None:
+    import dataclasses
+
+    payload = {
+        "config": dataclasses.asdict(cfg),
+        "processes": [{"name": p.name, "command": format_command(p), "log": p.log_name, "ports": p.ports}
+                      for p in plan],
+        **record,
+    }
+    (folder / "run.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def run(cfg: cluster.ClusterConfig, check: bool, run_dir: str | None = None) -> int:
+    """Start the cluster; serve until stopped, or (check) ask one question and stop. Returns the exit code."""
+    if not cfg.is_local:
+        raise LaunchError(
+            f"hosts {sorted(cfg.hosts - set(cluster.LOCAL_HOSTS))} are not this machine; "
+            "use --print-commands and run each node's commands there"
+        )
+    import importlib.util
+
+    proxy_module = PROXY_MODULES[cfg.proxy.kind]
+    if importlib.util.find_spec(proxy_module) is None:
+        raise LaunchError(f"proxy.kind {cfg.proxy.kind!r} needs the module {proxy_module}, which is not installed")
+    folder = _run_dir(run_dir or cfg.run_dir)
+    t0 = time.monotonic()
+    record: dict = {"check": check, "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    model_dir = cluster.resolve_model(cfg.model)
+    support_dir = None
+    if cfg.cpu_support:
+        from adrenaline_sgl.sglang_ext.cpu import server_env
+
+        support_dir = server_env.write_support_dir(folder.resolve() / "cpu_support")
+    plan = build_plan(cfg, model_dir, assign_ports(cfg, pick_free=True), python=sys.executable,
+                      support_dir=support_dir)
+    servers = [p for p in plan if p.role != "proxy"]
+    proxy = next(p for p in plan if p.role == "proxy")
+    print(f"launch: run folder {folder} (logs, run.json)", flush=True)
+    _write_run_json(folder, cfg, plan, record)
+
+    procs = ProcessGroupSet(folder, stop_timeout_s=cfg.stop_timeout_s)
+    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    code = 1
+    try:
+        procs.start(servers)
+        record["servers_healthy_s"] = round(procs.wait_healthy(servers, cfg.startup_timeout_s), 1)
+        procs.start([proxy])
+        procs.wait_healthy([proxy], cfg.startup_timeout_s)
+        record["all_healthy_s"] = round(time.monotonic() - t0, 1)
+        print(f"launch: ready in {record['all_healthy_s']} s; serving at {proxy.url} "
+              f"(POST /generate, /v1/chat/completions)", flush=True)
+        if check:
+            t_ask = time.monotonic()
+            answer = ask(proxy.url)
+            record["check_answer"] = answer
+            record["check_request_s"] = round(time.monotonic() - t_ask, 2)
+            ok = CHECK_EXPECTED in answer
+            print(f"check: {CHECK_QUESTION!r} -> {answer!r} ({record['check_request_s']} s): "
+                  f"{'PASS' if ok else 'FAIL, expected ' + repr(CHECK_EXPECTED)}", flush=True)
+            code = 0 if ok else 1
+        else:
+            print("launch: Ctrl-C or SIGTERM stops everything", flush=True)
+            procs.serve_until_exit()  # returns only when a process died; signals raise
+    except (KeyboardInterrupt, _Stop) as why:
+        print(f"launch: {type(why).__name__} {why}: stopping", flush=True)
+        code = 0 if not check else 130
+    except LaunchError as err:
+        print(f"launch: FAILED: {err}", file=sys.stderr, flush=True)
+        code = 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # no second interrupt in the middle of the clean-up
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            leftovers = procs.stop_all()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        record["leftovers"] = leftovers
+        record["wall_s"] = round(time.monotonic() - t0, 1)
+        record["exit_code"] = code if not leftovers else 1
+        _write_run_json(folder, cfg, plan, record)
+    if leftovers:
+        print(f"launch: FAILED to clean up: {leftovers}", file=sys.stderr, flush=True)
+        return 1
+    print(f"launch: stopped everything, ports freed; wall time {record['wall_s']} s", flush=True)
+    return code
+
+
+def print_commands(cfg: cluster.ClusterConfig) -> None:
+    """Print every process's command grouped by host (ports: configured or fixed defaults)."""
+    model = cluster.resolve_model(cfg.model) if cfg.model.startswith(cluster.SMOLLM2_PREFIX) else cfg.model
+    support_dir = Path("cpu_support") if cfg.cpu_support else None
+    plan = build_plan(cfg, model, assign_ports(cfg, pick_free=False), python="python", support_dir=support_dir)
+    if support_dir is not None:
+        print(f"# cpu_support: first write the shims on each node: "
+              f"python -m adrenaline_sgl.sglang_ext.cpu.server_env {support_dir}\n")
+    for host in sorted({p.host for p in plan}):
+        print(f"# on {host}")
+        for p in (p for p in plan if p.host == host):
+            print(format_command(p, with_env=True))
+        print()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m adrenaline_sgl.launch", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="cluster YAML (schema: adrenaline_sgl/configs/cluster.py)")
+    parser.add_argument("--check", action="store_true",
+                        help=f"ask {CHECK_QUESTION!r} through the proxy, expect {CHECK_EXPECTED!r}, stop, exit 0/1")
+    parser.add_argument("--print-commands", action="store_true", help="print per-node commands, start nothing")
+    parser.add_argument("--run-dir", default=None, help="override the config's run_dir (logs, run.json)")
+    parser.add_argument("--startup-timeout-s", type=float, default=None, help="override startup_timeout_s")
+    args = parser.parse_args(argv)
+    try:
+        cfg = cluster.load(args.config)
+        if args.startup_timeout_s is not None:
+            import dataclasses
+
+            cfg = dataclasses.replace(cfg, startup_timeout_s=args.startup_timeout_s)
+        if args.print_commands:
+            print_commands(cfg)
+            return 0
+        return run(cfg, check=args.check, run_dir=args.run_dir)
+    except (ValueError, FileNotFoundError, LaunchError, RuntimeError) as err:
+        print(f"launch: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
