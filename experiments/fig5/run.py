@@ -1,0 +1,82 @@
+"""Figure 5: mean TTFT, mean and P99 TPOT and decode throughput vs request rate, PD vs Adrenaline.
+
+Writes `$RESULTS_DIR/fig5/e2e.csv` (the contract columns), `e2e_detail.csv` (plus offloaded share, P99
+TTFT, hidden round-trip share), `config.resolved.yaml`, then `fig5.png`. MODE=real measures live servers
+through experiments/real.py instead of simulating and writes the same e2e.csv.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from adrenaline_sgl.sim import metrics
+
+from .. import common, real, sim_runs
+
+HERE = Path(__file__).resolve().parent
+FIG = "fig5"
+E2E_COLUMNS = ["system", "model", "workload", "request_rate", "mean_ttft_s", "mean_tpot_ms", "p99_tpot_ms",
+               "decode_throughput_tok_s"]  # fmt: skip
+
+
+def _sim_rows(cfg: dict) -> tuple[list, list]:
+    points = [(s, r) for s in cfg["systems"] for r in cfg["request_rates"]]
+    model, wl = cfg["model"], cfg["workload"]
+    runs = common.sweep(points, lambda p: sim_runs.run_point(cfg, model, p[0], wl, float(p[1])), FIG)
+    rows, detail = [], []
+    for (system, rate), pt in zip(points, runs):
+        m = pt.req
+        rows.append([system, model, wl, float(rate), m.mean_ttft_s, m.mean_tpot_ms, m.p99_tpot_ms,
+                     m.decode_throughput_tok_s])  # fmt: skip
+        detail.append(rows[-1] + [m.p99_ttft_s, m.offloaded_frac, metrics.roundtrip_hidden_frac(pt.result.steps),
+                                  m.completed])  # fmt: skip
+    return rows, detail
+
+
+def _real_rows(cfg: dict, out: Path) -> list:
+    urls = real.check_servers(cfg["systems"])
+    rows = []
+    for system in cfg["systems"]:
+        for rate in cfg["request_rates"]:
+            jsonl = out / f"bench_{system}_{rate}.jsonl"
+            cmd = real.bench_command(urls[system], cfg["workload"], float(rate), int(cfg["num_requests"]),
+                                     int(cfg["seed"]), jsonl, (cfg.get("dataset_paths") or {}).get(cfg["workload"]))
+            m = real.run_bench(cmd, jsonl)
+            rows.append([system, cfg["model"], cfg["workload"], float(rate)] + [m[c] for c in E2E_COLUMNS[4:]])
+    return rows
+
+
+@common.guarded
+def main(argv: list[str] | None = None) -> int:
+    ap = common.base_parser(FIG, __doc__.splitlines()[0])
+    ap.add_argument("--dataset-path", help="ShareGPT JSON instead of the synthetic lengths")
+    ap.add_argument("--tokenizer", help="local HF tokenizer dir for the dataset text")
+    ap.add_argument("--model", help="model name (default: the config's, llama2-13b)")
+    ap.add_argument("--rates", help="comma-separated request rates (req/s) instead of the config's")
+    args = ap.parse_args(argv)
+    cfg = common.apply_common(common.load_config(HERE), args)
+    if args.dataset_path:
+        cfg["dataset_paths"] = {cfg["workload"]: args.dataset_path}
+    if args.tokenizer:
+        cfg["tokenizer"] = args.tokenizer
+    if args.model:
+        cfg["model"] = args.model
+    if args.rates:
+        try:
+            cfg["request_rates"] = [float(x) for x in args.rates.split(",")]
+        except ValueError:
+            raise common.ExperimentError(f"--rates={args.rates!r} must be comma-separated numbers") from None
+    for rate in cfg["request_rates"]:
+        if not float(rate) > 0:
+            raise common.ExperimentError(f"request rate {rate!r} must be > 0 (requests/s)")
+    out = common.results_dir(FIG)
+    common.write_resolved(out, cfg, args.mode)
+    common.write_meta(out, args.mode, gpu=cfg["gpu"], setup=f"{cfg['n_prefill']}P{cfg['n_decode']}D")
+    if args.mode == "real":
+        rows = _real_rows(cfg, out)
+    else:
+        rows, detail = _sim_rows(cfg)
+        common.write_csv(out / "e2e_detail.csv", E2E_COLUMNS + ["p99_ttft_s", "offloaded_frac",
+                                                               "roundtrip_hidden_frac", "completed"], detail)
+    common.write_csv(out / "e2e.csv", E2E_COLUMNS, rows)
+    return common.finish(FIG, out, args.no_plot)
