@@ -87,14 +87,16 @@ class GreenContextPartitioner(SMPartitioner):
         index = torch.device(self.device).index or 0
         ctx = GreenContext.create(num_sms=sms, device_id=index)
         self._contexts.append(ctx)
-        if hasattr(ctx, "Stream"):  # torch >= 2.10
+        if hasattr(ctx, "Stream"):  # newer torch: the green context's own stream
             stream = ctx.Stream()
-        else:  # torch 2.9: make_current() switches the current stream to the green context's own
-            ctx.make_current()
+        else:  # torch 2.9: entering the context switches the current stream to the green context's own
+            enter, leave = (("make_current", "pop_current") if hasattr(ctx, "make_current")
+                            else ("set_context", "pop_context"))  # fmt: skip
+            getattr(ctx, enter)()
             try:
                 stream = torch.cuda.current_stream(torch.device(self.device))
             finally:
-                ctx.pop_current()
+                getattr(ctx, leave)()
         return Partition(self.name, self.device, sms, self.info.total_sms, stream=stream)
 
     # -- CUDA driver API ----------------------------------------------------------------------------
@@ -112,7 +114,7 @@ class GreenContextPartitioner(SMPartitioner):
             return rest[0] if len(rest) == 1 else rest
 
         dev_t = torch.device(self.device)
-        torch.zeros(1, device=dev_t)  # the primary context must exist before green contexts are made from it
+        self._ensure_primary_context()
         call(drv.cuInit, 0)
         cu_dev = call(drv.cuDeviceGet, dev_t.index or 0)
         whole = call(drv.cuDeviceGetDevResource, cu_dev, drv.CUdevResourceType.CU_DEV_RESOURCE_TYPE_SM)
@@ -126,10 +128,21 @@ class GreenContextPartitioner(SMPartitioner):
             gctx = call(drv.cuGreenCtxCreate, desc, cu_dev, drv.CUgreenCtxCreate_flags.CU_GREEN_CTX_DEFAULT_STREAM)
             raw = call(drv.cuGreenCtxStreamCreate, gctx, drv.CUstream_flags.CU_STREAM_NON_BLOCKING, 0)
             self._handles.append((drv, gctx, raw))
-            streams.append(torch.cuda.ExternalStream(int(raw), device=dev_t))
+            streams.append(self._wrap_stream(raw))
         return Partition(
             self.name, self.device, sms, self.info.total_sms, stream=streams[0], prefill_stream=streams[1]
         )
+
+    def _ensure_primary_context(self) -> None:
+        """Green contexts are made beside the primary context, which torch creates lazily."""
+        import torch
+
+        torch.zeros(1, device=torch.device(self.device))
+
+    def _wrap_stream(self, raw: Any) -> Any:
+        import torch
+
+        return torch.cuda.ExternalStream(int(raw), device=torch.device(self.device))
 
     def _release(self) -> None:
         for drv, gctx, raw in reversed(self._handles):

@@ -1,4 +1,4 @@
-"""The GPU profiler's whole loop, run on the CPU with a fake partition and tiny shapes."""
+"""The GPU profiler's whole loop: on the CPU with a fake partition and tiny shapes; on a GPU (marked)."""
 
 import math
 import re
@@ -61,3 +61,15 @@ def test_cli_rejects_bad_arguments_with_one_line(args, match, capsys):
 
 def test_shares_parse_as_fractions():
     assert profiler._parse_share("1/16") == 1 / 16 and profiler._parse_share("0.5") == 0.5
+
+
+@pytest.mark.gpu
+def test_gpu_run_measures_partitions_and_contention(tmp_path):
+    gpu = dict(TINY, device="cuda:0", dtype="bfloat16", tokens=(256,), batch=4, context=256, hidden=256,
+               heads=4, kv_heads=4, head_dim=64, ffn=512, reps=3, warmup=1, copy_mib=64)  # fmt: skip
+    cfg = profiler.ProfileRunConfig(out=str(tmp_path / "g"), shares=(0.25, 1.0), **gpu)
+    prof = profiler.run(cfg, progress=False)
+    assert prof.measured and prof.provenance["gpu"]
+    quarter = next(p for p in prof.prefill if p.sm_share == 0.25)
+    assert quarter.num_sms < quarter.total_sms and quarter.contended_executor_sms > 0
+    assert quarter.prefill_contended_ms > 0
