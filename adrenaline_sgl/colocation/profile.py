@@ -114,8 +114,8 @@ def provenance(cfg: ProfileRunConfig, info: DeviceInfo, copy_gbs: float, mode: s
 class _Partitions:
     """Streams for a share: a green-context partition on CUDA, the fake one on CPU, none at share 1."""
 
-    def __init__(self, cfg: ProfileRunConfig, info: DeviceInfo):
-        self.cfg, self.info = cfg, info
+    def __init__(self, cfg: ProfileRunConfig, info: DeviceInfo, api: str | None = None):
+        self.cfg, self.info, self.api = cfg, info, api or cfg.api
 
     def open(self, share: float):
         from adrenaline_sgl.colocation.fake import FakePartitioner
@@ -125,8 +125,25 @@ class _Partitions:
         if share >= 1.0:
             return NonePartitioner(self.cfg.device).open(0.5)  # the whole device, its own stream
         if self.cfg.device.startswith("cuda"):
-            return GreenContextPartitioner(self.cfg.device, api=self.cfg.api).open(share)
+            return GreenContextPartitioner(self.cfg.device, api=self.api).open(share)
         return FakePartitioner(self.cfg.device, info=self.info).open(share)
+
+
+def _contention_api(cfg: ProfileRunConfig) -> tuple[str, str]:
+    """The driver API gives prefill a partition disjoint from the executor's; use it where it works."""
+    from adrenaline_sgl.colocation.green_context import GreenContextPartitioner
+
+    if cfg.api in ("auto", "driver"):
+        try:
+            GreenContextPartitioner(cfg.device, api="driver").open(0.5).close()
+            return "driver", "prefill on the SMs the executor's partition leaves (disjoint, driver API)"
+        except Exception as e:  # noqa: BLE001 - any failure means: fall back, and say why
+            if cfg.api == "driver":
+                raise
+            why = f"{type(e).__name__}: {str(e)[:120]}"
+    else:
+        why = "--api torch"
+    return "torch", f"prefill unpartitioned (all SMs) beside the executor's partition (driver API not used: {why})"
 
 
 def _contended_prefill_ms(cfg, parts, info, share, prefill, attention, alone_ms: float) -> tuple[float, int, bool]:
@@ -191,14 +208,10 @@ def run(cfg: ProfileRunConfig, progress: bool = True) -> Profile:
     attention = DecodeAttention(cfg.batch, cfg.context, shape, cfg.device, dtype, cfg.attention_impl)
     parts = _Partitions(cfg, info)
     contention = cfg.contention and on_gpu
+    mode, exec_parts = "not measured", parts
     if contention:
-        from adrenaline_sgl.colocation.green_context import GreenContextPartitioner
-
-        api = GreenContextPartitioner(cfg.device, api=cfg.api).api
-        mode = ("prefill on the SMs the executor's partition leaves (disjoint, driver API)" if api == "driver" else
-                "prefill unpartitioned (all SMs) beside the executor's partition (torch API makes no disjoint pair)")
-    else:
-        mode = "not measured"
+        api, mode = _contention_api(cfg)
+        exec_parts = _Partitions(cfg, info, api)
     prefill_rows: list[PrefillPoint] = []
     attn_rows: list[AttentionPoint] = []
     notes: list[str] = []
@@ -218,7 +231,7 @@ def run(cfg: ProfileRunConfig, progress: bool = True) -> Profile:
                 alone = _time(cfg, prefill.run, part.stream)
                 contended, exec_sms = math.nan, 0
                 if contention and share < 1:
-                    contended, exec_sms, busy = _contended_prefill_ms(cfg, parts, info, share, prefill, attention,
+                    contended, exec_sms, busy = _contended_prefill_ms(cfg, exec_parts, info, share, prefill, attention,
                                                                       alone)  # fmt: skip
                     if not busy:
                         notes.append(f"share {share:.4f} tokens {t}: executor went idle before prefill finished")
