@@ -204,7 +204,10 @@ def run(cfg: ProfileRunConfig, progress: bool = True) -> Profile:
     copy = Copy(cfg.copy_mib << 20, cfg.device)
     copy_gbs = copy.bytes_moved / _time(cfg, copy.run, None) / 1e6
     del copy
-    prefills = {t: PrefillLayers(t, cfg.layers, shape, cfg.device, dtype) for t in cfg.tokens}
+    prefills: dict[int, PrefillLayers] = {}
+    for t in cfg.tokens:  # one set of random weights, one input per prompt length
+        shared = next(iter(prefills.values())).weights if prefills else None
+        prefills[t] = PrefillLayers(t, cfg.layers, shape, cfg.device, dtype, weights=shared)
     attention = DecodeAttention(cfg.batch, cfg.context, shape, cfg.device, dtype, cfg.attention_impl)
     parts = _Partitions(cfg, info)
     contention = cfg.contention and on_gpu

@@ -61,7 +61,8 @@ class PrefillLayers:
     """`layers` Llama layers over one prompt of `tokens` tokens (random weights, no RoPE: it costs
     little and does not change the shape of the work)."""
 
-    def __init__(self, tokens: int, layers: int, shape: LlamaLayerShape, device: str, dtype: torch.dtype):
+    def __init__(self, tokens: int, layers: int, shape: LlamaLayerShape, device: str, dtype: torch.dtype,
+                 weights: list[dict[str, torch.Tensor]] | None = None):  # fmt: skip
         g = torch.Generator(device="cpu").manual_seed(0)
         s, self.shape, self.tokens = shape, shape, tokens
 
@@ -69,7 +70,7 @@ class PrefillLayers:
             return (torch.randn(*size, generator=g) / math.sqrt(size[-1])).to(device=device, dtype=dtype)
 
         qkv_out = (s.heads + 2 * s.kv_heads) * s.head_dim
-        self.weights = [
+        self.weights = weights or [
             dict(
                 norm1=torch.ones(s.hidden, device=device, dtype=dtype),
                 qkv=w(qkv_out, s.hidden),  # [out, in]
