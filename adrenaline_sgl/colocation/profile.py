@@ -215,6 +215,7 @@ def run(cfg: ProfileRunConfig, progress: bool = True) -> Profile:
     if contention:
         api, mode = _contention_api(cfg)
         exec_parts = _Partitions(cfg, info, api)
+    prov_base = provenance(cfg, info, copy_gbs, mode)
     prefill_rows: list[PrefillPoint] = []
     attn_rows: list[AttentionPoint] = []
     notes: list[str] = []
@@ -241,7 +242,7 @@ def run(cfg: ProfileRunConfig, progress: bool = True) -> Profile:
                 prefill_rows.append(PrefillPoint(share, n, info.total_sms, t, cfg.layers, alone, contended, exec_sms))
         finally:
             part.close()
-        prov = provenance(cfg, info, copy_gbs, mode)
+        prov = dict(prov_base)
         prov["notes"] = "; ".join(notes) or "none"
         prov["elapsed_s"] = f"{time.monotonic() - t_start:.1f}"
         profile = Profile(Path(cfg.out).name, prov, tuple(prefill_rows), tuple(attn_rows))
