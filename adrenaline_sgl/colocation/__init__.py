@@ -10,6 +10,7 @@ from adrenaline_sgl.colocation.partitioner import (
     PartitionerUnavailable,
     RepartitionNeedsRestart,
     SMPartitioner,
+    executor_partitioner,
     make_partitioner,
 )
 from adrenaline_sgl.colocation.planner import Plan, PlannerConfig, PrefillLoad, SMSharePlanner, plan
@@ -31,6 +32,7 @@ __all__ = [
     "SMSharePlanner",
     "ShareError",
     "default_profile",
+    "executor_partitioner",
     "load_profile",
     "make_manager",
     "make_partitioner",

@@ -176,3 +176,16 @@ def make_partitioner(name: str, sm_share: float, device: str = "cuda:0", **kwarg
         raise ValueError(f"partitioner must be one of {sorted(PARTITIONERS)}, got {name!r}")
     check_share(sm_share)
     return PARTITIONERS[name](device, **kwargs).open(sm_share)
+
+
+def executor_partitioner(sm_share: float, device: str, name: str = "auto", **kwargs) -> SMPartitioner:
+    """What the SGLang plugin calls with the executor's SM-share flag.
+
+    `sm_share == 1.0` means "the whole GPU, no partition" (the none partitioner). `name="auto"` picks
+    green contexts on a CUDA device and none elsewhere (CPU tests); an explicit name is used as given and
+    fails with PartitionerUnavailable where it cannot work (no silent fallback)."""
+    if sm_share == 1.0:
+        return make_partitioner("none", 0.5, device)  # the share is not enforced by "none"
+    if name == "auto":
+        name = "green_context" if str(device).startswith("cuda") else "none"
+    return make_partitioner(name, sm_share, device, **kwargs)

@@ -146,3 +146,16 @@ def test_green_context_stream_runs_work_on_the_rounded_partition(share):
         torch.testing.assert_close(y, x @ x)
         part.repartition(0.5)
         assert part.num_sms == share_to_sms(0.5, info)
+
+
+def test_executor_partitioner_maps_the_plugin_flag():
+    from adrenaline_sgl.colocation import executor_partitioner
+
+    assert executor_partitioner(1.0, "cpu").name == "none"  # the whole GPU
+    assert executor_partitioner(0.25, "cpu").name == "none"  # auto on a CPU device
+    assert executor_partitioner(0.25, "cpu", name="fake").num_sms == 32
+    with pytest.raises(ShareError, match=r"sm_share must be in \(0, 1\)"):
+        executor_partitioner(1.5, "cpu")
+    if NO_GPU:
+        with pytest.raises(PartitionerUnavailable, match="not available here"):
+            executor_partitioner(0.25, "cuda:0")  # auto on CUDA means green contexts, no silent fallback
