@@ -125,19 +125,25 @@ class ProcessGroupSet:
         Returns what is left (live processes of the groups, ports still bound); empty when clean."""
         import psutil
 
-        groups = [popen.pid for _, popen in reversed(self.running)]
-        for _, popen in reversed(self.running):
+        leaders = [popen for _, popen in reversed(self.running)]
+        for popen in leaders:
             # NOTE: the leader only: SGLang's launch_server drains and stops its own children on SIGTERM;
             # signalling the children too makes it report them as crashed and wait 5 s for diagnostics.
             if popen.poll() is None:
                 popen.send_signal(signal.SIGTERM)
+        orphans_termed: set[int] = set()
         deadline = time.monotonic() + self.stop_timeout_s
-        while time.monotonic() < deadline and any(_group_members(psutil, g) for g in groups):
+        while time.monotonic() < deadline and any(_group_members(psutil, p.pid) for p in leaders):
+            for popen in leaders:  # a leader that is gone left members behind: SIGTERM them at once
+                if popen.poll() is not None and popen.pid not in orphans_termed:
+                    orphans_termed.add(popen.pid)
+                    _signal_group(popen.pid, signal.SIGTERM)
             time.sleep(0.2)
-        for pgid in groups:
-            if _group_members(psutil, pgid):
-                print(f"launch: group {pgid} ignored SIGTERM for {self.stop_timeout_s} s: SIGKILL", flush=True)
-                _signal_group(pgid, signal.SIGKILL)
+        for popen in leaders:
+            if _group_members(psutil, popen.pid):
+                print(f"launch: group {popen.pid} still running {self.stop_timeout_s} s after SIGTERM: SIGKILL",
+                      flush=True)
+                _signal_group(popen.pid, signal.SIGKILL)
         for _, popen in self.running:
             try:
                 popen.wait(timeout=10)

@@ -1,0 +1,114 @@
+"""Cluster YAML schema, port assignment and the commands the launcher builds (no process is started)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from adrenaline_sgl import launch
+from adrenaline_sgl.configs import cluster
+from adrenaline_sgl.configs.commands import assign_ports, build_plan, port_is_free
+
+CONFIGS = Path(cluster.__file__).parent
+
+
+def _argv_value(argv, flag):
+    return argv[argv.index(flag) + 1]
+
+
+@pytest.mark.parametrize("name", ["cpu_demo.yaml", "gpu_node_example.yaml"])
+def test_shipped_configs_load(name):
+    cfg = cluster.load(CONFIGS / name)
+    assert cfg.prefill.count >= 1 and cfg.decode.count >= 1
+    assert cfg.proxy.kind == "sglang-router"
+
+
+def test_cpu_demo_plan_follows_the_verified_cpu_recipe(tmp_path):
+    cfg = cluster.load(CONFIGS / "cpu_demo.yaml")
+    assert cfg.is_local and cfg.cpu_support
+    plan = build_plan(cfg, "/m", assign_ports(cfg, pick_free=True), python="py", support_dir=tmp_path)
+    prefill, decode, proxy = plan
+    for server in (prefill, decode):
+        argv = list(server.argv)
+        assert argv[:3] == ["py", "-m", "sglang.launch_server"]
+        assert _argv_value(argv, "--device") == "cpu"
+        assert _argv_value(argv, "--attention-backend") == "torch_native"
+        assert _argv_value(argv, "--disaggregation-transfer-backend") == "mooncake_tcp"
+        assert _argv_value(argv, "--host") == "127.0.0.1"
+        assert "--sleep-on-idle" in argv
+        assert server.env_overrides["SGLANG_USE_CPU_ENGINE"] == "1"
+        assert server.env_overrides["PYTHONPATH"].split(os.pathsep)[0] == str(tmp_path)
+    assert _argv_value(list(decode.argv), "--disaggregation-decode-retraction-backup") == "cpu_tensor"
+    boot = _argv_value(list(prefill.argv), "--disaggregation-bootstrap-port")
+    router = list(proxy.argv)
+    assert router[:4] == ["py", "-m", "sglang_router.launch_router", "--pd-disaggregation"]
+    assert router[router.index("--prefill") + 1: router.index("--prefill") + 3] == [prefill.url, boot]
+    assert _argv_value(router, "--decode") == decode.url
+    assert _argv_value(router, "--prometheus-host") == "127.0.0.1"
+    assert "--mini-lb" in router
+    ports = [p for spec in plan for p in spec.ports]
+    assert len(ports) == len(set(ports)) == 5  # http x2, bootstrap, proxy, prometheus
+
+
+def test_print_commands_groups_nodes_and_uses_fixed_ports(capsys):
+    launch.print_commands(cluster.load(CONFIGS / "gpu_node_example.yaml"))
+    out = capsys.readouterr().out
+    node_a, node_b = out.split("# on 10.0.0.2")
+    assert "# on 10.0.0.1" in node_a and "sglang_router.launch_router" in node_a
+    assert node_b.count("sglang.launch_server") == 2 and "launch_router" not in node_b
+    assert "--prefill http://10.0.0.1:30000 8998 --prefill http://10.0.0.2:30000 8998" in node_a
+    assert "MC_TE_METRIC=false" in node_b
+
+
+def test_launching_a_multi_node_config_is_refused():
+    with pytest.raises(launch.LaunchError, match="use --print-commands"):
+        launch.run(cluster.load(CONFIGS / "gpu_node_example.yaml"), check=True)
+
+
+def test_configured_port_in_use_is_a_clear_error():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert not port_is_free("127.0.0.1", port)
+        cfg = cluster.from_dict({"model": "m", "decode": {"ports": [port]}})
+        with pytest.raises(RuntimeError, match=rf"decode.ports #0 = {port} on 127.0.0.1 is already in use"):
+            assign_ports(cfg, pick_free=True)
+
+
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        ({"model": "m", "prefil": {}}, r"unknown keys \['prefil'\]"),
+        ({"model": "m", "prefill": {"count": 0}}, r"prefill.count must be an integer in 1..64"),
+        ({"model": "m", "prefill": {"count": 2, "ports": [30000]}}, r"prefill.ports must be empty or have count=2"),
+        ({"model": "m", "decode": {"bootstrap_ports": [9000]}}, "decode.bootstrap_ports is not valid"),
+        ({"model": "m", "proxy": {"kind": "nginx"}}, r"proxy.kind must be one of \('sglang-router', 'adrenaline'\)"),
+        ({"model": "m", "proxy": {"port": 80}}, r"proxy.port must be an integer port in 1024..65535"),
+        ({"model": "m", "server_args": ["--port", "1"]}, r"server_args must not set \['--port'\]"),
+        ({"model": "m", "decode": {"extra_args": ["--disaggregation-mode=prefill"]}}, "decode.extra_args must not"),
+        ({"model": "m", "transfer_backend": "carrier-pigeon"}, "transfer_backend must be one of"),
+        ({"model": "m", "startup_timeout_s": 1}, r"startup_timeout_s must be in 10..7200"),
+        ({"model": "m", "server_args": "--device cpu"}, "server_args must be a list of strings"),
+        ({"host": "127.0.0.1"}, "`model` is required"),
+    ],
+)
+def test_bad_config_names_the_field(data, match):
+    with pytest.raises(ValueError, match=match):
+        cluster.from_dict(data)
+
+
+def test_cli_reports_a_bad_config_in_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: m\nprefill: {count: 99}\n")
+    assert launch.main(["--config", str(bad), "--print-commands"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "prefill.count must be an integer in 1..64" in err and str(bad) in err
+
+
+def test_missing_model_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="existing checkpoint directory or smollm2:<dtype>"):
+        cluster.resolve_model(str(tmp_path / "nope"))

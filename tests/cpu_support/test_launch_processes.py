@@ -1,0 +1,101 @@
+"""Process-group handling of the launcher with tiny fake servers (plain Python HTTP, no SGLang):
+health wait, failure with the log tail, and a stop that leaves no process and no bound port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+
+import psutil
+import pytest
+
+from adrenaline_sgl.configs.commands import ProcessSpec, port_is_free
+from adrenaline_sgl.launch import LaunchError, ProcessGroupSet
+
+# A server that answers /health, with a child process in its group (like SGLang's scheduler).
+# argv: port, mode ("ok" | "crash" | "stubborn": ignores SIGTERM).
+FAKE_SERVER = r"""
+import http.server, signal, subprocess, sys
+port, mode = int(sys.argv[1]), sys.argv[2]
+if mode == "crash":
+    print("fake server: exploding on purpose", flush=True)
+    sys.exit(3)
+if mode == "stubborn":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+print("child", child.pid, flush=True)
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if self.path == "/health" else 404)
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spec(tmp_path, name, mode):
+    script = tmp_path / "fake_server.py"
+    script.write_text(FAKE_SERVER)
+    port = _free_port()
+    return ProcessSpec(name, "prefill", "127.0.0.1", (sys.executable, str(script), str(port), mode),
+                       ports=(port,), port=port)
+
+
+def _children_of_group(pgid):
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if os.getpgid(p.pid) == pgid and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p.pid)
+        except (OSError, psutil.Error):
+            continue
+    return found
+
+
+def test_healthy_then_stop_leaves_nothing(tmp_path):
+    procs = ProcessGroupSet(tmp_path, stop_timeout_s=5)
+    specs = [_spec(tmp_path, "a", "ok"), _spec(tmp_path, "b", "ok")]
+    try:
+        procs.start(specs)
+        assert procs.wait_healthy(specs, timeout_s=30) < 30
+        leaders = [popen.pid for _, popen in procs.running]
+        assert all(len(_children_of_group(pid)) == 2 for pid in leaders)  # server + its child
+    finally:
+        leftovers = procs.stop_all()
+    assert leftovers == []
+    assert all(_children_of_group(pid) == [] for pid in leaders)
+    assert all(port_is_free("127.0.0.1", s.port) for s in specs)
+
+
+def test_a_crash_before_health_reports_the_log_tail(tmp_path):
+    procs = ProcessGroupSet(tmp_path, stop_timeout_s=5)
+    spec = _spec(tmp_path, "bad", "crash")
+    try:
+        procs.start([spec])
+        expected = r"(?s)bad exited with code 3 before it was healthy.*exploding on purpose"
+        with pytest.raises(LaunchError, match=expected):
+            procs.wait_healthy([spec], timeout_s=30)
+    finally:
+        assert procs.stop_all() == []
+
+
+def test_a_process_ignoring_sigterm_is_killed_with_its_group(tmp_path):
+    procs = ProcessGroupSet(tmp_path, stop_timeout_s=1)
+    spec = _spec(tmp_path, "stubborn", "stubborn")
+    procs.start([spec])
+    procs.wait_healthy([spec], timeout_s=30)
+    leader = procs.running[0][1].pid
+    t0 = time.monotonic()
+    assert procs.stop_all() == []
+    assert time.monotonic() - t0 < 15
+    assert _children_of_group(leader) == []
+    assert port_is_free("127.0.0.1", spec.port)
