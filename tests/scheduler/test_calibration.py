@@ -28,6 +28,13 @@ def test_paper_per_kernel_utilizations_within_stated_error():
     _rewrite_marked("calibration-table", calibration.markdown_table(rows))
 
 
+def test_whole_phase_utilization_against_figure_1():
+    rows = calibration.phase_rows()
+    assert len(rows) == 18
+    assert max(abs(r.hbm_err_pp) for r in rows) <= calibration.PHASE_MAX_HBM_ERROR_PP
+    _rewrite_marked("phase-validation", calibration.markdown_table(rows, bounds=False))
+
+
 def test_calibration_table_can_fail():
     """A deliberately bad parameter set breaks the stated bound (the check is not vacuous)."""
     p = RooflinePredictor("a100-80g", "llama2-7b").with_efficiency(("qkv", "decode"), mem_max=0.3)
