@@ -96,3 +96,22 @@ def sustainable(cfg: dict, model: str, system: str, workload_name: str, rate_lo:
         else:
             hi = mid
     return best
+
+
+def sustainable_summary(cfg: dict, model: str, system: str, workload_name: str) -> dict:
+    """`sustainable` with the per-workload search settings of `cfg["search"]`, as a flat dict (NaN when
+    even the lowest rate misses the SLOs)."""
+    s = (cfg.get("search") or {}).get(workload_name)
+    if s is None:
+        raise ExperimentError(f"config has no search settings for workload {workload_name!r}")
+    rate, pt = sustainable(cfg, model, system, workload_name, float(s["rate_lo"]), float(s["rate_hi"]),
+                           int(s["iterations"]), int(s["num_requests"]))
+    m = pt.req if pt else None
+    nan = math.nan
+    return {
+        "request_rate": rate,
+        "decode_throughput_tok_s": m.decode_throughput_tok_s if m else nan,
+        "mean_ttft_s": m.mean_ttft_s if m else nan,
+        "p99_tpot_ms": m.p99_tpot_ms if m else nan,
+        "offloaded_frac": m.offloaded_frac if m else nan,
+    }

@@ -1,0 +1,61 @@
+"""Figure 6: prefill HBM bandwidth, decode TFLOP/s and prefill HBM capacity vs offload ratio (simulated).
+
+Writes `$RESULTS_DIR/fig6/utilization.csv` (model, system, offload_ratio, prefill_hbm_bw_gbs,
+decode_tflops, prefill_hbm_capacity_frac; steady state = arrivals 10%..90%), `capacity_timeline.csv`
+(model, system, offload_ratio, t_s, prefill_hbm_capacity_frac), `meta.csv`, `config.resolved.yaml`, then
+`fig6.png`. Ratio 0 is the PD baseline; ratio F is Adrenaline with the scheduler's fixed bound OB = F.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from adrenaline_sgl.sim import metrics
+from adrenaline_sgl.sim.records import PREFILL
+
+from .. import common, real, sim_runs
+
+HERE = Path(__file__).resolve().parent
+FIG = "fig6"
+
+
+def system_of(ratio: float) -> str:
+    return "pd" if ratio == 0 else f"ratio:{ratio:g}"
+
+
+@common.guarded
+def main(argv: list[str] | None = None) -> int:
+    ap = common.base_parser(FIG, __doc__.splitlines()[0])
+    args = ap.parse_args(argv)
+    if args.mode == "real":
+        raise real.unsupported(FIG)
+    cfg = common.apply_common(common.load_config(HERE), args)
+    out = common.results_dir(FIG)
+    common.write_resolved(out, cfg, args.mode)
+    common.write_meta(out, args.mode, gpu=cfg["gpu"], workload=cfg["workload"])
+    points = [(m, float(r)) for m in cfg["models"] for r in cfg["offload_ratios"]]
+    for model in cfg["models"]:
+        if model not in cfg["request_rates"]:
+            raise common.ExperimentError(f"fig6 config has no request_rates entry for model {model!r}")
+
+    def one(p):
+        model, ratio = p
+        return sim_runs.run_point(cfg, model, system_of(ratio), cfg["workload"], float(cfg["request_rates"][model]))
+
+    runs = common.sweep(points, one, FIG)
+    rows, timeline = [], []
+    for (model, ratio), pt in zip(points, runs):
+        system = "pd" if ratio == 0 else "adrenaline"
+        u = metrics.utilization(pt.result, 1, 1)
+        rows.append([model, system, ratio, u.prefill_hbm_bw_gbs, u.decode_tflops, u.prefill_hbm_capacity_frac])
+        end = max(r.finish_s for r in pt.result.requests)
+        grid = np.linspace(0.0, end, int(cfg["timeline_points"]))
+        frac = metrics.capacity_timeline(pt.result, PREFILL, 0, grid)
+        timeline += [[model, system, ratio, float(t), float(f)] for t, f in zip(grid, frac)]
+    common.write_csv(out / "utilization.csv", ["model", "system", "offload_ratio", "prefill_hbm_bw_gbs",
+                                               "decode_tflops", "prefill_hbm_capacity_frac"], rows)  # fmt: skip
+    common.write_csv(out / "capacity_timeline.csv", ["model", "system", "offload_ratio", "t_s",
+                                                     "prefill_hbm_capacity_frac"], timeline)  # fmt: skip
+    return common.finish(FIG, out, args.no_plot)

@@ -1,0 +1,54 @@
+"""Figure 8: decode throughput vs offload ratio per workload, with the scheduler's choice marked (simulated).
+
+Writes `$RESULTS_DIR/fig8/sensitivity.csv` (model, workload, offload_ratio, decode_throughput_tok_s;
+offload_ratio is a number, 0 for the PD baseline, or `auto`), `sustainable.csv` (the rate found and its
+latencies, and the share of requests offloaded), `meta.csv`, `config.resolved.yaml`, then `fig8.png`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import common, real, sim_runs
+
+HERE = Path(__file__).resolve().parent
+FIG = "fig8"
+
+
+def system_of(ratio) -> str:
+    if ratio == "auto":
+        return "auto"
+    try:
+        value = float(ratio)
+    except (TypeError, ValueError):
+        raise common.ExperimentError(f"offload ratio {ratio!r} must be a number >= 0 or 'auto'") from None
+    if value < 0:
+        raise common.ExperimentError(f"offload ratio {ratio!r} must be a number >= 0 or 'auto'")
+    return "pd" if value == 0 else f"ratio:{value:g}"
+
+
+@common.guarded
+def main(argv: list[str] | None = None) -> int:
+    ap = common.base_parser(FIG, __doc__.splitlines()[0])
+    args = ap.parse_args(argv)
+    if args.mode == "real":
+        raise real.unsupported(FIG)
+    cfg = common.apply_common(common.load_config(HERE), args)
+    out = common.results_dir(FIG)
+    common.write_resolved(out, cfg, args.mode)
+    common.write_meta(out, args.mode, gpu=cfg["gpu"], tpot_slo_ms=cfg["tpot_slo_ms"], ttft_slo_s=cfg["ttft_slo_s"])
+    model = cfg["model"]
+    points = [(w, r) for w in cfg["workloads"] for r in cfg["offload_ratios"]]
+    systems = {r: system_of(r) for r in cfg["offload_ratios"]}
+    found = common.sweep(points, lambda p: sim_runs.sustainable_summary(cfg, model, systems[p[1]], p[0]), FIG)
+    rows, detail = [], []
+    for (wl, ratio), d in zip(points, found):
+        label = "auto" if ratio == "auto" else float(ratio)
+        rows.append([model, wl, label, d["decode_throughput_tok_s"]])
+        detail.append([model, wl, label, d["request_rate"], d["decode_throughput_tok_s"], d["mean_ttft_s"],
+                       d["p99_tpot_ms"], d["offloaded_frac"]])
+    common.write_csv(out / "sensitivity.csv", ["model", "workload", "offload_ratio", "decode_throughput_tok_s"], rows)
+    common.write_csv(out / "sustainable.csv", ["model", "workload", "offload_ratio", "request_rate",
+                                               "decode_throughput_tok_s", "mean_ttft_s", "p99_tpot_ms",
+                                               "offloaded_frac"], detail)  # fmt: skip
+    return common.finish(FIG, out, args.no_plot)
