@@ -11,6 +11,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields
 
+from adrenaline_sgl.scheduler.bounds import (
+    DEFAULT_MEM_FRACTION,
+    DEFAULT_PREFILL_RESERVE_TOKENS,
+    DEFAULT_TPOT_SLO_MS,
+)
+
 SYSTEMS = ("pd", "adrenaline")
 WORKLOADS = ("sharegpt", "openthoughts", "azure_conv", "azure_code")
 
@@ -51,12 +57,14 @@ class ClusterConfig:
     prefill_kv_reserve_tokens: int = _help(
         "KV tokens each prefill GPU keeps for its own batches (staging before transfer); the executor "
         "may hold offloaded KV in the rest",
-        16384,
+        DEFAULT_PREFILL_RESERVE_TOKENS,
     )
     max_decode_batch: int = _help("max running requests per decode instance (vLLM's max_num_seqs)", 256)
-    gpu_mem_util: float = _help("fraction of HBM the engine may use for weights + KV (vLLM default 0.9)", 0.9)
+    gpu_mem_util: float = _help(
+        "fraction of HBM for weights + KV (the scheduler's default, SGLang's mem_fraction_static)", DEFAULT_MEM_FRACTION
+    )
     link: str = _help("link between prefill and decode GPUs, as the cost model names it", "nvlink")
-    tpot_slo_ms: float = _help("TPOT SLO the scheduler's bounds use (ms)", 100.0)
+    tpot_slo_ms: float = _help("TPOT SLO the scheduler's bounds use (ms)", DEFAULT_TPOT_SLO_MS)
     ttft_slo_s: float = _help("TTFT SLO (s) for the sustainable-load search in fig 7/8", 5.0)
 
     def __post_init__(self):

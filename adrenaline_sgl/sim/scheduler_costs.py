@@ -2,7 +2,7 @@
 
 Only composition happens here: every time, FLOP and byte count is the predictor's `op_cost` (or its step
 helpers), so the simulator and the real proxy share one cost model. The KV capacity of a GPU is
-`gpu_mem_util x HBM - weights` (activation workspace not subtracted: a stated simplification).
+the scheduler's `kv_capacity_bytes` (`gpu_mem_util x HBM - weights`; activation workspace not subtracted).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import lru_cache
 
+from adrenaline_sgl.scheduler.bounds import kv_capacity_bytes
 from adrenaline_sgl.scheduler.cost_model import OpCost, get_predictor
 
 from .config import ClusterConfig
@@ -31,7 +32,7 @@ class SchedulerCosts:
         self.link = cfg.link
         gpu, model = self.pred.gpu, self.pred.model
         self.num_layers = model.num_layers
-        capacity = int((gpu.hbm_bytes * cfg.gpu_mem_util - model.weight_bytes) // model.kv_bytes_per_token)
+        capacity = int(kv_capacity_bytes(gpu, model, cfg.gpu_mem_util) // model.kv_bytes_per_token)
         if capacity < model.max_context_tokens:
             raise ValueError(
                 f"model={model.name!r} leaves {max(capacity, 0)} KV tokens on gpu={gpu.name!r} at "
