@@ -203,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
     ap.add_argument("--attn-impl", default="kernel", choices=["kernel", "reference"])
     ap.add_argument("--quick", action="store_true", help="tiny grids (CPU smoke test)")
-    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--iters", type=int, default=20, help="timed calls per point (median)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed calls per point first")
     args = ap.parse_args(argv)
     table = measure(
         args.gpu,
@@ -212,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         args.dtype,
         args.quick,
         args.attn_impl,
+        warmup=args.warmup,
         iters=args.iters,
         argv=sys.argv[1:] if argv is None else argv,
     )

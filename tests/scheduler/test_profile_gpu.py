@@ -11,7 +11,7 @@ import pytest
 from adrenaline_sgl.scheduler import profile_gpu
 from adrenaline_sgl.scheduler.table import ProfileTable, TablePredictor
 
-TINY = {"tokens": (1, 4, 8), "prompts": (16, 32, 48), "batches": (1, 2, 3), "contexts": (16, 32)}
+TINY = {"tokens": (1, 4, 8), "prompts": (8, 16, 24), "batches": (1, 2, 3), "contexts": (8, 16)}
 
 
 def test_cpu_pipeline_writes_table_and_holdout(tmp_path, monkeypatch):
