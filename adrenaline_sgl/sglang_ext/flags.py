@@ -69,6 +69,11 @@ class AdrenalineArgs:
         "here; the proxy owns the global view).",
         default="never",
     )
+    inner_attention_backend: str = _opt(
+        "Decode with --attention-backend adrenaline: the SGLang backend it wraps for local rows (triton; "
+        "flashinfer where installed; torch_native on CPU).",
+        default="triton",
+    )
     remote_timeout_s: float = _opt(
         "Decode: seconds to wait for the executor's reply of one layer before failing the step (> 0).",
         default=5.0,
@@ -88,6 +93,11 @@ class AdrenalineArgs:
         if self.executor_max_tokens < 0:
             raise ValueError(f"adrenaline executor_max_tokens={self.executor_max_tokens}: expected >= 0")
         validate_policy(self.offload_policy, "adrenaline offload_policy")
+        if not self.inner_attention_backend or self.inner_attention_backend == "adrenaline":
+            raise ValueError(
+                f"adrenaline inner_attention_backend={self.inner_attention_backend!r}: expected a stock SGLang "
+                "attention backend (triton, flashinfer, torch_native, ...)"
+            )
         if not self.remote_timeout_s > 0:
             raise ValueError(f"adrenaline remote_timeout_s={self.remote_timeout_s}: expected > 0")
 

@@ -35,11 +35,15 @@ def hook_table() -> list[tuple[str, object, object]]:
 
 
 def register_hooks() -> None:
-    """Register `hook_table()` with SGLang's HookRegistry (applied by `load_plugins()` right after)."""
+    """Register `hook_table()` with SGLang's HookRegistry (applied by `load_plugins()` right after), and the
+    `adrenaline` attention backend with SGLang's attention registry (see `backend.register`)."""
     from sglang.srt.plugins.hook_registry import HookRegistry
+
+    from adrenaline_sgl.sglang_ext import backend
 
     for target, hook, hook_type in hook_table():
         HookRegistry.register(target, hook, hook_type)
+    backend.register()
 
 
 def load() -> None:

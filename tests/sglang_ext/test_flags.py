@@ -29,6 +29,7 @@ def test_every_flag_parses_into_its_field():
             "--adrenaline-executor-sm-share", "0.25",
             "--adrenaline-executor-max-tokens", "8192",
             "--adrenaline-offload-policy", "ratio:0.3",
+            "--adrenaline-inner-attention-backend", "torch_native",
             "--adrenaline-remote-timeout-s", "2.5",
         ]
     )  # fmt: skip
@@ -40,6 +41,7 @@ def test_every_flag_parses_into_its_field():
         executor_sm_share=0.25,
         executor_max_tokens=8192,
         offload_policy="ratio:0.3",
+        inner_attention_backend="torch_native",
         remote_timeout_s=2.5,
     )
     assert args.enabled and args.executor_addr == "10.0.0.2:4000"
@@ -73,6 +75,7 @@ def test_unknown_role_is_rejected_by_the_parser(capsys):
         ({"offload_policy": "sometimes"}, "offload_policy"),
         ({"remote_timeout_s": 0}, "remote_timeout_s"),
         ({"executor_host": ""}, "executor_host"),
+        ({"inner_attention_backend": "adrenaline"}, "inner_attention_backend"),
     ],
 )
 def test_bad_values_name_the_field(kwargs, field):

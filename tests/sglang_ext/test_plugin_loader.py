@@ -23,7 +23,9 @@ from sglang.srt.plugins.hook_registry import HookRegistry
 load_plugins()
 from sglang.srt.server_args import ServerArgs, prepare_server_args
 from adrenaline_sgl.sglang_ext import flags
+from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS
 args = prepare_server_args(["--model-path", "m", "--disaggregation-mode", "decode",
+                            "--attention-backend", "adrenaline",
                             "--adrenaline-role", "decode", "--adrenaline-offload-policy", "ratio:0.5",
                             "--adrenaline-executor-port", "4242"])
 child = pickle.loads(pickle.dumps(args))  # what a scheduler subprocess receives
@@ -35,6 +37,8 @@ print(json.dumps({
     "child": flags.of(child).__dict__,
     "stock": flags.of(prepare_server_args(["--model-path", "m"])).__dict__,
     "help_has_group": "Adrenaline offloading" in parser.format_help(),
+    "backend_registered": "adrenaline" in ATTENTION_BACKENDS,
+    "attention_backend": args.attention_backend,
 }))
 """
 
@@ -61,6 +65,7 @@ def test_sglang_loader_applies_hooks_and_flags_parse():
     assert out["child"] == out["parsed"]
     assert out["stock"]["role"] == "none"
     assert out["help_has_group"]
+    assert out["backend_registered"] and out["attention_backend"] == "adrenaline"
 
 
 def test_other_sglang_version_stops_start_up(monkeypatch):

@@ -1,0 +1,213 @@
+"""The `adrenaline` attention backend: wraps the configured backend and sends offloaded rows' attention away.
+
+Per decode step (`init_forward_metadata`): split the batch into local rows and per-executor groups
+(`DecodeOffload.split`), build the wrapped backend's metadata for the local rows only (a sub-ForwardBatch),
+and open the step on every executor (`begin_step`, off the per-layer path).
+
+Per layer (`forward_decode`), Adrenaline's overlap (paper section 4.1):
+    1. submit q, k, v of each group's rows to its executor      (one message, returns at once)
+    2. local attention of the other rows in the wrapped backend  (writes only THEIR new k, v locally)
+    3. wait for each executor's (o, lse) and scatter o into the output rows
+The new token's k, v of an offloaded row never reaches the local pool: the wrapped backend sees a
+sub-batch without that row, and the executor appends it to the request's KV on the prefill side. No merge
+is needed: an offloaded request's whole KV lives on the executor (lse is returned for the split case).
+
+CUDA graphs: not captured with offload. A per-layer network/IPC round trip cannot be recorded in a graph,
+and SGLang's breakable decode graph would need our eager section between every pair of layers, which
+leaves little to capture; a two-dimensional (local batch x offloaded batch) graph grid is the upgrade path.
+So an offloading decode instance runs decode eagerly (`--cuda-graph-backend-decode disabled`);
+`init_cuda_graph_state` refuses with that message instead of capturing something wrong. Extend/prefill
+batches and decode steps without offloaded rows go to the wrapped backend unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
+
+from adrenaline_sgl.offload.errors import OffloadError
+from adrenaline_sgl.sglang_ext.decode_offload import DecodeOffload, RowSplit
+
+logger = logging.getLogger(__name__)
+
+BACKEND_NAME = "adrenaline"
+
+# ForwardBatch fields indexed by batch row in a decode step (one token per request), sliced for local rows.
+PER_ROW_FIELDS = (
+    "input_ids", "req_pool_indices", "seq_lens", "seq_lens_cpu", "orig_seq_lens", "out_cache_loc",
+    "origin_out_cache_loc", "out_cache_loc_virtual", "positions", "encoder_lens", "encoder_lens_cpu",
+)  # fmt: skip
+
+
+def sub_batch(forward_batch, rows: torch.Tensor):
+    """A shallow copy of a decode `forward_batch` restricted to batch positions `rows` `[M]`."""
+    bs = forward_batch.batch_size
+    sub = copy.copy(forward_batch)
+    for name in PER_ROW_FIELDS:
+        value = getattr(forward_batch, name, None)
+        if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == bs:
+            setattr(sub, name, value[rows.to(value.device)])
+    sub.batch_size = int(rows.numel())
+    lens = sub.seq_lens_cpu if getattr(sub, "seq_lens_cpu", None) is not None else sub.seq_lens
+    sub.seq_lens_sum = int(lens.sum().item()) if sub.batch_size else 0
+    return sub
+
+
+class AdrenalineAttnBackend(AttentionBackend):
+    """Wraps `inner` (the configured backend); decode rows marked in `offload` are computed remotely."""
+
+    def __init__(self, inner: AttentionBackend, offload: DecodeOffload):
+        super().__init__()
+        self.inner = inner
+        self.offload = offload
+        self.attn_backend_list = [inner]
+        self.kv_index_translator = getattr(inner, "kv_index_translator", None)
+        self._split: RowSplit | None = None
+        self._local_batch = None
+
+    # ---- per step ----
+    def init_forward_metadata(self, forward_batch):
+        self._split, self._local_batch = None, None
+        if forward_batch.forward_mode.is_decode():
+            split = self.offload.split(forward_batch.req_pool_indices)
+            if split.num_offloaded:
+                self._local_batch = sub_batch(forward_batch, split.local_rows)
+                if split.local_rows.numel():
+                    self.inner.init_forward_metadata(self._local_batch)
+                self._begin_step(split)
+                self._split = split
+                return
+        self.inner.init_forward_metadata(forward_batch)
+
+    def _begin_step(self, split: RowSplit) -> None:
+        opened = []
+        try:
+            for group in split.groups:
+                client = self.offload.client(group.executor)
+                client.begin_step(group.rids)
+                opened.append(client)
+        except OffloadError:
+            for client in opened:
+                client.abort_step()
+            raise
+
+    # ---- per layer ----
+    def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
+        split = self._split
+        if split is None:
+            return self.inner.forward_decode(q, k, v, layer, forward_batch, save_kv_cache=save_kv_cache, **kwargs)
+        num_heads, head_dim, v_dim = layer.tp_q_head_num, layer.qk_head_dim, layer.v_head_dim
+        q3 = q.reshape(-1, num_heads, head_dim)  # [B, Hq, D]
+        k3 = k.reshape(q3.shape[0], layer.tp_k_head_num, head_dim)  # [B, Hkv, D]
+        v3 = v.reshape(q3.shape[0], layer.tp_v_head_num, v_dim)  # [B, Hkv, Dv]
+        clients = [self.offload.client(g.executor) for g in split.groups]
+        try:
+            # 1. send: one message per executor, returns at once
+            for group, client in zip(split.groups, clients):
+                client.submit(layer.layer_id, q3[group.rows], k3[group.rows], v3[group.rows])
+            # 2. local attention meanwhile; only local rows' new k, v are written to the local pool
+            out = q.new_empty(q3.shape[0], num_heads * v_dim)  # [B, Hq * Dv]
+            if split.local_rows.numel():
+                rows = split.local_rows
+                out[rows] = self.inner.forward_decode(q3[rows].reshape(rows.numel(), -1), k3[rows], v3[rows], layer,
+                                                      self._local_batch, save_kv_cache=save_kv_cache, **kwargs)
+            # 3. receive and scatter
+            out3 = out.view(-1, num_heads, v_dim)  # [B, Hq, Dv]
+            for group, client in zip(split.groups, clients):
+                o, _lse = client.wait()  # o [N, Hq, Dv], lse [N, Hq] (whole KV remote: nothing to merge)
+                out3[group.rows] = o.to(out3.dtype)
+            return out
+        except OffloadError:
+            for client in clients:
+                client.abort_step()
+            self._split = None
+            raise
+
+    # ---- everything else is the wrapped backend's ----
+    def forward_extend(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
+        return self.inner.forward_extend(q, k, v, layer, forward_batch, save_kv_cache=save_kv_cache, **kwargs)
+
+    def forward_mixed(self, q, k, v, layer, forward_batch, save_kv_cache=True):
+        return self.inner.forward_mixed(q, k, v, layer, forward_batch, save_kv_cache=save_kv_cache)
+
+    def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int):
+        raise RuntimeError(
+            "adrenaline attention backend: decode CUDA graphs cannot contain the per-layer remote call; start the "
+            "decode instance with --cuda-graph-backend-decode disabled (see docs/sglang.md)"
+        )
+
+    def get_cuda_graph_seq_len_fill_value(self):
+        return self.inner.get_cuda_graph_seq_len_fill_value()
+
+    def support_triton(self):
+        return self.inner.support_triton()
+
+    def __getattr__(self, name):  # attributes the wrapped backend has and AttentionBackend does not declare
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+# ---- registration and creation (SGLang's attention registry calls `create_backend(model_runner)`) ----
+def register() -> None:
+    """Add `adrenaline` to SGLang's attention backends and to the --attention-backend choices.
+
+    Changes: `ATTENTION_BACKENDS["adrenaline"]` and the CLI choice lists. Why: SGLang resolves
+    `--attention-backend` / `--decode-attention-backend` by name through this registry.
+    """
+    from sglang.srt.arg_groups.choices import ATTENTION_BACKEND_CHOICES, add_attention_backend_choices
+    from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS
+
+    ATTENTION_BACKENDS.setdefault(BACKEND_NAME, create_backend)
+    if BACKEND_NAME not in ATTENTION_BACKEND_CHOICES:
+        add_attention_backend_choices([BACKEND_NAME])
+
+
+def create_backend(model_runner):
+    """SGLang's factory signature; reads this instance's `--adrenaline-*` settings from the published args."""
+    from sglang.srt.runtime_context import get_server_args
+
+    from adrenaline_sgl.sglang_ext import flags
+
+    return build_backend(model_runner, flags.of(get_server_args()))
+
+
+def build_backend(model_runner, args) -> AdrenalineAttnBackend:
+    """The wrapped backend named by `args.inner_attention_backend`, around this process's `DecodeOffload`."""
+    from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS
+
+    from adrenaline_sgl.sglang_ext import decode_offload
+
+    if args.inner_attention_backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"adrenaline inner_attention_backend={args.inner_attention_backend!r}: expected one of "
+                         f"{sorted(n for n in ATTENTION_BACKENDS if n != BACKEND_NAME)}")  # fmt: skip
+    inner = ATTENTION_BACKENDS[args.inner_attention_backend](model_runner)
+    offload = decode_offload.current()
+    if offload is None:
+        offload = DecodeOffload(connect=client_factory(model_runner, args))
+        decode_offload.install(offload)
+    return AdrenalineAttnBackend(inner, offload)
+
+
+def client_factory(model_runner, args):
+    """`connect(executor_addr) -> OffloadClient` over `args.transport`, rows shaped like this model (TP 1)."""
+    from adrenaline_sgl.offload.client import ClientConfig, OffloadClient
+    from adrenaline_sgl.offload.transports.base import create_channel
+    from adrenaline_sgl.offload.wire import RowLayout
+
+    cfg = model_runner.model_config
+    layout = RowLayout(num_q_heads=cfg.num_attention_heads, num_kv_heads=cfg.get_num_kv_heads(1),
+                       head_dim=cfg.head_dim, dtype=model_runner.kv_cache_dtype)  # fmt: skip
+    num_layers = cfg.num_hidden_layers
+    client_cfg = ClientConfig(layer_timeout_s=args.remote_timeout_s)
+
+    def connect(executor: str) -> OffloadClient:
+        if args.transport == "inproc":
+            raise OffloadError(f"transport inproc cannot reach executor {executor!r} from a server; use mooncake")
+        channel = create_channel(args.transport, address=executor, layout=layout)
+        return OffloadClient(channel, layout, num_layers, client_cfg)
+
+    return connect

@@ -1,0 +1,132 @@
+"""Decode side state: which running requests are offloaded, to which executor, and the clients to them.
+
+One `DecodeOffload` per decode scheduler process (`current()`). The decode admission hook `mark()`s a
+request when it is admitted offloaded (keyed by its `req_to_token` row, which is what a ForwardBatch
+carries); finish and abort `unmark()` it and tell its executor `release(rid)`. The `adrenaline` attention
+backend asks `split(req_pool_indices)` once per decode step.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from adrenaline_sgl.offload.client import OffloadClient
+from adrenaline_sgl.offload.errors import OffloadError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OffloadedReq:
+    rid: str
+    executor: str  # "host:port" (or "inproc"), the key of its client
+
+
+@dataclass(frozen=True)
+class Group:
+    """The rows of one step that go to one executor, in batch order."""
+
+    executor: str
+    rows: torch.Tensor  # [N] int64 positions in the batch
+    rids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RowSplit:
+    """One decode step's rows: local ones stay with the wrapped backend, groups go to executors."""
+
+    local_rows: torch.Tensor  # [M] int64 positions in the batch
+    groups: tuple[Group, ...]
+
+    @property
+    def num_offloaded(self) -> int:
+        return sum(int(g.rows.numel()) for g in self.groups)
+
+
+class DecodeOffload:
+    """Offloaded requests by `req_to_token` row, and one `OffloadClient` per executor (made on first use)."""
+
+    def __init__(self, connect: Callable[[str], OffloadClient]):
+        self._connect = connect
+        self._by_row: dict[int, OffloadedReq] = {}
+        self._clients: dict[str, OffloadClient] = {}
+        self._lock = threading.Lock()
+
+    # ---- admission and release (scheduler thread) ----
+    def mark(self, req_pool_idx: int, rid: str, executor: str) -> None:
+        if not executor:
+            raise OffloadError(f"request {rid!r} is marked offloaded but names no executor")
+        with self._lock:
+            self._by_row[int(req_pool_idx)] = OffloadedReq(rid, executor)
+
+    def unmark(self, req_pool_idx: int, release: bool = True) -> OffloadedReq | None:
+        """Forget the row; with `release`, tell its executor to free the request's KV (errors logged)."""
+        with self._lock:
+            found = self._by_row.pop(int(req_pool_idx), None)
+        if found is not None and release:
+            try:
+                self.client(found.executor).release(found.rid)
+            except OffloadError as err:  # the executor frees orphans itself when it learns of the abort
+                logger.warning("release of %s on %s failed: %s", found.rid, found.executor, err)
+        return found
+
+    def lookup(self, req_pool_idx: int) -> OffloadedReq | None:
+        return self._by_row.get(int(req_pool_idx))
+
+    @property
+    def num_offloaded(self) -> int:
+        return len(self._by_row)
+
+    # ---- per step (forward thread) ----
+    def client(self, executor: str) -> OffloadClient:
+        with self._lock:
+            found = self._clients.get(executor)
+            if found is None:
+                found = self._clients[executor] = self._connect(executor)
+            return found
+
+    def split(self, req_pool_indices: torch.Tensor) -> RowSplit:
+        """Split a decode batch `[B]` of `req_to_token` rows into local rows and per-executor groups."""
+        local: list[int] = []
+        by_executor: dict[str, tuple[list[int], list[str]]] = {}
+        for pos, row in enumerate(req_pool_indices.tolist()):
+            found = self._by_row.get(row)
+            if found is None:
+                local.append(pos)
+            else:
+                rows, rids = by_executor.setdefault(found.executor, ([], []))
+                rows.append(pos)
+                rids.append(found.rid)
+        groups = tuple(
+            Group(executor, torch.tensor(rows, dtype=torch.int64), tuple(rids))
+            for executor, (rows, rids) in by_executor.items()
+        )
+        return RowSplit(torch.tensor(local, dtype=torch.int64), groups)
+
+    def round_trip_ms(self) -> float:
+        """Mean per-layer round trip over every client's last 1000 layers (0 when none yet)."""
+        samples = [ms for c in self._clients.values() for ms in c.round_trip_ms[-1000:]]
+        return sum(samples) / len(samples) if samples else 0.0
+
+    def close(self) -> None:
+        for c in self._clients.values():
+            c.close()
+        self._clients.clear()
+
+
+_CURRENT: DecodeOffload | None = None
+
+
+def install(offload: DecodeOffload | None) -> None:
+    """Make `offload` this process's decode offload state (None removes it)."""
+    global _CURRENT
+    _CURRENT = offload
+
+
+def current() -> DecodeOffload | None:
+    return _CURRENT

@@ -1,0 +1,186 @@
+"""The `adrenaline` backend around SGLang's real attention backend equals the unwrapped backend.
+
+Real SGLang classes: `MHATokenToKVPool`, `ReqToTokenPool`, `ForwardBatch`, `RadixAttention` and the wrapped
+`TorchNativeAttnBackend` (what SGLang serves with on CPU). The offloaded rows go through the real
+`OffloadClient` and `inproc` transport to an `AttentionExecutor`. In the wrapped run, the decode pool holds
+ZEROS where the offloaded requests' KV would be, so equal outputs prove their attention ran remotely.
+"""
+
+from __future__ import annotations
+
+import time
+import types
+
+import pytest
+import torch
+
+from adrenaline_sgl.offload.client import ClientConfig, OffloadClient
+from adrenaline_sgl.offload.errors import OffloadError
+from adrenaline_sgl.offload.executor import AttentionExecutor
+from adrenaline_sgl.offload.pool import KVPool
+from adrenaline_sgl.offload.service import ExecutorService
+from adrenaline_sgl.offload.transports.inproc import InprocChannel
+from adrenaline_sgl.offload.wire import RowLayout
+
+sgl_pool = pytest.importorskip("sglang.srt.mem_cache.memory_pool")
+from sglang.srt.layers.attention.torch_native_backend import TorchNativeAttnBackend  # noqa: E402
+from sglang.srt.layers.radix_attention import RadixAttention  # noqa: E402
+from sglang.srt.model_executor.forward_batch_info import ForwardBatch, ForwardMode  # noqa: E402
+
+from adrenaline_sgl.sglang_ext.backend import AdrenalineAttnBackend, sub_batch  # noqa: E402
+from adrenaline_sgl.sglang_ext.decode_offload import DecodeOffload  # noqa: E402
+
+HQ, HKV, D, LAYERS, SLOTS = 4, 2, 8, 2, 96
+PROMPT_LENS = [5, 9, 3, 7]  # tokens already in KV, per request (batch row b uses req_to_token row b + 1)
+
+
+class World:
+    """The decode instance's pools and backend, plus an executor holding the offloaded requests' KV."""
+
+    def __init__(self, offloaded: set[int], seed: int = 0, layer_delay_s: float = 0.0, timeout_s: float = 5.0):
+        g = torch.Generator().manual_seed(seed)
+        self.layers = [RadixAttention(num_heads=HQ, head_dim=D, scaling=D**-0.5, num_kv_heads=HKV, layer_id=i)
+                       for i in range(LAYERS)]  # fmt: skip
+        self.ref_pool = self._pool()
+        self.pool = self._pool()  # the wrapped run's decode pool
+        self.req_to_token = sgl_pool.ReqToTokenPool(8, 64, "cpu", False)
+        self.next_slot = 1  # slot 0 is SGLang's padding slot
+        self.offloaded = offloaded
+        executor = AttentionExecutor(KVPool.standalone(LAYERS, SLOTS, HKV, D), attention="reference")
+        self.service = ExecutorService(executor)
+        if layer_delay_s:
+            layer = self.service.layer
+            self.service.layer = lambda *a: (time.sleep(layer_delay_s), layer(*a))[1]
+        self.channel = InprocChannel(self.service)
+        self.client = OffloadClient(self.channel, RowLayout(HQ, HKV, D, torch.float32), LAYERS,
+                                    ClientConfig(layer_timeout_s=timeout_s))  # fmt: skip
+        self.offload = DecodeOffload(connect=lambda addr: self.client)
+        self.lens = list(PROMPT_LENS)
+        for b, n in enumerate(PROMPT_LENS):
+            slots = self._alloc(b, n)
+            k = torch.randn(LAYERS, n, HKV, D, generator=g)
+            v = torch.randn(LAYERS, n, HKV, D, generator=g)
+            for i in range(LAYERS):
+                self.ref_pool.k_buffer[i][slots] = k[i]
+                self.ref_pool.v_buffer[i][slots] = v[i]
+                if b not in offloaded:  # an offloaded request's prompt KV never reaches decode
+                    self.pool.k_buffer[i][slots] = k[i]
+                    self.pool.v_buffer[i][slots] = v[i]
+            if b in offloaded:
+                self.client.adopt_copy(f"r{b}", k, v)
+                self.offload.mark(b + 1, f"r{b}", "inproc")
+        runner = lambda pool: types.SimpleNamespace(device="cpu", req_to_token_pool=self.req_to_token,
+                                                    token_to_kv_pool=pool)  # fmt: skip
+        self.reference = TorchNativeAttnBackend(runner(self.ref_pool))
+        self.wrapped = AdrenalineAttnBackend(TorchNativeAttnBackend(runner(self.pool)), self.offload)
+
+    @staticmethod
+    def _pool():
+        return sgl_pool.MHATokenToKVPool(SLOTS, page_size=1, dtype=torch.float32, head_num=HKV, head_dim=D,
+                                         layer_num=LAYERS, device="cpu", enable_memory_saver=False)  # fmt: skip
+
+    def _alloc(self, b: int, n: int) -> torch.Tensor:
+        slots = torch.arange(self.next_slot, self.next_slot + n)
+        start = int((self.req_to_token.req_to_token[b + 1] > 0).sum())
+        self.req_to_token.req_to_token[b + 1, start : start + n] = slots.to(torch.int32)
+        self.next_slot += n
+        return slots
+
+    def step(self, g: torch.Generator):
+        """One decode step over all layers for both backends; returns (out, ref_out, new slots)."""
+        new_slots = torch.cat([self._alloc(b, 1) for b in range(len(self.lens))])
+        self.lens = [n + 1 for n in self.lens]
+        fb = ForwardBatch(forward_mode=ForwardMode.DECODE, batch_size=len(self.lens),
+                          input_ids=torch.zeros(len(self.lens), dtype=torch.int64),
+                          req_pool_indices=torch.arange(1, len(self.lens) + 1), seq_lens=torch.tensor(self.lens),
+                          out_cache_loc=new_slots, seq_lens_sum=sum(self.lens),
+                          seq_lens_cpu=torch.tensor(self.lens))  # fmt: skip
+        self.reference.init_forward_metadata(fb)
+        self.wrapped.init_forward_metadata(fb)
+        outs, refs, news = [], [], []
+        for layer in self.layers:
+            q = torch.randn(len(self.lens), HQ * D, generator=g)  # [B, Hq * D]
+            k = torch.randn(len(self.lens), HKV, D, generator=g)  # [B, Hkv, D]
+            v = torch.randn(len(self.lens), HKV, D, generator=g)
+            refs.append(self.reference.forward(q, k, v, layer, fb))
+            outs.append(self.wrapped.forward(q, k, v, layer, fb))
+            news.append(k)
+        return torch.stack(outs), torch.stack(refs), new_slots, torch.stack(news)
+
+    def close(self):
+        self.channel.close()
+
+
+@pytest.mark.parametrize("offloaded", [{1, 3}, {0, 1, 2, 3}, set()], ids=["some", "all", "none"])
+def test_wrapper_equals_unwrapped_backend(offloaded):
+    world = World(offloaded)
+    g = torch.Generator().manual_seed(1)
+    try:
+        for _ in range(2):  # the second step attends over the first step's k, v on both sides
+            out, ref, new_slots, new_k = world.step(g)
+            torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+            for b in range(len(PROMPT_LENS)):
+                written = world.pool.k_buffer[0][new_slots[b]]
+                if b in offloaded:  # the new token's k, v of an offloaded row are not written locally
+                    assert torch.count_nonzero(written) == 0
+                else:
+                    torch.testing.assert_close(written, new_k[0, b])
+        if offloaded:
+            assert len(world.client.round_trip_ms) == 2 * LAYERS
+            assert world.service.executor.stats().tokens_held == sum(PROMPT_LENS[b] + 2 for b in offloaded)
+    finally:
+        world.close()
+
+
+def test_sub_batch_keeps_only_local_rows():
+    fb = ForwardBatch(forward_mode=ForwardMode.DECODE, batch_size=3, input_ids=torch.tensor([7, 8, 9]),
+                      req_pool_indices=torch.tensor([4, 5, 6]), seq_lens=torch.tensor([2, 3, 4]),
+                      out_cache_loc=torch.tensor([10, 11, 12]), seq_lens_sum=9)  # fmt: skip
+    sub = sub_batch(fb, torch.tensor([0, 2]))
+    assert sub.batch_size == 2 and sub.seq_lens_sum == 6
+    assert sub.req_pool_indices.tolist() == [4, 6] and sub.out_cache_loc.tolist() == [10, 12]
+    assert fb.batch_size == 3 and fb.req_pool_indices.tolist() == [4, 5, 6]  # the original is untouched
+
+
+def test_silent_executor_fails_the_step_with_a_clear_error_instead_of_hanging():
+    world = World({1}, layer_delay_s=1.0, timeout_s=0.2)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(OffloadError, match=r"no reply for layer 0 within 0\.2 s"):
+            world.step(torch.Generator().manual_seed(1))
+        assert time.monotonic() - t0 < 1.5
+        assert world.wrapped._split is None  # the step was abandoned (and rolled back on the executor)
+    finally:
+        world.close()
+
+
+def test_cuda_graph_capture_is_refused_with_the_flag_to_use():
+    world = World(set())
+    try:
+        with pytest.raises(RuntimeError, match="--cuda-graph-backend-decode disabled"):
+            world.wrapped.init_cuda_graph_state(8, 8)
+    finally:
+        world.close()
+
+
+def test_registry_factory_wraps_the_configured_backend():
+    from adrenaline_sgl.sglang_ext import decode_offload, flags
+    from adrenaline_sgl.sglang_ext.backend import build_backend
+
+    world = World(set())
+    cfg = types.SimpleNamespace(num_attention_heads=HQ, get_num_kv_heads=lambda tp: HKV, head_dim=D,
+                                num_hidden_layers=LAYERS)  # fmt: skip
+    runner = types.SimpleNamespace(device="cpu", req_to_token_pool=world.req_to_token, token_to_kv_pool=world.pool,
+                                   model_config=cfg, kv_cache_dtype=torch.float32)  # fmt: skip
+    try:
+        args = flags.AdrenalineArgs(role="decode", transport="inproc", inner_attention_backend="torch_native")
+        backend = build_backend(runner, args)
+        assert isinstance(backend.inner, TorchNativeAttnBackend)
+        assert decode_offload.current() is backend.offload
+        with pytest.raises(OffloadError, match="inproc cannot reach executor '10.0.0.1:31000'"):
+            backend.offload.client("10.0.0.1:31000")
+        with pytest.raises(ValueError, match="inner_attention_backend='nope'"):
+            build_backend(runner, flags.AdrenalineArgs(role="decode", inner_attention_backend="nope"))
+    finally:
+        decode_offload.install(None)
+        world.close()
