@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib.util
+import multiprocessing
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -112,9 +113,50 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(row for row in f if not row.startswith("#")))
 
 
-def sweep(points: Sequence, fn: Callable, desc: str) -> list:
-    """fn(point) for every point, in order, with a progress bar on stderr."""
-    return [fn(p) for p in tqdm(points, desc=desc, unit="run", leave=False, disable=None)]
+_SWEEP_FN: Callable | None = None  # the function forked workers run (set before the pool starts)
+
+
+def _call(point):
+    return _SWEEP_FN(point)
+
+
+def default_jobs() -> int:
+    """Worker processes for sweeps: $ADRENALINE_JOBS, else min(2, CPUs)."""
+    env = os.environ.get("ADRENALINE_JOBS")
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise ExperimentError(f"ADRENALINE_JOBS={env!r} must be an integer >= 1")
+        return int(env)
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def sweep(points: Sequence, fn: Callable, desc: str, jobs: int | None = None) -> list:
+    """fn(point) for every point, results in order, with a progress bar on stderr.
+
+    With jobs > 1 the points run in forked worker processes (POSIX only; results must be picklable and
+    should be small). Every point is a pure function of its inputs, so results do not depend on `jobs`.
+    """
+    global _SWEEP_FN
+    jobs = default_jobs() if jobs is None else jobs
+    bar = tqdm(total=len(points), desc=desc, unit="run", leave=False, disable=None)
+    if jobs <= 1 or len(points) <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        out = []
+        for p in points:
+            out.append(fn(p))
+            bar.update()
+        bar.close()
+        return out
+    _SWEEP_FN = fn
+    try:
+        with multiprocessing.get_context("fork").Pool(min(jobs, len(points))) as pool:
+            out = []
+            for r in pool.imap(_call, points):
+                out.append(r)
+                bar.update()
+    finally:
+        _SWEEP_FN = None
+        bar.close()
+    return out
 
 
 def load_plotter(fig: str):

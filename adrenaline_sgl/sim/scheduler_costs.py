@@ -48,6 +48,9 @@ class SchedulerCosts:
         )
         self.kv_transfer_ms(1)  # fail now, with the scheduler's message, on an unknown link name
         self._nonattn = lru_cache(maxsize=8192)(self._decode_nonattn_uncached)
+        self._lines: dict = {}
+        self._roundtrip_ms = lru_cache(maxsize=4096)(lambda rows: self.pred.offload_layer_roundtrip_ms(rows, self.link))
+        self.max_context = model.max_context_tokens
 
     def prefill(self, prompt_lens: Sequence[int], sm_share: float) -> Work:
         return _work(self.pred.prefill_step_costs(prompt_lens, sm_share))
@@ -65,11 +68,42 @@ class SchedulerCosts:
     def decode_attn(self, batch: int, context_tokens: int, sm_share: float) -> Work:
         if batch <= 0:
             return NO_WORK
+        line = self._attn_line(int(batch), float(sm_share))
+        if line is None:
+            return self._decode_attn_exact(batch, context_tokens, sm_share)
+        (ms0, f0, b0), (ms_k, f_k, b_k) = line
+        return Work(ms0 + ms_k * context_tokens, f0 + f_k * context_tokens, b0 + b_k * context_tokens)
+
+    def _decode_attn_exact(self, batch: int, context_tokens: int, sm_share: float) -> Work:
         c = self.pred.op_cost("attn", "decode", batch, context_tokens, batch, sm_share)
         return _work([c.times(self.num_layers)])
+
+    def _attn_line(self, batch: int, sm_share: float):
+        """(intercept, slope) of decode attention in the context length at this (batch, share), or None.
+
+        NOTE: a speed-up only, never a second model. The event loop asks for decode attention at every step
+        with a new context length; the predictor's answer is affine in it over the whole range a batch can
+        have (memory-bound streaming of KV), which this checks at five points before using the line. Where
+        the check fails (a kink, or a table predictor), every call goes to the predictor.
+        """
+        key = (batch, sm_share)
+        if key not in self._lines:
+            lo, hi = batch, batch * self.max_context
+            pts = [lo + (hi - lo) * i // 4 for i in range(5)]
+            works = [self._decode_attn_exact(batch, c, sm_share) for c in pts]
+            span = pts[-1] - pts[0]
+            k = tuple((getattr(works[-1], f) - getattr(works[0], f)) / span for f in ("ms", "flops", "bytes"))
+            b0 = tuple(getattr(works[0], f) - k[i] * pts[0] for i, f in enumerate(("ms", "flops", "bytes")))
+            affine = span > 0 and all(
+                abs(b0[i] + k[i] * c - getattr(w, f)) <= 1e-9 * max(abs(getattr(w, f)), 1e-30)
+                for c, w in zip(pts, works)
+                for i, f in enumerate(("ms", "flops", "bytes"))
+            )
+            self._lines[key] = (b0, k) if affine else None
+        return self._lines[key]
 
     def kv_transfer_ms(self, num_tokens: int) -> float:
         return self.pred.kv_transfer_ms(num_tokens, self.link)
 
     def offload_roundtrip_ms(self, rows: int) -> float:
-        return self.pred.offload_layer_roundtrip_ms(rows, self.link)
+        return self._roundtrip_ms(int(rows))

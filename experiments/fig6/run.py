@@ -40,20 +40,21 @@ def main(argv: list[str] | None = None) -> int:
         if model not in cfg["request_rates"]:
             raise common.ExperimentError(f"fig6 config has no request_rates entry for model {model!r}")
 
-    def one(p):
+    def one(p) -> tuple[list, list]:  # runs in a worker: return rows, not the raw records
         model, ratio = p
-        return sim_runs.run_point(cfg, model, system_of(ratio), cfg["workload"], float(cfg["request_rates"][model]))
-
-    runs = common.sweep(points, one, FIG)
-    rows, timeline = [], []
-    for (model, ratio), pt in zip(points, runs):
+        pt = sim_runs.run_point(cfg, model, system_of(ratio), cfg["workload"], float(cfg["request_rates"][model]))
         system = "pd" if ratio == 0 else "adrenaline"
         u = metrics.utilization(pt.result, 1, 1)
-        rows.append([model, system, ratio, u.prefill_hbm_bw_gbs, u.decode_tflops, u.prefill_hbm_capacity_frac])
+        row = [model, system, ratio, u.prefill_hbm_bw_gbs, u.decode_tflops, u.prefill_hbm_capacity_frac]
         end = max(r.finish_s for r in pt.result.requests)
         grid = np.linspace(0.0, end, int(cfg["timeline_points"]))
         frac = metrics.capacity_timeline(pt.result, PREFILL, 0, grid)
-        timeline += [[model, system, ratio, float(t), float(f)] for t, f in zip(grid, frac)]
+        return row, [[model, system, ratio, float(t), float(f)] for t, f in zip(grid, frac)]
+
+    rows, timeline = [], []
+    for row, tl in common.sweep(points, one, FIG):
+        rows.append(row)
+        timeline += tl
     common.write_csv(out / "utilization.csv", ["model", "system", "offload_ratio", "prefill_hbm_bw_gbs",
                                                "decode_tflops", "prefill_hbm_capacity_frac"], rows)  # fmt: skip
     common.write_csv(out / "capacity_timeline.csv", ["model", "system", "offload_ratio", "t_s",

@@ -46,3 +46,12 @@ def test_unknown_names_are_one_line_errors(kwargs, match):
     with pytest.raises(ValueError, match=match) as err:
         simulate(cfg, WorkloadConfig(num_requests=5))
     assert "\n" not in str(err.value)
+
+
+def test_attention_line_cache_equals_the_predictor():
+    costs = SchedulerCosts(ClusterConfig(model="llama2-13b"))
+    for batch, ctx, share in [(1, 1, 1.0), (7, 7 * 3000, 0.2), (64, 64 * 330, 1.0), (250, 250 * 4096, 0.2)]:
+        fast, exact = costs.decode_attn(batch, ctx, share), costs._decode_attn_exact(batch, ctx, share)
+        assert fast.ms == pytest.approx(exact.ms, rel=1e-12)
+        assert fast.bytes == pytest.approx(exact.bytes, rel=1e-12)
+    assert all(line is not None for line in costs._lines.values())
