@@ -34,10 +34,17 @@ HQ, HKV, D, LAYERS, SLOTS = 4, 2, 8, 2, 96
 PROMPT_LENS = [5, 9, 3, 7]  # tokens already in KV, per request (batch row b uses req_to_token row b + 1)
 
 
+def torch_native(world, pool):
+    return TorchNativeAttnBackend(
+        types.SimpleNamespace(device="cpu", req_to_token_pool=world.req_to_token, token_to_kv_pool=pool)
+    )
+
+
 class World:
     """The decode instance's pools and backend, plus an executor holding the offloaded requests' KV."""
 
-    def __init__(self, offloaded: set[int], seed: int = 0, layer_delay_s: float = 0.0, timeout_s: float = 5.0):
+    def __init__(self, offloaded: set[int], seed: int = 0, layer_delay_s: float = 0.0, timeout_s: float = 5.0,
+                 make_backend=None):  # fmt: skip
         g = torch.Generator().manual_seed(seed)
         self.layers = [RadixAttention(num_heads=HQ, head_dim=D, scaling=D**-0.5, num_kv_heads=HKV, layer_id=i)
                        for i in range(LAYERS)]  # fmt: skip
@@ -69,10 +76,9 @@ class World:
             if b in offloaded:
                 self.client.adopt_copy(f"r{b}", k, v)
                 self.offload.mark(b + 1, f"r{b}", "inproc")
-        runner = lambda pool: types.SimpleNamespace(device="cpu", req_to_token_pool=self.req_to_token,
-                                                    token_to_kv_pool=pool)  # fmt: skip
-        self.reference = TorchNativeAttnBackend(runner(self.ref_pool))
-        self.wrapped = AdrenalineAttnBackend(TorchNativeAttnBackend(runner(self.pool)), self.offload)
+        make_backend = make_backend or torch_native
+        self.reference = make_backend(self, self.ref_pool)
+        self.wrapped = AdrenalineAttnBackend(make_backend(self, self.pool), self.offload)
 
     @staticmethod
     def _pool():
@@ -130,6 +136,58 @@ def test_wrapper_equals_unwrapped_backend(offloaded):
             assert world.service.executor.stats().tokens_held == sum(PROMPT_LENS[b] + 2 for b in offloaded)
     finally:
         world.close()
+
+
+@pytest.fixture(scope="module")
+def triton_env(tmp_path_factory):
+    """SGLang's TritonAttnBackend on CPU (interpreter): a runtime context from a weightless tiny Llama config."""
+    from sglang.srt.configs.model_config import ModelConfig
+    from sglang.srt.layers.attention.triton_backend import TritonAttnBackend
+    from sglang.srt.mem_cache.kv_index_translator import KVIndexTranslator
+    from sglang.srt.runtime_context import create_context, use_context
+    from sglang.srt.server_args import prepare_server_args
+    from transformers import LlamaConfig
+
+    model_dir = tmp_path_factory.mktemp("tiny_llama")
+    LlamaConfig(hidden_size=HQ * D, intermediate_size=64, num_attention_heads=HQ, num_key_value_heads=HKV,
+                num_hidden_layers=LAYERS, vocab_size=128, max_position_embeddings=64,
+                architectures=["LlamaForCausalLM"]).save_pretrained(model_dir)  # fmt: skip
+    server_args = prepare_server_args(["--model-path", str(model_dir), "--device", "cpu",
+                                       "--attention-backend", "triton"])  # fmt: skip
+    ctx = create_context(server_args, role="scheduler")
+    with use_context(ctx):
+        model_config = ModelConfig.from_server_args(server_args)
+
+    def make(world, pool):
+        translator = KVIndexTranslator(req_to_token=world.req_to_token.req_to_token, token_to_kv_pool_allocator=None,
+                                       token_to_kv_pool=pool, page_size=1, device="cpu")  # fmt: skip
+        runner = types.SimpleNamespace(
+            device="cpu", req_to_token_pool=world.req_to_token, token_to_kv_pool=pool, sliding_window_size=None,
+            token_to_kv_pool_allocator=None, page_size=1, kv_index_translator=translator, model_config=model_config,
+            decode_num_tokens_per_req=lambda: 1, is_draft_worker=False, gpu_id=0, kv_cache_dtype=torch.float32,
+        )
+        return TritonAttnBackend(runner)
+
+    return lambda: use_context(ctx), make
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-interpreter variant; GPU runs use real devices")
+def test_wrapper_around_triton_equals_triton_in_the_interpreter(triton_env):
+    context, make = triton_env
+    with context():
+        world = World({1, 3}, make_backend=make)
+        try:
+            out, ref, new_slots, _ = world.step(torch.Generator().manual_seed(1))
+            torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+            plain = World({1, 3})  # same data through torch_native: the interpreter run is real attention
+            try:
+                torch.testing.assert_close(ref, plain.step(torch.Generator().manual_seed(1))[1], atol=1e-4, rtol=1e-4)
+            finally:
+                plain.close()
+            for b in (1, 3):
+                assert torch.count_nonzero(world.pool.k_buffer[0][new_slots[b]]) == 0
+        finally:
+            world.close()
 
 
 def test_sub_batch_keeps_only_local_rows():
