@@ -187,7 +187,7 @@ class DecodeHarness:
     def _prefill(self, seq: _Seq, local: AttentionExecutor) -> None:
         ctx = _Prefill()
         input_ids = torch.tensor([seq.prompt], device=self.model.device)  # [1, T]
-        out = self.model(input_ids=input_ids, use_cache=False, adrenaline_ctx=ctx)
+        out = self.model(input_ids=input_ids, use_cache=False, logits_to_keep=1, adrenaline_ctx=ctx)
         seq.tokens.append(int(out.logits[0, -1].argmax()))
         k, v = torch.stack(ctx.k), torch.stack(ctx.v)  # [L, T, Hkv, D]
         if seq.offloaded:

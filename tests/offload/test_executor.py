@@ -1,0 +1,148 @@
+"""AttentionExecutor against the torch reference, and its error paths (full pool, unknown request)."""
+
+import pytest
+import torch
+from adrenaline_kernels.reference import decode_attention_ref
+
+from adrenaline_sgl.offload.errors import OffloadError, PoolFullError, SlotError, UnknownRequestError
+from adrenaline_sgl.offload.executor import AttentionExecutor
+from adrenaline_sgl.offload.pool import KVPool, SlotAllocator
+
+from .conftest import HKV, LAYERS, D, random_kv, random_rows
+
+
+def _expected(prompt_k, prompt_v, new_k, new_v, q):
+    """Reference attention of one request over prompt + appended tokens: q [1, Hq, D], KV [L, Hkv, D]."""
+    k = torch.cat([prompt_k, new_k])
+    v = torch.cat([prompt_v, new_v])
+    return decode_attention_ref(q, k, v, torch.tensor([0, k.shape[0]]), torch.arange(k.shape[0]))
+
+
+@pytest.mark.parametrize("lengths", [(1,), (5, 1, 9), (17, 3)])
+def test_steps_match_reference_over_prompt_and_appended_tokens(make_executor, lengths):
+    ex = make_executor()
+    prompts = {f"r{i}": random_kv(n, seed=i) for i, n in enumerate(lengths)}
+    for rid, (k, v) in prompts.items():
+        ex.adopt_copy(rid, k, v)
+    rids = list(prompts)
+    appended = {rid: ([], []) for rid in rids}  # per layer lists of new k, v
+    for step in range(3):
+        ex.begin_step(rids)
+        for layer in range(LAYERS):
+            q, k_new, v_new = random_rows(len(rids), seed=100 * step + layer)
+            o, lse = ex.step(layer, rids, q, k_new, v_new)
+            assert o.shape == q.shape and lse.shape == q.shape[:2] and lse.dtype == torch.float32
+            for i, rid in enumerate(rids):
+                if layer == 0:
+                    appended[rid][0].append([])
+                    appended[rid][1].append([])
+                appended[rid][0][step].append(k_new[i])
+                appended[rid][1][step].append(v_new[i])
+                pk, pv = prompts[rid]
+                new_k = torch.stack([appended[rid][0][s][layer] for s in range(step + 1)])
+                new_v = torch.stack([appended[rid][1][s][layer] for s in range(step + 1)])
+                o_ref, lse_ref = _expected(pk[layer], pv[layer], new_k, new_v, q[i : i + 1])
+                torch.testing.assert_close(o[i : i + 1], o_ref, rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(lse[i : i + 1], lse_ref, rtol=1e-5, atol=1e-5)
+    assert ex.stats().tokens_held == sum(lengths) + 3 * len(lengths)
+
+
+def test_adopt_shares_the_pool_without_copy_and_hands_back_adopted_slots():
+    k_buffers = [torch.randn(32, HKV, D) for _ in range(LAYERS)]
+    v_buffers = [torch.randn(32, HKV, D) for _ in range(LAYERS)]
+    alloc = SlotAllocator(32, first_slot=1)  # the "prefill engine's" allocator
+    prompt_slots = alloc.alloc(6)
+    ex = AttentionExecutor(KVPool(k_buffers, v_buffers, alloc), "reference")
+    assert ex.pool.k_buffers[0] is k_buffers[0]  # the engine's own tensors, not copies
+    ex.adopt("a", prompt_slots, free_on_release=False)
+    ex.begin_step(["a"])
+    q, k_new, v_new = random_rows(1)
+    o, _ = ex.step(0, ["a"], q, k_new, v_new)
+    new_slot = int(ex._plan.new_slots[0])
+    torch.testing.assert_close(k_buffers[0][new_slot], k_new[0])  # appended in place in the shared buffer
+    o_ref, _ = _expected(k_buffers[0][prompt_slots], v_buffers[0][prompt_slots], k_new, v_new, q)
+    torch.testing.assert_close(o, o_ref, rtol=1e-5, atol=1e-5)
+    free_before = alloc.available_size()
+    returned = ex.release("a")
+    assert sorted(returned.tolist()) == sorted(prompt_slots.tolist())
+    assert alloc.available_size() == free_before + 1  # only the decode slot; the engine frees the prompt
+    alloc.free(returned)
+    assert alloc.available_size() == 31
+
+
+def test_adopting_a_held_slot_twice_is_refused(make_executor):
+    ex = make_executor()
+    slots = ex.pool.allocator.alloc(4)
+    ex.adopt("a", slots)
+    with pytest.raises(SlotError, match="already held"):
+        ex.adopt("b", slots[:1])
+    with pytest.raises(OffloadError, match="already held"):
+        ex.adopt("a", ex.pool.allocator.alloc(1))
+
+
+def test_release_of_unknown_request_is_an_error(make_executor):
+    ex = make_executor()
+    with pytest.raises(UnknownRequestError, match="'ghost'"):
+        ex.release("ghost")
+    ex.adopt_copy("a", *random_kv(3))
+    ex.release("a")
+    with pytest.raises(UnknownRequestError):
+        ex.release("a")  # released twice
+
+
+def test_full_pool_refuses_adoption_and_corrupts_nothing(make_executor):
+    ex = make_executor(num_slots=10)
+    ex.adopt_copy("a", *random_kv(7, seed=1))
+    before_k = [b.clone() for b in ex.pool.k_buffers]
+    before_stats = ex.stats()
+    with pytest.raises(PoolFullError, match="3 free slots, 4 needed"):
+        ex.adopt_copy("b", *random_kv(4, seed=2))
+    assert ex.stats() == before_stats
+    assert all(torch.equal(a, b) for a, b in zip(before_k, ex.pool.k_buffers))
+    assert ex.rids == ["a"]
+    ex.adopt_copy("b", *random_kv(3, seed=2))  # what fits still goes in
+    with pytest.raises(PoolFullError):
+        ex.begin_step(["a", "b"])  # no slot left for the step's tokens
+    assert ex.seq_len("a") == 7 and ex.seq_len("b") == 3
+
+
+def test_abort_step_returns_slots_and_lengths(make_executor):
+    ex = make_executor()
+    ex.adopt_copy("a", *random_kv(4))
+    free = ex.stats().slots_free
+    ex.begin_step(["a"])
+    assert ex.stats().slots_free == free - 1
+    ex.abort_step()
+    assert ex.stats().slots_free == free and ex.seq_len("a") == 4
+    with pytest.raises(OffloadError, match="no open step"):
+        ex.step(0, ["a"], *random_rows(1))
+
+
+def test_step_checks_batch_and_shapes(make_executor):
+    ex = make_executor()
+    ex.adopt_copy("a", *random_kv(4))
+    ex.adopt_copy("b", *random_kv(4))
+    ex.begin_step(["a", "b"])
+    with pytest.raises(OffloadError, match="rids differ"):
+        ex.step(0, ["b", "a"], *random_rows(2))
+    with pytest.raises(OffloadError, match="layer must lie"):
+        ex.step(LAYERS, ["a", "b"], *random_rows(2))
+    with pytest.raises(OffloadError, match="need q"):
+        ex.step(0, ["a", "b"], *random_rows(3))
+    with pytest.raises(UnknownRequestError):
+        ex.begin_step(["a", "nope"])
+
+
+def test_stats_report_capacity_tokens_and_time(make_executor):
+    ex = make_executor(num_slots=40)
+    ex.adopt_copy("a", *random_kv(5))
+    ex.begin_step(["a"])
+    ex.step(0, ["a"], *random_rows(1))
+    s = ex.stats()
+    assert (s.requests, s.tokens_held, s.slots_free, s.capacity_slots, s.layer_calls) == (1, 6, 34, 40, 1)
+    assert s.attention_time_s > 0 and s.bytes_held == 6 * ex.pool.bytes_per_slot
+
+
+def test_unknown_attention_name_is_a_clear_error():
+    with pytest.raises(ValueError, match="attention must be one of"):
+        AttentionExecutor(KVPool.standalone(1, 4, 1, 4), "flash")
