@@ -14,7 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-WAVES = 2  # target programs per SM
+# Target programs per SM. A stage-1 program with BLOCK_N=64, D=128, fp16 and 2 stages holds ~64 KiB of
+# shared memory, so about 3 fit on an H100 SM at once; 4 per SM keeps every SM full with some tail slack.
+# NOTE: not tuned on a GPU yet (no GPU was lent); sweep `bench --num-sms` to tune it.
+WAVES = 4
 MIN_BLOCKS_PER_SPLIT = 2  # a split reads at least this many BLOCK_N token blocks
 MAX_SPLITS = 64  # bounds the stage-1 workspace [B, Hq, MAX_SPLITS, D] float32
 CPU_NUM_SMS = 4  # stand-in "SM" count under the Triton interpreter (fewer programs run faster there)
