@@ -24,14 +24,19 @@ class UnsupportedSGLangVersion(SystemExit):
 
 def hook_table() -> list[tuple[str, object, object]]:
     """(target, hook, HookType) for every hook; imports only our light hook modules and sglang's registry."""
+    import multiprocessing
+
     from sglang.srt.plugins.hook_registry import HookType
 
-    from adrenaline_sgl.sglang_ext import args_hooks
+    from adrenaline_sgl.sglang_ext import args_hooks, load_endpoint
 
-    return [
+    table = [
         (args_hooks.ADD_CLI_ARGS, args_hooks.add_cli_args_hook, HookType.AROUND),
         (args_hooks.FROM_CLI_ARGS, args_hooks.from_cli_args_hook, HookType.AROUND),
     ]
+    if multiprocessing.parent_process() is None:  # the launcher: the only process that runs the HTTP server
+        table.append((load_endpoint.LAUNCH_SERVER, load_endpoint.launch_server_hook, HookType.AROUND))
+    return table
 
 
 def register_hooks() -> None:

@@ -1,0 +1,82 @@
+"""`GET /adrenaline/load` on an instance's HTTP server: what the proxy pulls (schema: `load_report.py`).
+
+Hook (registered only in the launcher process, where the HTTP server runs): AROUND
+`sglang.srt.entrypoints.http_server.launch_server`. Changes: when `--adrenaline-role` is set, one route is
+added to SGLang's FastAPI app before it starts serving. Why: the proxy needs each instance's role, load and
+executor address, and SGLang has no route for the Adrenaline parts.
+
+Sources: queue lengths and KV usage from SGLang's own `tokenizer_manager.get_loads()` (what `/v1/loads`
+serves); the executor's health by a TCP connect to its address (timeout `HEALTH_TIMEOUT_S`).
+NOTE: executor memory and the decode round trip live in the scheduler process; until they are reported
+over SGLang's IPC they read 0 here (the proxy's metrics show them as 0, not as missing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from adrenaline_sgl.sglang_ext import flags
+from adrenaline_sgl.sglang_ext.load_report import LOAD_PATH, LoadReport
+
+logger = logging.getLogger(__name__)
+
+LAUNCH_SERVER = "sglang.srt.entrypoints.http_server.launch_server"
+HEALTH_TIMEOUT_S = 0.5
+LOADS_TIMEOUT_S = 2.0
+
+
+async def executor_answers(host: str, port: int, timeout_s: float = HEALTH_TIMEOUT_S) -> bool:
+    try:
+        _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    return True
+
+
+def report_from_loads(args: flags.AdrenalineArgs, loads: list[dict], executor_healthy: bool) -> LoadReport:
+    """Sum SGLang's per-DP-rank load dicts (`LoadSnapshot.to_dict`) into one report for this instance."""
+    running = sum(int(d.get("num_running_reqs", 0)) for d in loads)
+    waiting = sum(int(d.get("num_waiting_reqs", 0)) for d in loads)
+    total = sum(int(d.get("max_total_num_tokens", 0)) for d in loads)
+    used = sum(int(d.get("num_used_tokens", 0)) for d in loads)
+    return LoadReport(
+        role=args.role,
+        num_running_reqs=running,
+        num_waiting_reqs=waiting,
+        token_usage=min(1.0, used / total) if total else 0.0,
+        max_total_tokens=total,
+        executor_addr=args.executor_addr if args.role == "prefill" else "",
+        executor_healthy=executor_healthy,
+    )
+
+
+def make_handler(args: flags.AdrenalineArgs, get_tokenizer_manager):
+    async def adrenaline_load():
+        tokenizer_manager = get_tokenizer_manager()
+        try:
+            snapshots = await asyncio.wait_for(tokenizer_manager.get_loads(include=["core"], dp_rank=None),
+                                               LOADS_TIMEOUT_S)  # fmt: skip
+            loads = [s.to_dict({"core"}) if hasattr(s, "to_dict") else dict(s) for s in snapshots]
+        except (TimeoutError, ValueError) as err:
+            logger.warning("adrenaline load: get_loads failed: %s", err)
+            loads = []
+        healthy = args.role == "prefill" and await executor_answers(args.executor_host, args.executor_port)
+        return report_from_loads(args, loads, healthy).to_dict()
+
+    return adrenaline_load
+
+
+def launch_server_hook(original, server_args, *a, **kw):
+    """AROUND `http_server.launch_server`: add the route, then start SGLang's server unchanged."""
+    args = flags.of(server_args)
+    if args.enabled:
+        from sglang.srt.entrypoints import http_server
+
+        def tokenizer_manager():
+            return http_server.get_global_state().tokenizer_manager
+
+        http_server.app.add_api_route(LOAD_PATH, make_handler(args, tokenizer_manager), methods=["GET"])
+        logger.info("adrenaline: %s serves this %s instance's load", LOAD_PATH, args.role)
+    return original(server_args, *a, **kw)
