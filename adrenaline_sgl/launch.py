@@ -65,6 +65,7 @@ class ProcessGroupSet:
         self.folder = folder
         self.stop_timeout_s = stop_timeout_s
         self.running: list[tuple[ProcessSpec, subprocess.Popen]] = []
+        self.started: dict[str, int] = {}  # name -> pid (= process group id), kept after stop_all
 
     def start(self, specs: list[ProcessSpec]) -> None:
         for spec in specs:
@@ -75,6 +76,7 @@ class ProcessGroupSet:
                     stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_set_parent_death_signal,
                 )
             self.running.append((spec, popen))
+            self.started[spec.name] = popen.pid
             print(f"launch: started {spec.name} (pid {popen.pid}) on {spec.url}, log {spec.log_name}", flush=True)
 
     def _failed(self, spec: ProcessSpec, what: str) -> LaunchError:
@@ -292,6 +294,7 @@ def run(cfg: cluster.ClusterConfig, check: bool, run_dir: str | None = None) -> 
         finally:
             signal.signal(signal.SIGTERM, previous)
             signal.signal(signal.SIGINT, signal.default_int_handler)
+        record["group_leader_pids"] = procs.started
         record["leftovers"] = leftovers
         record["wall_s"] = round(time.monotonic() - t0, 1)
         record["exit_code"] = code if not leftovers else 1
