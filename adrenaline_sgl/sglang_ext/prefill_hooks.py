@@ -1,0 +1,96 @@
+"""Prefill hooks: keep the KV of offloaded requests after prefill, release it at finish or abort.
+
+All are AROUND hooks and do nothing unless the instance runs with `--adrenaline-role prefill` and the
+request is offloaded (`marks.is_offloaded`). State lives on the scheduler object (`_adrenaline_kept`).
+"""
+
+from __future__ import annotations
+
+import functools
+
+from adrenaline_sgl.sglang_ext import flags, marks
+from adrenaline_sgl.sglang_ext.prefill_kept import KeptKV
+
+_MIXIN = "sglang.srt.disaggregation.prefill.SchedulerDisaggregationPrefillMixin"
+INFLIGHT = f"{_MIXIN}.process_disagg_prefill_inflight_queue"
+TRANSFER_FAILURE = f"{_MIXIN}.handle_inflight_transfer_failure"
+RELEASE_KV = "sglang.srt.mem_cache.common.release_kv_cache"
+ABORT = "sglang.srt.managers.scheduler.Scheduler.abort_request"
+STORE_ATTR = "_adrenaline_kept"
+
+# Requests whose next release_kv_cache is a "keep" (set only inside the inflight-queue call), by id(req).
+_KEEP_NEXT_RELEASE: dict[int, KeptKV] = {}
+
+
+def _bytes_per_token(pool) -> int:
+    bufs = list(getattr(pool, "k_buffer", None) or []) + list(getattr(pool, "v_buffer", None) or [])
+    return sum(b[0].numel() * b.element_size() for b in bufs)
+
+
+def kept_store(scheduler) -> KeptKV | None:
+    """This prefill scheduler's KeptKV (made on first use); None unless the role is `prefill`."""
+    store = getattr(scheduler, STORE_ATTR, None)
+    if store is None and flags.of(scheduler.server_args).role == "prefill":
+        pool = scheduler.token_to_kv_pool_allocator.get_kvcache()
+        store = KeptKV(_bytes_per_token(pool))
+        setattr(scheduler, STORE_ATTR, store)
+    return store
+
+
+def inflight_hook(original, self, rids_to_check=None):
+    """Changes: an offloaded request whose transfer (first token and metadata only) succeeded keeps its
+    `req_to_token` row and KV slots instead of `release_kv_cache`; pending releases are applied first.
+    Why: Adrenaline runs that request's decode attention here, on this KV (no KV transfer to decode)."""
+    store = kept_store(self)
+    if store is None:
+        return original(self, rids_to_check)
+    store.drain()
+    args = flags.of(self.server_args)
+    marked = [req for req in self.disagg_prefill_inflight_queue if marks.is_offloaded(req, args)]
+    for req in marked:
+        _KEEP_NEXT_RELEASE[id(req)] = store
+    try:
+        return original(self, rids_to_check)
+    finally:
+        for req in marked:
+            _KEEP_NEXT_RELEASE.pop(id(req), None)
+
+
+def transfer_failure_hook(original, self, req):
+    """Changes: nothing for SGLang; forgets the keep mark. Why: a failed handoff releases as stock SGLang."""
+    _KEEP_NEXT_RELEASE.pop(id(req), None)
+    return original(self, req)
+
+
+def release_kv_hook(original, req, tree_cache, *, checkpoint):
+    """Changes: for a request marked by `inflight_hook`, the release is deferred into `KeptKV`; it later runs
+    SGLang's own release with `checkpoint=False` (the prompt is not inserted into the radix tree, the matched
+    prefix is unlocked). Why: the executor reads this KV until decode finishes or aborts."""
+    store = _KEEP_NEXT_RELEASE.pop(id(req), None)
+    if store is None:
+        return original(req, tree_cache, checkpoint=checkpoint)
+    store.keep(req, tree_cache, functools.partial(original, req, tree_cache, checkpoint=False))
+    return None
+
+
+def abort_hook(original, self, recv_req):
+    """Changes: an abort also frees kept KV of matching requests (SGLang's rid-prefix rule, or all).
+    Why: stock SGLang has finished these requests on prefill and would not look at them again."""
+    result = original(self, recv_req)
+    store = getattr(self, STORE_ATTR, None)
+    if store is not None:
+        for rid in list(store._kept):
+            if recv_req.abort_all or rid.startswith(recv_req.rid):
+                store.request_release(rid)
+        store.drain()
+    return result
+
+
+def hooks(hook_type) -> list[tuple[str, object, object]]:
+    around = hook_type.AROUND
+    return [
+        (INFLIGHT, inflight_hook, around),
+        (TRANSFER_FAILURE, transfer_failure_hook, around),
+        (RELEASE_KV, release_kv_hook, around),
+        (ABORT, abort_hook, around),
+    ]

@@ -1,0 +1,83 @@
+"""Prefill side: the KV of offloaded requests, kept after prefill instead of released.
+
+`keep()` runs where stock SGLang would release the KV (the inflight queue, transfer done); the
+`req_to_token` row and the slots stay allocated and, when an executor is installed, it adopts the slots in
+place (shared pool, no copy). `request_release(rid)` may come from any thread (the executor's transport,
+the abort hook); the scheduler thread frees in `drain()`, through SGLang's own `release_kv_cache`, so
+SGLang's allocators are only touched from the thread that owns them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class KeptReq:
+    rid: str
+    slots: torch.Tensor  # [T] int64 KV slots of the prompt (and first token), in sequence order
+    release_fn: Callable[[], None]  # SGLang's release_kv_cache for this request (no radix insert)
+
+
+class KeptKV:
+    """Offloaded requests' KV held on the prefill instance, by request id."""
+
+    def __init__(self, bytes_per_token: int, executor=None):
+        self.bytes_per_token = bytes_per_token
+        self.executor = executor  # an AttentionExecutor over this instance's pool, or None
+        self._kept: dict[str, KeptReq] = {}
+        self._to_release: list[str] = []
+        self._lock = threading.Lock()
+
+    def keep(self, req, tree_cache, release_fn: Callable[[], None]) -> KeptReq:
+        row, length = req.kv.req_pool_idx, req.kv.kv_allocated_len
+        slots = tree_cache.req_to_token_pool.req_to_token[row, :length].to(torch.int64).clone()
+        kept = KeptReq(req.rid, slots, release_fn)
+        if self.executor is not None:
+            # the executor frees only the slots it allocates for decode tokens; these go back through SGLang
+            self.executor.adopt(req.rid, slots, free_on_release=False)
+        self._kept[req.rid] = kept
+        logger.debug("kept KV of %s: %d tokens", req.rid, length)
+        return kept
+
+    def request_release(self, rid: str) -> None:
+        """Thread-safe: free `rid`'s KV at the scheduler's next `drain()` (unknown ids are ignored there)."""
+        with self._lock:
+            self._to_release.append(rid)
+
+    def drain(self) -> list[str]:
+        """Scheduler thread: free every requested release; returns the ids freed."""
+        with self._lock:
+            pending, self._to_release = self._to_release, []
+        return [rid for rid in pending if self.release(rid)]
+
+    def release(self, rid: str) -> bool:
+        kept = self._kept.pop(rid, None)
+        if kept is None:
+            return False
+        if self.executor is not None and rid in self.executor.rids:
+            self.executor.release(rid)
+        kept.release_fn()
+        return True
+
+    def __contains__(self, rid: str) -> bool:
+        return rid in self._kept
+
+    @property
+    def num_reqs(self) -> int:
+        return len(self._kept)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(int(k.slots.numel()) for k in self._kept.values())
+
+    @property
+    def num_bytes(self) -> int:
+        return self.num_tokens * self.bytes_per_token

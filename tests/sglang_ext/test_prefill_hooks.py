@@ -1,0 +1,204 @@
+"""Prefill hooks on real SGLang classes: the inflight queue keeps an offloaded request's KV, and it is
+released at finish (the executor's release) and at abort.
+
+Real: `SchedulerDisaggregationPrefillMixin.process_disagg_prefill_inflight_queue`, `release_kv_cache`,
+`Req`, `SamplingParams`, `ReqToTokenPool`, `MHATokenToKVPool`, `TokenToKVPoolAllocator`, `RadixCache`,
+`AbortReq`, wrapped exactly as `HookRegistry` wraps (AROUND). Stand-ins: the KV sender (reports Success),
+the output streamer, and the single-rank poll all-reduce (no torch.distributed here).
+"""
+
+from __future__ import annotations
+
+import types
+from array import array
+
+import pytest
+import torch
+from sglang.srt.disaggregation import prefill as sgl_prefill
+from sglang.srt.disaggregation import utils as sgl_disagg_utils
+from sglang.srt.disaggregation.base import KVPoll
+from sglang.srt.managers.io_struct import AbortReq
+from sglang.srt.managers.schedule_batch import FINISH_LENGTH, Req
+from sglang.srt.mem_cache import common as sgl_common
+from sglang.srt.mem_cache.allocator.token import TokenToKVPoolAllocator
+from sglang.srt.mem_cache.cache_init_params import CacheInitParams
+from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool, ReqToTokenPool
+from sglang.srt.mem_cache.radix_cache import RadixCache
+from sglang.srt.plugins.hook_registry import HookType, _wrap_fn
+
+from adrenaline_sgl.offload.executor import AttentionExecutor
+from adrenaline_sgl.offload.pool import KVPool
+from adrenaline_sgl.sglang_ext import flags, prefill_hooks
+
+SLOTS, LAYERS, HKV, D = 64, 2, 2, 8
+
+
+@pytest.fixture(scope="module")
+def sgl_context(tmp_path_factory):
+    """A published-like runtime context (prefill mode) from a weightless tiny Llama config."""
+    from sglang.srt.runtime_context import SpawnRanks, create_context, use_context
+    from sglang.srt.server_args import prepare_server_args
+    from transformers import LlamaConfig
+
+    model_dir = tmp_path_factory.mktemp("tiny_llama_prefill")
+    LlamaConfig(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=HKV,
+                num_hidden_layers=LAYERS, vocab_size=128, max_position_embeddings=64,
+                architectures=["LlamaForCausalLM"]).save_pretrained(model_dir)  # fmt: skip
+    server_args = prepare_server_args(["--model-path", str(model_dir), "--device", "cpu",
+                                       "--disaggregation-mode", "prefill"])  # fmt: skip
+    ctx = create_context(server_args, role="scheduler", ranks=SpawnRanks(world_rank=0))
+    return lambda: use_context(ctx)
+
+
+@pytest.fixture
+def hooked(monkeypatch):
+    """Install the prefill hooks the way HookRegistry.apply_hooks does (AROUND wrappers), reversibly."""
+    mixin = sgl_prefill.SchedulerDisaggregationPrefillMixin
+    for cls, name, hook in ((mixin, "process_disagg_prefill_inflight_queue", prefill_hooks.inflight_hook),  # fmt: skip
+                            (mixin, "handle_inflight_transfer_failure", prefill_hooks.transfer_failure_hook)):
+        monkeypatch.setattr(cls, name, _wrap_fn(getattr(cls, name), hook, HookType.AROUND))
+    wrapped_release = _wrap_fn(sgl_common.release_kv_cache, prefill_hooks.release_kv_hook, HookType.AROUND)
+    monkeypatch.setattr(sgl_common, "release_kv_cache", wrapped_release)
+    monkeypatch.setattr(sgl_prefill, "release_kv_cache", wrapped_release)  # the stale binding apply_hooks fixes
+    monkeypatch.setattr(sgl_disagg_utils, "all_reduce_flags", lambda flags, group, op: flags)  # one rank
+
+
+class Sender:
+    def __init__(self, state=KVPoll.Success):
+        self.state = state
+
+    def poll(self):
+        return self.state
+
+    def clear(self):
+        pass
+
+    def failure_exception(self):
+        raise RuntimeError("transfer failed (stand-in)")
+
+
+class FakePrefillScheduler(sgl_prefill.SchedulerDisaggregationPrefillMixin):
+    """The attributes `process_disagg_prefill_inflight_queue` reads; the method itself is SGLang's."""
+
+    def __init__(self, role: str):
+        self.server_args = types.SimpleNamespace(_adrenaline=flags.AdrenalineArgs(role=role))
+        kv = MHATokenToKVPool(SLOTS, page_size=1, dtype=torch.float32, head_num=HKV, head_dim=D, layer_num=LAYERS,
+                              device="cpu", enable_memory_saver=False)  # fmt: skip
+        self.token_to_kv_pool_allocator = TokenToKVPoolAllocator(SLOTS, torch.float32, "cpu", kv, need_sort=False)
+        self.req_to_token_pool = ReqToTokenPool(8, 64, "cpu", False)
+        self.tree_cache = RadixCache(CacheInitParams(disable=False, req_to_token_pool=self.req_to_token_pool,
+                                                     token_to_kv_pool_allocator=self.token_to_kv_pool_allocator,
+                                                     page_size=1))  # fmt: skip
+        self.disagg_prefill_inflight_queue: list[Req] = []
+        self.attn_cp_cpu_group = self.attn_tp_cpu_group = None
+        self.streamed: list[str] = []
+        self.output_streamer = types.SimpleNamespace(stream_output=lambda reqs, *a: self.streamed.extend(
+            r.rid for r in reqs))  # fmt: skip
+        self.req_to_metadata_buffer_idx_allocator = None
+        self.metrics_reporter = types.SimpleNamespace(enable_metrics=False)
+        self.batch_result_processor = None
+        self.scheduler_stage_metrics = None  # SGLang: no stage recorder configured
+        self.waiting_queue, self.chunked_req, self.mm_receiver = [], None, None
+
+    def prefilled(self, rid: str, prompt_len: int, offload: bool | None, sender=None) -> Req:
+        """A request as the prefill forward leaves it: row + slots allocated, first token out, in flight."""
+        from sglang.srt.sampling.sampling_params import SamplingParams
+
+        custom = None if offload is None else {"adrenaline_offload": offload}
+        req = Req(rid, "", array("i", range(1, prompt_len + 1)),
+                  SamplingParams(max_new_tokens=8, custom_params=custom),
+                  bootstrap_host="2.2.2.2", bootstrap_room=7)  # fmt: skip
+        self.req_to_token_pool.alloc([req])
+        slots = self.token_to_kv_pool_allocator.alloc(prompt_len)
+        self.req_to_token_pool.write((req.kv.req_pool_idx, slice(0, prompt_len)), slots)
+        req.kv.kv_allocated_len = req.kv.kv_committed_len = prompt_len
+        req.output_ids.append(42)
+        req.disagg_kv_sender = sender or Sender()
+        self.disagg_prefill_inflight_queue.append(req)
+        return req
+
+    def free_slots(self) -> int:
+        return self.token_to_kv_pool_allocator.available_size()
+
+
+def test_offloaded_request_keeps_kv_until_the_executor_releases_it(sgl_context, hooked):
+    with sgl_context():
+        s = FakePrefillScheduler("prefill")
+        free0, rows0 = s.free_slots(), s.req_to_token_pool.available_size()
+        off = s.prefilled("off", 6, offload=True)
+        s.prefilled("plain", 5, offload=False)
+        slots = s.req_to_token_pool.req_to_token[off.kv.req_pool_idx, :6].clone()
+        done = s.process_disagg_prefill_inflight_queue()
+        assert [r.rid for r in done] == ["off", "plain"] and s.streamed == ["off", "plain"]  # first token out
+        assert isinstance(off.finished_reason, FINISH_LENGTH)
+        store = getattr(s, prefill_hooks.STORE_ATTR)
+        assert "off" in store and "plain" not in store
+        assert s.free_slots() == free0 - 6  # plain's 5 slots are back (into the radix tree or free)
+        assert off.kv.holds_kv and s.req_to_token_pool.available_size() == rows0 - 1
+        assert store.num_tokens == 6 and store.num_bytes == 6 * 2 * LAYERS * HKV * D * 4
+        assert torch.equal(store._kept["off"].slots, slots.to(torch.int64))
+        # finish: the decode side tells the executor release(rid); the scheduler frees on its next pass
+        store.request_release("off")
+        assert s.free_slots() == free0 - 6  # not from the caller's thread
+        s.process_disagg_prefill_inflight_queue()
+        assert "off" not in store and not off.kv.holds_kv
+        assert s.req_to_token_pool.available_size() == rows0
+        assert s.free_slots() + s.tree_cache.evictable_size() == free0  # every slot is free or evictable
+
+
+def test_abort_releases_kept_kv(sgl_context, hooked, monkeypatch):
+    from sglang.srt.managers.scheduler import Scheduler
+
+    with sgl_context():
+        s = FakePrefillScheduler("prefill")
+        free0 = s.free_slots()
+        s.prefilled("abc-1", 4, offload=True)
+        s.process_disagg_prefill_inflight_queue()
+        store = getattr(s, prefill_hooks.STORE_ATTR)
+        assert "abc-1" in store and s.free_slots() == free0 - 4
+        # SGLang's abort_request on a finished-on-prefill request touches no queue; the hook frees the KV
+        stock_abort = lambda self, recv_req: None  # noqa: E731 (the queues here are empty anyway)
+        abort = _wrap_fn(stock_abort, prefill_hooks.abort_hook, HookType.AROUND)
+        abort(s, AbortReq(rid="abc"))
+        assert "abc-1" not in store and s.free_slots() == free0
+        assert Scheduler.abort_request  # the real target exists (the loader test checks it is patched)
+
+
+def test_failed_transfer_releases_as_stock_sglang(sgl_context, hooked):
+    with sgl_context():
+        s = FakePrefillScheduler("prefill")
+        s._release_aborted_request = lambda req: None
+        free0 = s.free_slots()
+        s.prefilled("f", 4, offload=True, sender=Sender(KVPoll.Failed))
+        s.process_disagg_prefill_inflight_queue()
+        assert getattr(s, prefill_hooks.STORE_ATTR).num_reqs == 0
+        assert s.free_slots() + s.tree_cache.evictable_size() == free0
+
+
+def test_executor_adopts_the_kept_slots_in_place(sgl_context, hooked):
+    with sgl_context():
+        s = FakePrefillScheduler("prefill")
+        pool = s.token_to_kv_pool_allocator.get_kvcache()
+        shared = KVPool(pool.k_buffer, pool.v_buffer, s.token_to_kv_pool_allocator)  # same tensors, no copy
+        store = prefill_hooks.kept_store(s)
+        store.executor = AttentionExecutor(shared, attention="reference")
+        free0 = s.free_slots()
+        off = s.prefilled("off", 5, offload=True)
+        row_slots = s.req_to_token_pool.req_to_token[off.kv.req_pool_idx, :5].to(torch.int64).clone()
+        s.process_disagg_prefill_inflight_queue()
+        assert store.executor.seq_len("off") == 5
+        assert torch.equal(store.executor._requests["off"].slots[:5], row_slots)
+        assert shared.k_buffers[0].data_ptr() == pool.k_buffer[0].data_ptr()
+        store.request_release("off")
+        s.process_disagg_prefill_inflight_queue()
+        assert store.executor.rids == [] and s.free_slots() + s.tree_cache.evictable_size() == free0
+
+
+def test_stock_role_changes_nothing(sgl_context, hooked):
+    with sgl_context():
+        s = FakePrefillScheduler("none")
+        free0 = s.free_slots()
+        s.prefilled("x", 4, offload=True)
+        s.process_disagg_prefill_inflight_queue()
+        assert getattr(s, prefill_hooks.STORE_ATTR, None) is None
+        assert s.free_slots() + s.tree_cache.evictable_size() == free0
