@@ -140,6 +140,11 @@ def run(args: argparse.Namespace, argv_for_meta: list[str] | None = None) -> lis
         (skipped.__setitem__(impl.name, why) if why else impls.append(impl))
     for name, why in skipped.items():
         print(f"skip {name}: {why}", file=sys.stderr)
+    sglang_origin = ""
+    if any(impl.name == "sglang_triton" for impl in impls):
+        from .sglang_loader import load_default
+
+        sglang_origin = load_default().origin  # "sglang" (imported) or "files:<dir>" (standalone, see loader)
     copy_gbs = copy_bandwidth_gbs(device)
     print(f"device copy bandwidth: {copy_gbs:.1f} GB/s ({device})", file=sys.stderr)
     note = INTERPRETER_NOTE if device.type != "cuda" else ""
@@ -181,7 +186,8 @@ def run(args: argparse.Namespace, argv_for_meta: list[str] | None = None) -> lis
     meta = dict(
         command=shlex.join(["python", "-m", "adrenaline_kernels.bench", *argv]),
         date_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), git_sha=_git_sha(), grid=grid_name,
-        copy_gbs=round(copy_gbs, 1), num_sms=num_sms, skipped=skipped, note=note or "CUDA events, L2 flushed",
+        copy_gbs=round(copy_gbs, 1), num_sms=num_sms, skipped=skipped, sglang_kernel=sglang_origin,
+        note=note or "CUDA events, L2 flushed",
         **environment(device),
     )  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -62,7 +62,7 @@ def _sglang_unavailable(device: torch.device) -> str | None:
     from . import sglang_loader
 
     try:
-        sglang_loader.load()
+        sglang_loader.load_default()
     except ImportError as exc:
         return str(exc)
     return None
@@ -73,7 +73,7 @@ def _prepare_sglang(batch: DecodeBatch, num_sms: int) -> Run:
     default) over the SM count, then `decode_attention_fwd`; the final LSE is the logsumexp of its splits."""
     from . import sglang_loader
 
-    kern = sglang_loader.load()
+    kern = sglang_loader.load_default()
     q, dev = batch.q, batch.q.device
     b, hq, d = q.shape
     hkv = batch.k_buffer.shape[1]

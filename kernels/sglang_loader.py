@@ -11,6 +11,7 @@ environment flags. The shim is put in `sys.modules` only while the files execute
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
@@ -66,6 +67,12 @@ def load(src_dir: str | os.PathLike | None = None, *, standalone: bool = False) 
     if missing:
         raise ImportError(f"sglang kernel unavailable ({first_error}); {src} lacks {', '.join(missing)}")
     return _load_files(src)
+
+
+@functools.cache
+def load_default() -> SGLangDecodeKernel:
+    """`load()` once per process: re-executing the files would make new kernel objects, each compiled anew."""
+    return load()
 
 
 class _EnvFlag:
