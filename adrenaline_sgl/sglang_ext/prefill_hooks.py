@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 
-from adrenaline_sgl.sglang_ext import flags, marks
+from adrenaline_sgl.sglang_ext import decode_hooks, flags, marks
 from adrenaline_sgl.sglang_ext.prefill_kept import KeptKV
 
 _MIXIN = "sglang.srt.disaggregation.prefill.SchedulerDisaggregationPrefillMixin"
@@ -63,12 +63,17 @@ def transfer_failure_hook(original, self, req):
 
 
 def release_kv_hook(original, req, tree_cache, *, checkpoint):
-    """Changes: for a request marked by `inflight_hook`, the release is deferred into `KeptKV`; it later runs
-    SGLang's own release with `checkpoint=False` (the prompt is not inserted into the radix tree, the matched
-    prefix is unlocked). Why: the executor reads this KV until decode finishes or aborts."""
+    """Changes (prefill): for a request marked by `inflight_hook`, the release is deferred into `KeptKV`; it
+    later runs SGLang's own release with `checkpoint=False` (the prompt is not inserted into the radix tree,
+    the matched prefix is unlocked). Why: the executor reads this KV until decode finishes or aborts.
+    Changes (decode): after SGLang's release of an offloaded request (finish or abort), its executor is told
+    to release it (`decode_hooks.after_release`). Why: that frees the KV on the prefill instance."""
     store = _KEEP_NEXT_RELEASE.pop(id(req), None)
     if store is None:
-        return original(req, tree_cache, checkpoint=checkpoint)
+        row = req.kv.req_pool_idx
+        result = original(req, tree_cache, checkpoint=checkpoint)
+        decode_hooks.after_release(row, req.rid)
+        return result
     store.keep(req, tree_cache, functools.partial(original, req, tree_cache, checkpoint=False))
     return None
 

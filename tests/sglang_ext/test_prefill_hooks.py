@@ -105,7 +105,7 @@ class FakePrefillScheduler(sgl_prefill.SchedulerDisaggregationPrefillMixin):
         from sglang.srt.sampling.sampling_params import SamplingParams
 
         custom = None if offload is None else {"adrenaline_offload": offload}
-        req = Req(rid, "", array("i", range(1, prompt_len + 1)),
+        req = Req(rid, "", array("q", range(1, prompt_len + 1)),
                   SamplingParams(max_new_tokens=8, custom_params=custom),
                   bootstrap_host="2.2.2.2", bootstrap_room=7)  # fmt: skip
         self.req_to_token_pool.alloc([req])

@@ -1,0 +1,79 @@
+"""Decode hooks: admit an offloaded request without prompt KV; tell its executor when it ends.
+
+AROUND hooks, inert unless the instance runs with `--adrenaline-role decode`, its attention backend is
+`adrenaline` (which installs the process's `DecodeOffload`) and the request is offloaded.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from adrenaline_sgl.sglang_ext import decode_offload, flags, marks
+
+logger = logging.getLogger(__name__)
+
+_QUEUE = "sglang.srt.disaggregation.decode.DecodePreallocQueue"
+PRE_ALLOC = f"{_QUEUE}._pre_alloc"
+REQUIRED_TOKENS = f"{_QUEUE}._prealloc_required_tokens"
+
+
+def _offload_for(queue, req):
+    """(DecodeOffload, args) when `req` is offloaded on this decode instance, else None."""
+    args = flags.of(queue.scheduler.server_args)
+    if args.role != "decode" or not marks.is_offloaded(req, args):
+        return None
+    offload = decode_offload.current()
+    if offload is None:
+        logger.warning("request %s is marked offloaded, but the attention backend is not 'adrenaline': "
+                       "decoding it locally", req.rid)  # fmt: skip
+        return None
+    return offload, args
+
+
+def pre_alloc_hook(original, self, req, prefix_indices=None, prefix_len=None, total_prefix_len=None):
+    """Changes: an offloaded request gets a `req_to_token` row and sequence-length bookkeeping but no KV
+    slots; its prompt range points at the padding slot 0 and is marked tree-protected
+    (`cache_protected_len`), so SGLang never frees it here; no transfer destination is returned.
+    Why: its KV stays on the prefill instance, where the executor runs its attention."""
+    found = _offload_for(self, req)
+    if found is None:
+        return original(self, req, prefix_indices, prefix_len, total_prefix_len)
+    offload, args = found
+    rows = self.req_to_token_pool.alloc([req])
+    assert rows is not None, "req_pool_indices is full! There is a bug in memory estimation."
+    fill_len = self._pre_alloc_fill_len(req)
+    kv = req.kv
+    kv.kv_committed_len = kv.kv_allocated_len = fill_len
+    kv.cache_protected_len = fill_len  # NOTE: owned by the prefill executor, never freed by this instance
+    self.req_to_token_pool.write((kv.req_pool_idx, slice(0, fill_len)), 0)  # slot 0: SGLang's padding slot
+    req.full_untruncated_fill_ids = req.origin_input_ids + req.output_ids
+    req.prefix_len = 0
+    req.extend_end = fill_len
+    offload.mark(kv.req_pool_idx, req.rid, marks.executor_of(req, args))
+    return torch.empty(0, dtype=torch.int64)
+
+
+def required_tokens_hook(original, self, req):
+    """Changes: admission charges an offloaded request only the reserved decode tokens, not its prompt.
+    Why: the decode pool holds none of its prompt KV (Adrenaline's point: more batch for the same HBM)."""
+    full, swa = original(self, req)
+    if _offload_for(self, req) is None:
+        return full, swa
+    return self.num_reserved_decode_tokens, swa
+
+
+def after_release(row: int | None, rid: str) -> None:
+    """Called by the release hook after SGLang freed a request: an offloaded one is released remotely."""
+    offload = decode_offload.current()
+    if offload is None or row is None:
+        return
+    found = offload.lookup(row)
+    if found is not None and found.rid == rid:
+        offload.unmark(row, release=True)
+
+
+def hooks(hook_type) -> list[tuple[str, object, object]]:
+    around = hook_type.AROUND
+    return [(PRE_ALLOC, pre_alloc_hook, around), (REQUIRED_TOKENS, required_tokens_hook, around)]
