@@ -17,7 +17,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
@@ -50,7 +51,8 @@ class StepPlan:
     rids: tuple[str, ...]
     new_slots: torch.Tensor  # [N] int64, where this step's k, v go
     kv_indptr: torch.Tensor  # [N+1] int32
-    kv_indices: torch.Tensor  # [sum of lengths] int64, each request's slots including the new one
+    kv_indices: torch.Tensor  # [sum of lengths] int32, each request's slots including the new one
+    attention_plan: Any  # the kernel's per-batch plan (None until the query head count is known)
 
 
 @dataclass(frozen=True)
@@ -74,10 +76,17 @@ class ExecutorStats:
 class AttentionExecutor:
     """Decode attention for offloaded requests over a `KVPool` (shared with prefill, or its own)."""
 
-    def __init__(self, pool: KVPool, attention: str = "auto", sm_scale: float | None = None):
+    def __init__(self, pool: KVPool, attention: str = "auto", sm_scale: float | None = None,
+                 num_q_heads: int | None = None, num_sms: int | None = None):
+        """`num_q_heads` lets `begin_step` plan the kernel (else the first `step` of each step does);
+        `num_sms` is the executor's SM share for the Triton kernel's split heuristic (None: the whole GPU)."""
+        if num_q_heads is not None and (num_q_heads < 1 or num_q_heads % pool.num_kv_heads):
+            raise ValueError(f"num_q_heads must be a positive multiple of Hkv={pool.num_kv_heads}, got {num_q_heads}")
         self.pool = pool
         self.ops = resolve_attention(attention)
         self.sm_scale = sm_scale
+        self.num_q_heads = num_q_heads
+        self.num_sms = num_sms
         self._requests: dict[str, _Request] = {}
         self._held = torch.zeros(pool.num_slots, dtype=torch.bool)  # [num_slots] slot belongs to some request
         self._plan: StepPlan | None = None
@@ -169,9 +178,12 @@ class AttentionExecutor:
             kv_indptr = torch.zeros(len(rids) + 1, dtype=torch.int32)
             kv_indptr[1:] = torch.tensor(lengths, dtype=torch.int32).cumsum(0)
             parts = [self._requests[rid].slots[: self._requests[rid].length] for rid in rids]
-            kv_indices = torch.cat(parts) if parts else torch.empty(0, dtype=torch.int64)
-            self._plan = StepPlan(self._next_step_id, rids, new_slots.to(self.pool.device),
-                                  kv_indptr.to(self.pool.device), kv_indices.to(self.pool.device))
+            kv_indices = torch.cat(parts).to(torch.int32) if parts else torch.empty(0, dtype=torch.int32)
+            plan = StepPlan(self._next_step_id, rids, new_slots.to(self.pool.device),
+                            kv_indptr.to(self.pool.device), kv_indices.to(self.pool.device), None)
+            if rids and self.num_q_heads is not None:
+                plan = self._plan_attention(plan, self.num_q_heads)
+            self._plan = plan
             self._next_step_id += 1
             self._steps += 1
             return self._plan
@@ -208,10 +220,14 @@ class AttentionExecutor:
                 or tuple(v_new.shape) != kv_shape:
             raise OffloadError(f"step(layer={layer}): need q [N={n}, Hq, D={self.pool.head_dim}] and k, v {kv_shape}, "
                                f"got {tuple(q.shape)}, {tuple(k_new.shape)}, {tuple(v_new.shape)}")
+        if n == 0:
+            return torch.empty_like(q), torch.empty(0, q.shape[1], dtype=torch.float32, device=q.device)
+        if plan.attention_plan is None:  # first layer of a step whose query head count was unknown
+            plan = self._plan = self._plan_attention(plan, q.shape[1])
         start = time.perf_counter()
         k_buffer, v_buffer = self.pool.k_buffers[layer], self.pool.v_buffers[layer]
         self.ops.append_kv(k_buffer, v_buffer, plan.new_slots, k_new, v_new)
-        o, lse = self.ops.decode_attention(q, k_buffer, v_buffer, plan.kv_indptr, plan.kv_indices, self.sm_scale)
+        o, lse = self.ops.run(plan.attention_plan, q, k_buffer, v_buffer)
         self._attention_time_s += time.perf_counter() - start  # NOTE: launch time only on a GPU (no sync here)
         self._layer_calls += 1
         return o, lse
@@ -248,6 +264,11 @@ class AttentionExecutor:
             raise OffloadError(f"request id must be a non-empty str, got {rid!r}")
         if rid in self._requests:
             raise OffloadError(f"request {rid!r} is already held by the executor")
+
+    def _plan_attention(self, plan: StepPlan, num_q_heads: int) -> StepPlan:
+        attention_plan = self.ops.plan(plan.kv_indptr, plan.kv_indices, num_q_heads, self.pool.num_kv_heads,
+                                       self.pool.head_dim, self.pool.dtype, self.sm_scale, self.num_sms)
+        return replace(plan, attention_plan=attention_plan)
 
     def _alloc(self, n: int, what: str) -> torch.Tensor:
         slots = self.pool.allocator.alloc(n)

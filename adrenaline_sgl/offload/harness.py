@@ -131,7 +131,7 @@ class DecodeHarness:
         seqs = [_Seq(f"r{i}", list(p), bool(o)) for i, (p, o) in enumerate(zip(prompts, offloaded))]
         pool = KVPool.standalone(self.num_layers, sum(len(s.prompt) + max_new_tokens for s in seqs),
                                  self.num_kv_heads, self.head_dim, self.model.dtype, self.model.device)
-        local = AttentionExecutor(pool, self.local_attention)
+        local = AttentionExecutor(pool, self.local_attention, num_q_heads=self.model.config.num_attention_heads)
         for seq in seqs:
             self._prefill(seq, local)
         steps = 0

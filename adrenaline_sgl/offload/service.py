@@ -50,6 +50,11 @@ class ExecutorService:
                                f"{pool.dtype}")
         if int(args.get("num_layers", pool.num_layers)) != pool.num_layers:
             raise OffloadError(f"hello: client model has {args['num_layers']} layers, the pool {pool.num_layers}")
+        if self.executor.num_q_heads is None:
+            self.executor.num_q_heads = layout.num_q_heads  # lets begin_step plan the kernel
+        elif self.executor.num_q_heads != layout.num_q_heads:
+            raise OffloadError(f"hello: client rows have Hq={layout.num_q_heads}, the executor "
+                               f"Hq={self.executor.num_q_heads}")
         self.layout = layout
         return {"num_layers": pool.num_layers, "num_slots": pool.num_slots, "attention": self.executor.ops.name}, {}
 

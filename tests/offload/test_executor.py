@@ -146,3 +146,22 @@ def test_stats_report_capacity_tokens_and_time(make_executor):
 def test_unknown_attention_name_is_a_clear_error():
     with pytest.raises(ValueError, match="attention must be one of"):
         AttentionExecutor(KVPool.standalone(1, 4, 1, 4), "flash")
+
+
+@pytest.mark.parametrize("num_q_heads", [None, 4])  # planned in begin_step, or lazily by the first step
+def test_triton_executor_matches_reference_executor(make_executor, num_q_heads):
+    pytest.importorskip("adrenaline_kernels.decode", reason="the Triton kernels are not in adrenaline_kernels")
+    tri, ref = make_executor(attention="triton"), make_executor(attention="reference")
+    tri.num_q_heads = num_q_heads
+    assert tri.ops.name == "triton"
+    for ex in (tri, ref):
+        ex.adopt_copy("a", *random_kv(9, seed=3))
+        ex.adopt_copy("b", *random_kv(2, seed=4))
+        ex.begin_step(["b", "a"])
+    assert (tri._plan.attention_plan is not None) == (num_q_heads is not None)
+    q, k, v = random_rows(2, seed=5)
+    o_t, lse_t = tri.step(1, ["b", "a"], q, k, v)
+    o_r, lse_r = ref.step(1, ["b", "a"], q, k, v)
+    torch.testing.assert_close(o_t, o_r, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(lse_t, lse_r, rtol=1e-4, atol=1e-4)
+    assert torch.equal(tri.pool.k_buffers[1], ref.pool.k_buffers[1])  # append_kv wrote the same rows
