@@ -23,7 +23,10 @@ class ProxyConfig:
     decode: tuple[str, ...]
     host: str = "127.0.0.1"
     port: int = 30040
-    policy: str = "never"  # never | always | ratio:F | auto (decided per request, see decide.py)
+    policy: str = "never"  # never | always | ratio:F | auto: the scheduler's policies (see decide.py)
+    gpu: str = "h100-sxm"  # policy auto: the GPU spec its cost model uses (adrenaline_sgl.scheduler.specs)
+    model: str = "llama3-8b"  # policy auto: the model spec
+    executor_sm_share: float = 0.3  # policy auto: SM share of the prefill GPU the executor gets
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None  # None: /metrics on the proxy's own port only
     request_timeout_s: float = 1800.0  # whole request through prefill and decode
@@ -48,6 +51,15 @@ class ProxyConfig:
             if value is not None and not 0 <= value <= 65535:
                 raise ValueError(f"{name}={value}: expected 0..65535 (0 = any free port)")
         validate_policy(self.policy, "policy")
+        if self.policy == "auto":
+            from adrenaline_sgl.scheduler.specs import GPUS, MODELS
+
+            if self.gpu not in GPUS:
+                raise ValueError(f"gpu={self.gpu!r}: expected one of {sorted(GPUS)}")
+            if self.model not in MODELS:
+                raise ValueError(f"model={self.model!r}: expected one of {sorted(MODELS)}")
+        if not 0.0 < self.executor_sm_share <= 1.0:
+            raise ValueError(f"executor_sm_share={self.executor_sm_share}: expected 0 < share <= 1")
         for name in ("request_timeout_s", "connect_timeout_s", "load_interval_s", "load_timeout_s", "load_stale_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}={getattr(self, name)}: expected > 0 seconds")
@@ -75,7 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="A decode instance URL (repeat for several).")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="Bind address (127.0.0.1 unless opened on purpose).")
     p.add_argument("--port", type=int, default=30040, help="Listen port.")
-    p.add_argument("--policy", default="never", help="Offload policy: never, always, ratio:F (0..1), auto.")
+    p.add_argument("--policy", default="never",
+                   help="Offload policy (the scheduler's): never, always, ratio:F (OB = F, 0..10), auto.")  # fmt: skip
+    p.add_argument("--gpu", default="h100-sxm", help="Policy auto: GPU spec name for the cost model.")
+    p.add_argument("--model", default="llama3-8b", help="Policy auto: model spec name for the cost model.")
+    p.add_argument("--executor-sm-share", type=float, default=0.3, help="Policy auto: executor SM share.")
     p.add_argument("--metrics-host", default="127.0.0.1", help="Bind address of the Prometheus endpoint.")
     p.add_argument("--metrics-port", type=int, default=None,
                    help="Separate Prometheus port; without it /metrics is served on --port.")  # fmt: skip
@@ -98,6 +114,9 @@ def from_args(ns: argparse.Namespace) -> ProxyConfig:
         host=ns.host,
         port=ns.port,
         policy=ns.policy,
+        gpu=ns.gpu,
+        model=ns.model,
+        executor_sm_share=ns.executor_sm_share,
         metrics_host=ns.metrics_host,
         metrics_port=ns.metrics_port,
         request_timeout_s=ns.request_timeout_secs,

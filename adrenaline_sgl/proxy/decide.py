@@ -1,98 +1,108 @@
-"""The proxy's per-request offload decision.
+"""The proxy's per-request offload decision: the scheduler's policy on live statistics.
 
-A decision is taken only when the chosen prefill instance can take it: its load report is fresh, its role
-is `prefill` and its executor is healthy. Otherwise the request decodes locally (stock PD), which is how an
-unreachable executor is handled without failing or hanging requests.
-
-Policies: `never`, `always`, `ratio:F` (offload a share F of the requests, spread evenly: request n is
-offloaded when floor(F * n) grows) and `auto`, which belongs to the scheduler (`adrenaline_sgl.scheduler`,
-the same code as the simulator) and is created lazily from there.
+The policies (`never`, `always`, `ratio:F`, `auto`) and admission (C1, C2) are
+`adrenaline_sgl.scheduler.admission`, the same code the simulator runs. The proxy supplies `LiveStats`:
+- its own ledger of requests in flight per decode instance (local vs offloaded, prompt and maximum
+  lengths; prompt length stands in for the current length, a lower bound);
+- capacities from the instances' `/adrenaline/load` reports: the decode KV pool (HBM_d in tokens) and,
+  per prefill instance, the tokens it can devote to offloaded KV (its free tokens plus what the ledger
+  has already placed there at maximum length, or its `--adrenaline-executor-max-tokens` share).
+A decision is taken only when the chosen prefill can take it: its report is fresh, its role is `prefill`
+and its executor answers; and the decode runs the plugin. Otherwise the request decodes locally (stock PD),
+which is how an unreachable executor is handled without failing or hanging requests.
 """
 
 from __future__ import annotations
 
-import math
+import threading
 from dataclasses import dataclass
-from typing import Protocol
 
-from adrenaline_sgl.sglang_ext.flags import validate_policy
+from adrenaline_sgl.scheduler.admission import LiveStats, OffloadPolicy, RequestInfo, make_policy
 from adrenaline_sgl.sglang_ext.load_report import LoadReport
 
-
-@dataclass(frozen=True)
-class RequestInfo:
-    """What the proxy knows about a request before it runs (token counts are estimates)."""
-
-    prompt_tokens: int  # len(input_ids), or characters / 4 for text
-    max_new_tokens: int
-
-    @property
-    def max_seq_len(self) -> int:
-        return self.prompt_tokens + self.max_new_tokens
+__all__ = ["Decision", "Ledger", "RequestInfo", "build_policy", "decide", "executor_available"]
 
 
 @dataclass(frozen=True)
 class Decision:
     offload: bool
-    reason: str  # "policy", "executor unavailable", ... (a metric label)
+    reason: str  # the scheduler's reason ("ok", "c1-budget", "c2-batch", ...) or why it was not asked
 
 
-class Policy(Protocol):
-    def wants_offload(self, req: RequestInfo, prefill: LoadReport, decode: LoadReport | None) -> bool: ...
+def build_policy(spec: str, gpu: str = "h100-sxm", model: str = "llama3-8b", executor_sm_share: float = 0.3):
+    """The scheduler's policy for `spec`; `auto` gets a roofline predictor for (`gpu`, `model`)."""
+    if spec != "auto":
+        return make_policy(spec)
+    from adrenaline_sgl.scheduler.cost_model import get_predictor
+
+    return make_policy("auto", get_predictor("roofline", gpu, model), executor_sm_share=executor_sm_share)
 
 
-class Never:
-    def wants_offload(self, req, prefill, decode) -> bool:
-        return False
+@dataclass
+class _InFlight:
+    decode: str
+    prefill: str
+    info: RequestInfo
+    offloaded: bool
 
 
-class Always:
-    def wants_offload(self, req, prefill, decode) -> bool:
-        return True
+class Ledger:
+    """Requests the proxy has routed and not yet seen finish (thread-safe; keys are opaque ids)."""
 
+    def __init__(self):
+        self._items: dict[int, _InFlight] = {}
+        self._next = 0
+        self._lock = threading.Lock()
 
-class Ratio:
-    """Offload a share `share` of the requests, evenly spread (deterministic, so tests can count)."""
+    def add(self, decode: str, prefill: str, info: RequestInfo, offloaded: bool) -> int:
+        with self._lock:
+            self._next += 1
+            self._items[self._next] = _InFlight(decode, prefill, info, offloaded)
+            return self._next
 
-    def __init__(self, share: float):
-        self.share = share
-        self._seen = 0
+    def done(self, key: int) -> None:
+        with self._lock:
+            self._items.pop(key, None)
 
-    def wants_offload(self, req, prefill, decode) -> bool:
-        before = math.floor(self.share * self._seen + 1e-9)
-        self._seen += 1
-        return math.floor(self.share * self._seen + 1e-9) > before
+    def stats(self, decode: str, decode_report: LoadReport, prefills: dict[str, LoadReport | None]) -> LiveStats:
+        with self._lock:
+            items = [i for i in self._items.values() if i.decode == decode]
+        local = [i.info for i in items if not i.offloaded]
+        off = [i for i in items if i.offloaded]
+        caps = []
+        for url, report in prefills.items():
+            if report is None:
+                continue
+            placed = sum(i.info.max_seq_tokens for i in off if i.prefill == url)
+            free = int((1.0 - report.token_usage) * report.max_total_tokens)
+            caps.append(placed + free)
+        return LiveStats(
+            local_requests=len(local),
+            local_tokens=sum(i.prompt_tokens for i in local),
+            offloaded_requests=len(off),
+            offloaded_tokens=sum(i.info.prompt_tokens for i in off),
+            offloaded_max_tokens=sum(i.info.max_seq_tokens for i in off),
+            decode_kv_capacity_tokens=decode_report.max_total_tokens,
+            prefill_offload_capacity_tokens=tuple(caps),
+        )
 
-
-def make_policy(text: str) -> Policy:
-    """`never | always | ratio:F | auto` -> a policy object (ValueError naming the field otherwise)."""
-    validate_policy(text, "policy")
-    if text == "never":
-        return Never()
-    if text == "always":
-        return Always()
-    if text.startswith("ratio:"):
-        return Ratio(float(text.split(":", 1)[1]))
-    try:  # auto: the scheduler's admission (C1, C2 against OB); lazy so the proxy runs without it.
-        from adrenaline_sgl.scheduler.policy import make_auto_policy  # type: ignore[import-not-found]
-    except ImportError as err:
-        raise ValueError(
-            "policy=auto: needs adrenaline_sgl.scheduler.policy.make_auto_policy, which this tree does not have "
-            "yet; use never, always or ratio:F"
-        ) from err
-    return make_auto_policy()
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 def executor_available(prefill: LoadReport | None) -> bool:
-    return prefill is not None and prefill.role == "prefill" and prefill.executor_healthy and bool(
-        prefill.executor_addr
+    return (
+        prefill is not None and prefill.role == "prefill" and prefill.executor_healthy and bool(prefill.executor_addr)
     )
 
 
-def decide(policy: Policy, req: RequestInfo, prefill: LoadReport | None, decode: LoadReport | None) -> Decision:
-    """The decision for one request sent to this (prefill, decode) pair."""
+def decide(
+    policy: OffloadPolicy, req: RequestInfo, prefill: LoadReport | None, decode: LoadReport | None, stats_fn
+) -> Decision:
+    """The decision for one request sent to this (prefill, decode) pair; `stats_fn()` builds LiveStats."""
     if not executor_available(prefill):
         return Decision(False, "executor unavailable")
     if decode is None or decode.role != "decode":  # missing, stale, unreachable, or stock SGLang
         return Decision(False, "decode not offload-capable")
-    return Decision(policy.wants_offload(req, prefill, decode), "policy")
+    d = policy.decide(req, stats_fn())
+    return Decision(d.offload, d.reason)

@@ -60,10 +60,11 @@ class StandIn:
         return resp
 
 
-def prefill_load(healthy: bool = True, kv_bytes: int = 0) -> dict:
+def prefill_load(healthy: bool = True, kv_bytes: int = 0, max_total_tokens: int = 100_000) -> dict:
     return {"role": "prefill", "executor_addr": "127.0.0.1:31000", "executor_healthy": healthy,
-            "executor_kv_bytes": kv_bytes, "executor_kv_tokens": kv_bytes // 64}  # fmt: skip
+            "executor_kv_bytes": kv_bytes, "executor_kv_tokens": kv_bytes // 64,
+            "max_total_tokens": max_total_tokens}  # fmt: skip
 
 
-def decode_load(rtt_ms: float = 0.0) -> dict:
-    return {"role": "decode", "offload_rtt_ms": rtt_ms}
+def decode_load(rtt_ms: float = 0.0, max_total_tokens: int = 100_000) -> dict:
+    return {"role": "decode", "offload_rtt_ms": rtt_ms, "max_total_tokens": max_total_tokens}

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from adrenaline_sgl.proxy import request as rq
 from adrenaline_sgl.proxy.config import ProxyConfig
-from adrenaline_sgl.proxy.decide import Policy, decide, make_policy
+from adrenaline_sgl.proxy.decide import Ledger, build_policy, decide
 from adrenaline_sgl.proxy.load import LoadPoller
 from adrenaline_sgl.proxy.metrics import CONTENT_TYPE, ProxyMetrics
 
@@ -46,9 +46,11 @@ def _bootstrap_host(url: str) -> str:
 class Proxy:
     """Start with `await proxy.start()`; `proxy.url` is where it listens; stop with `await proxy.stop()`."""
 
-    def __init__(self, cfg: ProxyConfig, policy: Policy | None = None, rng: random.Random | None = None):
+    def __init__(self, cfg: ProxyConfig, policy=None, rng: random.Random | None = None):
         self.cfg = cfg
-        self.policy = policy if policy is not None else make_policy(cfg.policy)
+        self.policy = policy if policy is not None else build_policy(cfg.policy, cfg.gpu, cfg.model,
+                                                                     cfg.executor_sm_share)  # fmt: skip
+        self.ledger = Ledger()
         self.rng = rng or random.Random()
         self.metrics = ProxyMetrics()
         self.poller = LoadPoller(
@@ -139,12 +141,14 @@ class Proxy:
 
         prefill_url, bootstrap_port = self.cfg.prefill[self.rng.randrange(len(self.cfg.prefill))]
         decode_url = self.cfg.decode[self.rng.randrange(len(self.cfg.decode))]
-        prefill_load = self.poller.get(prefill_url)
-        decision = decide(self.policy, info, prefill_load, self.poller.get(decode_url))
+        prefill_load, decode_load = self.poller.get(prefill_url), self.poller.get(decode_url)
+        decision = decide(self.policy, info, prefill_load, decode_load,
+                          lambda: self.ledger.stats(decode_url, decode_load, {prefill_url: prefill_load}))  # fmt: skip
         self.metrics.count_decision(decision.offload, decision.reason)
         executor = prefill_load.executor_addr if decision.offload else ""
         out = rq.prepare(body, endpoint, _bootstrap_host(prefill_url), bootstrap_port, decision.offload, executor,
                          self.rng)  # fmt: skip
+        key = self.ledger.add(decode_url, prefill_url, info, decision.offload)
         try:
             if out.get("stream", False):
                 return await self._forward_stream(request, out, prefill_url, decode_url, endpoint, t0)
@@ -152,6 +156,8 @@ class Proxy:
         except UpstreamError as err:
             self.metrics.errors.labels(kind=err.kind).inc()
             return error_response(err.status, err.kind, str(err))
+        finally:
+            self.ledger.done(key)
 
     async def _post(self, url: str, endpoint: str, body: dict) -> aiohttp.ClientResponse:
         try:

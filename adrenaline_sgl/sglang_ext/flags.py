@@ -18,18 +18,24 @@ POLICY_WORDS = ("never", "always", "auto")
 ATTR_NAME = "_adrenaline"  # attribute on sglang's ServerArgs record
 
 
+MAX_OFFLOAD_RATIO = 10.0  # = adrenaline_sgl.scheduler.admission.MAX_OFFLOAD_RATIO (kept import-free here)
+
+
 def validate_policy(text: str, field_name: str = "offload_policy") -> str:
-    """Check `never | always | auto | ratio:F` (0 <= F <= 1); return it unchanged or raise ValueError."""
+    """Check `never | always | auto | ratio:F` (F = offloaded/local bound OB, 0 <= F <= 10), as the scheduler
+    defines them; return it unchanged or raise ValueError naming the field."""
     if text in POLICY_WORDS:
         return text
     if text.startswith("ratio:"):
         try:
-            share = float(text.split(":", 1)[1])
+            ratio = float(text.split(":", 1)[1])
         except ValueError:
-            share = -1.0
-        if 0.0 <= share <= 1.0:
+            ratio = -1.0
+        if 0.0 <= ratio <= MAX_OFFLOAD_RATIO:
             return text
-    raise ValueError(f"{field_name}={text!r}: expected one of never, always, auto, ratio:F with 0 <= F <= 1")
+    raise ValueError(
+        f"{field_name}={text!r}: expected one of never, always, auto, ratio:F with 0 <= F <= {MAX_OFFLOAD_RATIO:g}"
+    )
 
 
 def _opt(help_text: str, **kw):
@@ -65,8 +71,8 @@ class AdrenalineArgs:
     )
     offload_policy: str = _opt(
         "Decision for requests that arrive without custom_params['adrenaline_offload'] (the proxy's mark "
-        "wins): never, always, ratio:F (by bootstrap room, so prefill and decode agree), or auto (= never "
-        "here; the proxy owns the global view).",
+        "wins): never, always, ratio:F (offload a share F/(1+F), picked by bootstrap room so prefill and decode "
+        "agree), or auto (= never here; the proxy owns the global view).",
         default="never",
     )
     inner_attention_backend: str = _opt(

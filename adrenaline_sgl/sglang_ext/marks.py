@@ -34,7 +34,8 @@ def is_offloaded(req, args: AdrenalineArgs) -> bool:
     if policy == "always":
         return True
     if policy.startswith("ratio:") and getattr(req, "bootstrap_room", None) is not None:
-        return room_share(req.bootstrap_room) < float(policy.split(":", 1)[1])
+        ratio = float(policy.split(":", 1)[1])  # OB = offloaded / local, so a share OB / (1 + OB) of requests
+        return room_share(req.bootstrap_room) < ratio / (1.0 + ratio)
     return False  # never, auto (the proxy decides), or no room to agree on
 
 

@@ -81,18 +81,31 @@ def test_batch_gets_per_item_bootstrap_fields_and_marks():
     run(body())
 
 
-def test_ratio_policy_marks_a_share_and_metrics_show_it():
+def test_ratio_policy_uses_the_scheduler_admission_and_metrics_show_it():
+    """ratio:1 is the scheduler's bound OB = 1: with requests in flight, offloaded <= local (C2)."""
+
     async def body():
-        async with Stack(policy="ratio:0.5") as s:
-            for _ in range(4):
-                assert (await s.post("/generate", {"input_ids": [1, 2, 3]}))[0] == 200
+        async with Stack(policy="ratio:1", d_delay_s=0.5) as s:
+            results = await asyncio.gather(*(s.post("/generate", {"input_ids": [1, 2, 3]}) for _ in range(4)))
+            assert [status for status, _ in results] == [200] * 4
             marks = [b["sampling_params"]["custom_params"]["adrenaline_offload"] for b in s.decode.bodies]
-            assert marks.count(True) == 2 and marks.count(False) == 2
+            assert sorted(marks) == [False, False, True, True]  # local, off, local, off in arrival order
+            assert len(s.proxy.ledger) == 0  # every request left the ledger when it finished
             async with s.http.get(s.proxy.url + "/metrics") as resp:
                 text = await resp.text()
             assert "adrenaline_proxy_offloaded_share 0.5" in text
-            assert 'adrenaline_proxy_requests_total{offloaded="true",reason="policy"} 2.0' in text
+            assert 'adrenaline_proxy_requests_total{offloaded="true",reason="ok"} 2.0' in text
+            assert 'adrenaline_proxy_requests_total{offloaded="false",reason="c2-tokens"} 2.0' in text
             assert "adrenaline_proxy_request_latency_seconds_count 4.0" in text
+
+    run(body())
+
+
+def test_policy_never_keeps_everything_local():
+    async def body():
+        async with Stack(policy="never") as s:
+            assert (await s.post("/generate", {"input_ids": [1, 2, 3]}))[0] == 200
+            assert s.decode.bodies[0]["sampling_params"]["custom_params"] == {"adrenaline_offload": False}
 
     run(body())
 

@@ -4,7 +4,8 @@ import pytest
 
 from adrenaline_sgl.proxy import __main__ as cli
 from adrenaline_sgl.proxy.config import ProxyConfig, build_parser, from_args
-from adrenaline_sgl.proxy.decide import Always, Ratio, RequestInfo, decide, make_policy
+from adrenaline_sgl.proxy.decide import Decision, Ledger, RequestInfo, build_policy, decide
+from adrenaline_sgl.scheduler.admission import LiveStats
 from adrenaline_sgl.sglang_ext.load_report import LoadReport
 
 REQ = RequestInfo(prompt_tokens=10, max_new_tokens=20)
@@ -47,26 +48,47 @@ def test_config_requires_instances():
         ProxyConfig(prefill=(("http://h:1", None),), decode=("http://h:2",), request_timeout_s=0)
 
 
-def test_ratio_offloads_exactly_its_share_evenly():
-    policy = Ratio(0.25)
-    marks = [policy.wants_offload(REQ, PREFILL, None) for _ in range(8)]
-    assert marks == [False, False, False, True, False, False, False, True]
-    assert [Ratio(1.0).wants_offload(REQ, PREFILL, None) for _ in range(3)] == [True] * 3
-    assert not any(Ratio(0.0).wants_offload(REQ, PREFILL, None) for _ in range(3))
+def _stats():
+    return LiveStats(local_requests=4, local_tokens=400, decode_kv_capacity_tokens=10_000,
+                     prefill_offload_capacity_tokens=(10_000,))  # fmt: skip
 
 
 def test_decision_needs_a_healthy_executor_and_an_offload_capable_decode():
-    assert decide(Always(), REQ, PREFILL, DECODE).offload
-    assert not decide(Always(), REQ, None, DECODE).offload
+    always = build_policy("always")
+    assert decide(always, REQ, PREFILL, DECODE, _stats) == Decision(True, "ok")
+    assert not decide(always, REQ, None, DECODE, _stats).offload
     sick = LoadReport(role="prefill", executor_addr="127.0.0.1:31000", executor_healthy=False)
-    assert decide(Always(), REQ, sick, DECODE).reason == "executor unavailable"
+    assert decide(always, REQ, sick, DECODE, _stats).reason == "executor unavailable"
     for decode in (LoadReport(role="none"), None):  # stock SGLang, or no fresh report
-        assert decide(Always(), REQ, PREFILL, decode).reason == "decode not offload-capable"
+        assert decide(always, REQ, PREFILL, decode, _stats).reason == "decode not offload-capable"
+
+
+def test_policies_are_the_schedulers():
+    assert decide(build_policy("never"), REQ, PREFILL, DECODE, _stats) == Decision(False, "policy-never")
+    assert decide(build_policy("ratio:0.1"), REQ, PREFILL, DECODE, _stats).reason == "c2-batch"
+    assert decide(build_policy("ratio:1"), REQ, PREFILL, DECODE, _stats).offload
+    assert decide(build_policy("auto", "h100-sxm", "llama3-8b"), REQ, PREFILL, DECODE, _stats).offload
+
+
+def test_ledger_builds_live_stats_per_decode_instance():
+    ledger = Ledger()
+    a = ledger.add("d1", "p1", RequestInfo(100, 50), offloaded=False)
+    ledger.add("d1", "p1", RequestInfo(30, 20), offloaded=True)
+    ledger.add("d2", "p1", RequestInfo(999, 1), offloaded=False)  # another decode instance
+    prefill = LoadReport(role="prefill", token_usage=0.5, max_total_tokens=1000)
+    stats = ledger.stats("d1", LoadReport(role="decode", max_total_tokens=4000), {"p1": prefill})
+    assert stats == LiveStats(local_requests=1, local_tokens=100, offloaded_requests=1, offloaded_tokens=30,
+                              offloaded_max_tokens=50, decode_kv_capacity_tokens=4000,
+                              prefill_offload_capacity_tokens=(550,))  # fmt: skip
+    ledger.done(a)
+    assert ledger.stats("d1", LoadReport(role="decode"), {}).local_requests == 0
 
 
 def test_make_policy_names_the_field_on_bad_input():
-    with pytest.raises(ValueError, match="policy='ratio:2'"):
-        make_policy("ratio:2")
+    with pytest.raises(ValueError, match="policy='ratio:11'"):
+        ProxyConfig(prefill=(("http://h:1", None),), decode=("http://h:2",), policy="ratio:11")
+    with pytest.raises(ValueError, match="gpu='tpu'"):
+        ProxyConfig(prefill=(("http://h:1", None),), decode=("http://h:2",), policy="auto", gpu="tpu")
 
 
 def test_load_report_rejects_bad_values_and_ignores_unknown_keys():

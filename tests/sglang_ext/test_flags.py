@@ -71,7 +71,7 @@ def test_unknown_role_is_rejected_by_the_parser(capsys):
         ({"executor_sm_share": 0.0}, "executor_sm_share"),
         ({"executor_sm_share": 1.5}, "executor_sm_share"),
         ({"executor_max_tokens": -1}, "executor_max_tokens"),
-        ({"offload_policy": "ratio:1.5"}, "offload_policy"),
+        ({"offload_policy": "ratio:10.5"}, "offload_policy"),
         ({"offload_policy": "sometimes"}, "offload_policy"),
         ({"remote_timeout_s": 0}, "remote_timeout_s"),
         ({"executor_host": ""}, "executor_host"),
@@ -84,7 +84,7 @@ def test_bad_values_name_the_field(kwargs, field):
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("text", ["never", "always", "auto", "ratio:0", "ratio:1", "ratio:0.25"])
+@pytest.mark.parametrize("text", ["never", "always", "auto", "ratio:0", "ratio:1", "ratio:0.25", "ratio:10"])
 def test_valid_policies(text):
     assert flags.validate_policy(text) == text
 
