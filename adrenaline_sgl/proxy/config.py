@@ -92,9 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", default="h100-sxm", help="Policy auto: GPU spec name for the cost model.")
     p.add_argument("--model", default="llama3-8b", help="Policy auto: model spec name for the cost model.")
     p.add_argument("--executor-sm-share", type=float, default=0.3, help="Policy auto: executor SM share.")
-    p.add_argument("--metrics-host", default="127.0.0.1", help="Bind address of the Prometheus endpoint.")
-    p.add_argument("--metrics-port", type=int, default=None,
+    p.add_argument("--metrics-host", "--prometheus-host", default="127.0.0.1",
+                   help="Bind address of the Prometheus endpoint.")  # fmt: skip
+    p.add_argument("--metrics-port", "--prometheus-port", type=int, default=None,
                    help="Separate Prometheus port; without it /metrics is served on --port.")  # fmt: skip
+    p.add_argument("--pd-disaggregation", action="store_true",
+                   help="Accepted for sglang_router compatibility; this proxy is always PD.")  # fmt: skip
     p.add_argument("--request-timeout-secs", type=float, default=1800.0, help="Timeout of one request, seconds.")
     p.add_argument("--load-interval-secs", type=float, default=1.0, help="Period of the load pulls, seconds.")
     p.add_argument("--log-level", default="info", help="Python logging level.")

@@ -41,6 +41,15 @@ def test_bad_cli_gives_one_line_error(argv, message, capsys):
     assert message in err and "\n" not in err
 
 
+def test_cli_takes_the_launchers_sglang_router_arguments():
+    ns = build_parser().parse_args(
+        ["--pd-disaggregation", "--prefill", "http://127.0.0.1:1", "2", "--decode", "http://127.0.0.1:3",
+         "--host", "127.0.0.1", "--port", "4", "--prometheus-host", "127.0.0.1", "--prometheus-port", "5"]
+    )  # fmt: skip
+    cfg = from_args(ns)
+    assert (cfg.port, cfg.metrics_host, cfg.metrics_port) == (4, "127.0.0.1", 5)
+
+
 def test_config_requires_instances():
     with pytest.raises(ValueError, match="prefill"):
         ProxyConfig(prefill=(), decode=("http://h:1",))
