@@ -1,15 +1,18 @@
 """Simulated runs for the figures: one point, and the highest load a system sustains within its SLOs.
 
-Sustainable load (figures 7 and 8; experiments/fig7/README.md): the highest Poisson rate at which the P99
-TPOT stays within `tpot_slo_ms` AND the mean TTFT within `ttft_slo_s`, found by geometric bisection between
-`rate_lo` and `rate_hi` (`iterations` halvings of the log-interval). Throughput is the decode throughput
-measured at that rate.
+Sustainable load (figures 7 and 8; experiments/fig7/README.md): the highest Poisson rate at which, over
+the steady window (arrivals 10%..90%), the P99 TPOT stays within `tpot_slo_ms` and the P90 TTFT within
+`ttft_slo_s` (the queue does not run away), found by geometric bisection in [rate_lo, rate_hi]. The
+throughput reported is the decode throughput inside that window, so ramp-up and the drain of a finite run
+do not dilute it (at a sustained rate it equals rate x mean output).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+import numpy as np
 
 from adrenaline_sgl.sim import metrics
 from adrenaline_sgl.sim.config import ClusterConfig, WorkloadConfig
@@ -19,8 +22,7 @@ from adrenaline_sgl.sim.records import SimResult
 from .common import ExperimentError
 
 CLUSTER_KEYS = ("gpu", "predictor", "n_prefill", "n_decode", "executor_sm_share", "prefill_token_budget",
-                "prefill_kv_reserve_tokens", "max_decode_batch", "gpu_mem_util", "link", "tpot_slo_ms",
-                "ttft_slo_s")  # fmt: skip
+                "prefill_kv_reserve_tokens", "max_decode_batch", "gpu_mem_util", "link", "tpot_slo_ms")
 
 
 def system_policy(system: str) -> tuple[str, str]:
@@ -69,49 +71,51 @@ def run_point(cfg: dict, model: str, system: str, workload_name: str, rate: floa
     return Point(res, metrics.request_metrics(res.requests))
 
 
-def meets_slo(m: metrics.RequestMetrics, cl: ClusterConfig) -> bool:
-    return m.p99_tpot_ms <= cl.tpot_slo_ms and m.mean_ttft_s <= cl.ttft_slo_s
+def steady_metrics(pt: Point) -> dict:
+    """Decode throughput inside the steady window (arrivals 10%..90%), and the TPOT and P90 TTFT of the
+    requests that arrive inside it. Ramp-up and the drain of a finite run are excluded."""
+    window = metrics.steady_window(pt.result.requests)
+    inside = [r for r in pt.result.requests if window[0] <= r.arrival_s <= window[1]]
+    m = metrics.request_metrics(inside)
+    ttft = np.array([r.first_token_s - r.arrival_s for r in inside])
+    return {
+        "decode_throughput_tok_s": metrics.decode_token_rate(pt.result.steps, window),
+        "mean_tpot_ms": m.mean_tpot_ms,
+        "p99_tpot_ms": m.p99_tpot_ms,
+        "p90_ttft_s": float(np.percentile(ttft, 90)),
+        "offloaded_frac": m.offloaded_frac,
+    }
 
 
 def sustainable(cfg: dict, model: str, system: str, workload_name: str, rate_lo: float, rate_hi: float,
-                iterations: int, num_requests: int | None = None) -> tuple[float, Point | None]:
-    """(highest rate within the SLOs, its run); (nan, None) when even rate_lo misses them."""
+                iterations: int, num_requests: int) -> dict:
+    """The highest rate in [rate_lo, rate_hi] the system sustains (`meets_slo`), by geometric bisection
+    (`iterations` halvings of the log-interval), with the metrics measured at it. NaNs when rate_lo fails."""
     if not 0 < rate_lo < rate_hi:
         raise ExperimentError(f"sustainable-load search needs 0 < rate_lo < rate_hi, got {rate_lo}, {rate_hi}")
-    cl = cluster(cfg, model, system)
-    best: tuple[float, Point | None] = (math.nan, None)
-    lo_pt = run_point(cfg, model, system, workload_name, rate_lo, num_requests)
-    if not meets_slo(lo_pt.req, cl):
-        return best
-    best = (rate_lo, lo_pt)
-    hi_pt = run_point(cfg, model, system, workload_name, rate_hi, num_requests)
-    if meets_slo(hi_pt.req, cl):
-        return rate_hi, hi_pt
+    slo_ms, ttft_s = cluster(cfg, model, system).tpot_slo_ms, float(cfg["ttft_slo_s"])
+    nan = math.nan
+    best = {"request_rate": nan, "decode_throughput_tok_s": nan, "mean_tpot_ms": nan, "p99_tpot_ms": nan,
+            "p90_ttft_s": nan, "offloaded_frac": nan}
     lo, hi = rate_lo, rate_hi
-    for _ in range(iterations):
-        mid = math.sqrt(lo * hi)
-        pt = run_point(cfg, model, system, workload_name, mid, num_requests)
-        if meets_slo(pt.req, cl):
-            lo, best = mid, (mid, pt)
+    for rate in [rate_lo, rate_hi] + [None] * iterations:
+        rate = rate if rate is not None else math.sqrt(lo * hi)
+        d = steady_metrics(run_point(cfg, model, system, workload_name, rate, num_requests))
+        if d["p99_tpot_ms"] <= slo_ms and d["p90_ttft_s"] <= ttft_s:
+            lo, best = rate, {"request_rate": rate, **d}
+            if rate == rate_hi:
+                return best
+        elif rate == rate_lo:
+            return best
         else:
-            hi = mid
+            hi = rate
     return best
 
 
-def sustainable_summary(cfg: dict, model: str, system: str, workload_name: str) -> dict:
-    """`sustainable` with the per-workload search settings of `cfg["search"]`, as a flat dict (NaN when
-    even the lowest rate misses the SLOs)."""
+def max_throughput(cfg: dict, model: str, system: str, workload_name: str) -> dict:
+    """`sustainable` with the per-workload search settings of `cfg["search"]`."""
     s = (cfg.get("search") or {}).get(workload_name)
     if s is None:
         raise ExperimentError(f"config has no search settings for workload {workload_name!r}")
-    rate, pt = sustainable(cfg, model, system, workload_name, float(s["rate_lo"]), float(s["rate_hi"]),
-                           int(s["iterations"]), int(s["num_requests"]))
-    m = pt.req if pt else None
-    nan = math.nan
-    return {
-        "request_rate": rate,
-        "decode_throughput_tok_s": m.decode_throughput_tok_s if m else nan,
-        "mean_ttft_s": m.mean_ttft_s if m else nan,
-        "p99_tpot_ms": m.p99_tpot_ms if m else nan,
-        "offloaded_frac": m.offloaded_frac if m else nan,
-    }
+    return sustainable(cfg, model, system, workload_name, float(s["rate_lo"]), float(s["rate_hi"]),
+                       int(s["iterations"]), int(s["num_requests"]))

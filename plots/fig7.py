@@ -34,11 +34,11 @@ def plot(fig_dir: Path) -> Path:
                     ax.annotate(f"{gain:.2f}x", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center",
                                 va="bottom", fontsize=9)
     ax.set_xticks(x, [f"{m}\n{w}" for m, w in combos])
-    ax.set_ylabel("decode throughput at the sustainable load (tokens/s)")
+    ax.set_ylabel("max decode throughput within the SLO (tokens/s)")
     ax.grid(alpha=0.3, axis="y")
     ax.legend()
     meta = pc.read(fig_dir / "meta.csv")[0]
-    slo = f"P99 TPOT <= {meta.get('tpot_slo_ms', '?'):g} ms, mean TTFT <= {meta.get('ttft_slo_s', '?'):g} s"
+    slo = f"P99 TPOT <= {meta.get('tpot_slo_ms', '?'):g} ms"
     fig.suptitle(f"Figure 7 ({pc.source(fig_dir)}): throughput gain over PD, 1P1D on {meta.get('gpu', '')} "
                  f"(SLO: {slo})")
     return pc.save(fig, fig_dir, "fig7")

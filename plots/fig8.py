@@ -26,7 +26,7 @@ def plot(fig_dir: Path) -> Path:
             if r["workload"] == wl and r["offload_ratio"] == "auto":
                 ax.axhline(r["decode_throughput_tok_s"], color="k", ls="--", label="scheduler's choice (auto)")
         ax.set_xlabel("offload ratio (bound OB = N / M)")
-        ax.set_ylabel("decode throughput at the sustainable load (tokens/s)")
+        ax.set_ylabel("max decode throughput within the SLO (tokens/s)")
         ax.set_title(f"{rows[0]['model']}, {wl}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

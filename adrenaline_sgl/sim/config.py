@@ -65,7 +65,6 @@ class ClusterConfig:
     )
     link: str = _help("link between prefill and decode GPUs, as the cost model names it", "nvlink")
     tpot_slo_ms: float = _help("TPOT SLO the scheduler's bounds use (ms)", DEFAULT_TPOT_SLO_MS)
-    ttft_slo_s: float = _help("TTFT SLO (s) for the sustainable-load search in fig 7/8", 5.0)
 
     def __post_init__(self):
         if self.system not in SYSTEMS:
@@ -78,7 +77,6 @@ class ClusterConfig:
         _check_range("max_decode_batch", self.max_decode_batch, 1, 4096)
         _check_range("gpu_mem_util", self.gpu_mem_util, 0.0, 1.0, lo_open=True)
         _check_range("tpot_slo_ms", self.tpot_slo_ms, 0.0, 1e6, lo_open=True)
-        _check_range("ttft_slo_s", self.ttft_slo_s, 0.0, 1e6, lo_open=True)
         if not isinstance(self.offload, str) or not self.offload:
             raise ValueError(f"offload={self.offload!r} is invalid; valid: never | always | ratio:F | auto")
 

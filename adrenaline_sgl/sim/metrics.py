@@ -7,7 +7,11 @@ Definitions (the same as SGLang's bench_serving where it has one):
 - decode throughput   = sum(tokens_out) / (max finish_s - min arrival_s) (output tokens/s; bench_serving's
   output_throughput over the whole run).
 - steady-state window = [arrival of the request at quantile `lo`, arrival at quantile `hi`] (default 10% and
-  90%): ramp-up and drain excluded.
+  90%): ramp-up and drain excluded. Under saturation (all requests queued at once) the window is taken on
+  finish times instead (`finish_window`, 20% to 80%), when the decode GPUs run full batches.
+- saturation decode throughput = output tokens of the decode steps inside the finish window (pro rata by
+  overlap), summed over decode instances, divided by the window length; the first token of each request
+  comes from prefill and is not counted.
 - FLOP/s, HBM bytes/s of a GPU = the work of its busy intervals (StepSample) that overlaps the window,
   pro rata by overlap, divided by the window length. Prefill GPUs count their prefill batches and their
   executor's attention. Averaged over the instances of a kind.
@@ -74,6 +78,27 @@ def steady_window(requests: list[RequestRecord], lo: float = 0.1, hi: float = 0.
     if end <= start:
         end = start + 1e-9
     return float(start), float(end)
+
+
+def finish_window(requests: list[RequestRecord], lo: float = 0.2, hi: float = 0.8) -> tuple[float, float]:
+    """(start_s, end_s): finish times of the requests at quantiles lo and hi of finish order."""
+    if not 0.0 <= lo < hi <= 1.0:
+        raise ValueError(f"finish window quantiles lo={lo}, hi={hi} must satisfy 0 <= lo < hi <= 1")
+    finish = np.sort([r.finish_s for r in requests if np.isfinite(r.finish_s)])
+    start, end = np.quantile(finish, [lo, hi])
+    return float(start), float(max(end, start + 1e-9))
+
+
+def decode_token_rate(steps: Iterable[StepSample], window: tuple[float, float]) -> float:
+    """Output tokens/s the decode steps produce inside the window (all decode instances together)."""
+    start, end = window
+    tokens = 0.0
+    for s in steps:
+        if s.kind != DECODE or s.end_s <= start or s.start_s >= end:
+            continue
+        span = s.end_s - s.start_s
+        tokens += s.batch * (1.0 if span <= 0 else (min(s.end_s, end) - max(s.start_s, start)) / span)
+    return tokens / (end - start)
 
 
 def work_rate(steps: Iterable[StepSample], kinds: tuple[str, ...], window: tuple[float, float],

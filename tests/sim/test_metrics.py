@@ -97,3 +97,14 @@ def test_memory_excess_and_roundtrip_share():
     steps = [StepSample(DECODE, 0, 0, 1, 0, 0, 2, offloaded_rows=1, hidden_roundtrip_ms=3.0, exposed_roundtrip_ms=1.0)]
     assert metrics.roundtrip_hidden_frac(steps) == pytest.approx(0.75)
     assert math.isnan(metrics.roundtrip_hidden_frac([]))
+
+
+def test_finish_window_and_decode_token_rate_by_hand():
+    reqs = [_req(i, 0.0, 0.5, float(f), 3) for i, f in enumerate([1, 2, 3, 4, 5, 6])]
+    assert metrics.finish_window(reqs, 0.0, 1.0) == (1.0, 6.0)
+    steps = [
+        StepSample(DECODE, 0, 0.0, 2.0, 0.0, 0.0, batch=10),  # half inside [1, 3]: 5 tokens
+        StepSample(DECODE, 1, 2.0, 3.0, 0.0, 0.0, batch=4),  # another instance, inside: 4 tokens
+        StepSample(EXECUTOR, 0, 1.0, 3.0, 0.0, 0.0, batch=99),  # not a decode step
+    ]
+    assert metrics.decode_token_rate(steps, (1.0, 3.0)) == pytest.approx(9 / 2.0)
