@@ -14,12 +14,17 @@ is free again. Schema of the YAML: adrenaline_sgl/configs/cluster.py; commands: 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import importlib.util
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from adrenaline_sgl.configs import cluster
@@ -218,8 +223,6 @@ def _run_dir(base: str) -> Path:
 
 
 def _write_run_json(folder: Path, cfg: cluster.ClusterConfig, plan: list[ProcessSpec], record: dict) -> None:
-    import dataclasses
-
     payload = {
         "config": dataclasses.asdict(cfg),
         "processes": [{"name": p.name, "command": format_command(p), "log": p.log_name, "ports": p.ports}
@@ -229,21 +232,53 @@ def _write_run_json(folder: Path, cfg: cluster.ClusterConfig, plan: list[Process
     (folder / "run.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
 
 
-def run(cfg: cluster.ClusterConfig, check: bool, run_dir: str | None = None) -> int:
-    """Start the cluster; serve until stopped, or (check) ask one question and stop. Returns the exit code."""
+@dataclasses.dataclass
+class RunningCluster:
+    """A started cluster, as `start_cluster` yields it. `record` goes into run.json when it stops."""
+
+    folder: Path
+    plan: list[ProcessSpec]
+    procs: ProcessGroupSet
+    record: dict
+
+    @property
+    def proxy_url(self) -> str:
+        return self.spec("proxy").url
+
+    def spec(self, name: str) -> ProcessSpec:
+        """`prefill-<i>`, `decode-<i>` or `proxy`."""
+        for p in self.plan:
+            if p.name == name:
+                return p
+        raise KeyError(f"no process {name!r}; have {[p.name for p in self.plan]}")
+
+    def pid(self, name: str) -> int:
+        """PID of the process's group leader (= its process group id)."""
+        return self.procs.started[name]
+
+
+def _check_startable(cfg: cluster.ClusterConfig) -> None:
     if not cfg.is_local:
         raise LaunchError(
             f"hosts {sorted(cfg.hosts - set(cluster.LOCAL_HOSTS))} are not this machine; "
             "use --print-commands and run each node's commands there"
         )
-    import importlib.util
-
     proxy_module = PROXY_MODULES[cfg.proxy.kind]
     if importlib.util.find_spec(proxy_module) is None:
         raise LaunchError(f"proxy.kind {cfg.proxy.kind!r} needs the module {proxy_module}, which is not installed")
+
+
+@contextlib.contextmanager
+def start_cluster(cfg: cluster.ClusterConfig, run_dir: str | os.PathLike | None = None) -> Iterator[RunningCluster]:
+    """Start every process, wait until all answer /health, yield; always stop everything on exit.
+
+    Raises LaunchError (with the failing log's tail) when a process dies or misses `startup_timeout_s`,
+    and on exit when a process or a bound port is left over. Usable from tests (the e2e suites) as well
+    as from the CLI.
+    """
+    _check_startable(cfg)
     folder = _run_dir(run_dir or cfg.run_dir)
     t0 = time.monotonic()
-    record: dict = {"check": check, "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     model_dir = cluster.resolve_model(cfg.model)
     support_dir = None
     if cfg.cpu_support:
@@ -252,57 +287,70 @@ def run(cfg: cluster.ClusterConfig, check: bool, run_dir: str | None = None) -> 
         support_dir = server_env.write_support_dir(folder.resolve() / "cpu_support")
     plan = build_plan(cfg, model_dir, assign_ports(cfg, pick_free=True), python=sys.executable,
                       support_dir=support_dir)
-    servers = [p for p in plan if p.role != "proxy"]
-    proxy = next(p for p in plan if p.role == "proxy")
+    running = RunningCluster(folder, plan, ProcessGroupSet(folder, stop_timeout_s=cfg.stop_timeout_s),
+                             {"started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     print(f"launch: run folder {folder} (logs, run.json)", flush=True)
-    _write_run_json(folder, cfg, plan, record)
+    _write_run_json(folder, cfg, plan, running.record)
+    leftovers: list[str] = []
+    try:
+        # NOTE: all at once: the router does not need healthy servers to start, and its ~10 s of imports
+        # overlap the servers' start-up.
+        running.procs.start(plan)
+        running.procs.wait_healthy(plan, cfg.startup_timeout_s)
+        running.record["all_healthy_s"] = round(time.monotonic() - t0, 1)
+        yield running
+    finally:
+        in_main = threading.current_thread() is threading.main_thread()
+        if in_main:  # no second interrupt in the middle of the clean-up
+            old_int, old_term = signal.signal(signal.SIGINT, signal.SIG_IGN), signal.signal(signal.SIGTERM,
+                                                                                              signal.SIG_IGN)
+        try:
+            leftovers = running.procs.stop_all()
+        finally:
+            if in_main:
+                signal.signal(signal.SIGINT, old_int)
+                signal.signal(signal.SIGTERM, old_term)
+        running.record.update(group_leader_pids=running.procs.started, leftovers=leftovers,
+                              wall_s=round(time.monotonic() - t0, 1))
+        _write_run_json(folder, cfg, plan, running.record)
+    if leftovers:
+        raise LaunchError(f"clean-up left {leftovers}")
 
-    procs = ProcessGroupSet(folder, stop_timeout_s=cfg.stop_timeout_s)
+
+def run(cfg: cluster.ClusterConfig, check: bool, run_dir: str | None = None) -> int:
+    """Start the cluster; serve until stopped, or (check) ask one question and stop. Returns the exit code."""
     previous = signal.signal(signal.SIGTERM, _raise_stop)
     code = 1
+    record: dict = {}
     try:
-        procs.start(servers)
-        record["servers_healthy_s"] = round(procs.wait_healthy(servers, cfg.startup_timeout_s), 1)
-        procs.start([proxy])
-        procs.wait_healthy([proxy], cfg.startup_timeout_s)
-        record["all_healthy_s"] = round(time.monotonic() - t0, 1)
-        print(f"launch: ready in {record['all_healthy_s']} s; serving at {proxy.url} "
-              f"(POST /generate, /v1/chat/completions)", flush=True)
-        if check:
-            t_ask = time.monotonic()
-            answer = ask(proxy.url)
-            record["check_answer"] = answer
-            record["check_request_s"] = round(time.monotonic() - t_ask, 2)
-            ok = CHECK_EXPECTED in answer
-            print(f"check: {CHECK_QUESTION!r} -> {answer!r} ({record['check_request_s']} s): "
-                  f"{'PASS' if ok else 'FAIL, expected ' + repr(CHECK_EXPECTED)}", flush=True)
-            code = 0 if ok else 1
-        else:
-            print("launch: Ctrl-C or SIGTERM stops everything", flush=True)
-            procs.serve_until_exit()  # returns only when a process died; signals raise
+        with start_cluster(cfg, run_dir) as running:
+            record = running.record
+            record["check"] = check
+            print(f"launch: ready in {record['all_healthy_s']} s; serving at {running.proxy_url} "
+                  f"(POST /generate, /v1/chat/completions)", flush=True)
+            if check:
+                t_ask = time.monotonic()
+                answer = ask(running.proxy_url)
+                record.update(check_answer=answer, check_request_s=round(time.monotonic() - t_ask, 2))
+                ok = CHECK_EXPECTED in answer
+                print(f"check: {CHECK_QUESTION!r} -> {answer!r} ({record['check_request_s']} s): "
+                      f"{'PASS' if ok else 'FAIL, expected ' + repr(CHECK_EXPECTED)}", flush=True)
+                code = 0 if ok else 1
+            else:
+                print("launch: Ctrl-C or SIGTERM stops everything", flush=True)
+                running.procs.serve_until_exit()  # returns only by an exception: a death or a signal
     except (KeyboardInterrupt, _Stop) as why:
-        print(f"launch: {type(why).__name__} {why}: stopping", flush=True)
-        code = 0 if not check else 130
+        print(f"launch: {type(why).__name__} {why}: stopped", flush=True)
+        code = 130 if check else 0
     except LaunchError as err:
         print(f"launch: FAILED: {err}", file=sys.stderr, flush=True)
-        code = 1
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # no second interrupt in the middle of the clean-up
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
-            leftovers = procs.stop_all()
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-        record["group_leader_pids"] = procs.started
-        record["leftovers"] = leftovers
-        record["wall_s"] = round(time.monotonic() - t0, 1)
-        record["exit_code"] = code if not leftovers else 1
-        _write_run_json(folder, cfg, plan, record)
-    if leftovers:
-        print(f"launch: FAILED to clean up: {leftovers}", file=sys.stderr, flush=True)
         return 1
-    print(f"launch: stopped everything, ports freed; wall time {record['wall_s']} s", flush=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if record.get("leftovers"):
+        print(f"launch: FAILED: clean-up left {record['leftovers']}", file=sys.stderr, flush=True)
+        return 1
+    print(f"launch: stopped everything, ports freed; wall time {record.get('wall_s', '?')} s", flush=True)
     return code
 
 
@@ -333,8 +381,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = cluster.load(args.config)
         if args.startup_timeout_s is not None:
-            import dataclasses
-
             cfg = dataclasses.replace(cfg, startup_timeout_s=args.startup_timeout_s)
         if args.print_commands:
             print_commands(cfg)

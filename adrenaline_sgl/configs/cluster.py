@@ -5,7 +5,8 @@ dataclasses below (see `cpu_demo.yaml` and `gpu_node_example.yaml` beside this f
 errors. SGLang arguments pass through unchanged: `server_args` go to every server, each role's
 `extra_args` only to that role (the plugin's per-role flags go there), `proxy.extra_args` to the proxy.
 Ports left empty are picked free at launch (on one machine) and fixed defaults when only printing the
-per-node commands of a multi-node cluster.
+per-node commands of a multi-node cluster. Environment: `env` for every process, then each role's and
+the proxy's own `env` on top.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ def _check_args(where: str, args: Any) -> None:
         raise ValueError(f"{where} must be a list of strings (command-line tokens), got {args!r}")
 
 
+def _check_env(where: str, env: Any) -> None:
+    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise ValueError(f"{where} must map names to strings (quote numbers in YAML), got {env!r}")
+
+
 @dataclass(frozen=True)
 class RoleConfig:
     """One server role (prefill or decode): how many instances, where, and its extra SGLang args."""
@@ -46,6 +52,7 @@ class RoleConfig:
         default=(), metadata={"help": "prefill only: disaggregation bootstrap port per instance; empty = free"}
     )
     extra_args: tuple[str, ...] = field(default=(), metadata={"help": "SGLang args for this role only"})
+    env: dict[str, str] = field(default_factory=dict, metadata={"help": "extra environment for this role only"})
 
     def validate(self, role: str) -> None:
         if not isinstance(self.count, int) or not 1 <= self.count <= 64:
@@ -59,6 +66,7 @@ class RoleConfig:
         for i, port in enumerate(self.ports + self.bootstrap_ports):
             _check_port(f"{role} port #{i}", port)
         _check_args(f"{role}.extra_args", self.extra_args)
+        _check_env(f"{role}.env", self.env)
 
     def host_of(self, i: int, default: str) -> str:
         return self.hosts[i] if self.hosts else default
@@ -73,6 +81,7 @@ class ProxyConfig:
     port: int | None = field(default=None, metadata={"help": "HTTP port; empty = free port"})
     prometheus_port: int | None = field(default=None, metadata={"help": "metrics port; empty = free port"})
     extra_args: tuple[str, ...] = field(default=(), metadata={"help": "args passed to the proxy unchanged"})
+    env: dict[str, str] = field(default_factory=dict, metadata={"help": "extra environment for the proxy"})
 
     def __post_init__(self):
         if self.kind not in PROXY_KINDS:
@@ -80,6 +89,7 @@ class ProxyConfig:
         _check_port("proxy.port", self.port)
         _check_port("proxy.prometheus_port", self.prometheus_port)
         _check_args("proxy.extra_args", self.extra_args)
+        _check_env("proxy.env", self.env)
 
 
 @dataclass(frozen=True)
@@ -109,8 +119,7 @@ class ClusterConfig:
         if not isinstance(self.cpu_support, bool):
             raise ValueError(f"cpu_support must be true or false, got {self.cpu_support!r}")
         _check_args("server_args", self.server_args)
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.env.items()):
-            raise ValueError(f"env must map strings to strings, got {self.env!r}")
+        _check_env("env", self.env)
         if not 10 <= self.startup_timeout_s <= 7200:
             raise ValueError(f"startup_timeout_s must be in 10..7200, got {self.startup_timeout_s!r}")
         if not 1 <= self.stop_timeout_s <= 300:
@@ -161,8 +170,6 @@ def from_dict(data: dict[str, Any]) -> ClusterConfig:
             kwargs[role] = RoleConfig(**_build(RoleConfig, kwargs[role] or {}, role))
     if "proxy" in kwargs:
         kwargs["proxy"] = ProxyConfig(**_build(ProxyConfig, kwargs["proxy"] or {}, "proxy"))
-    if "env" in kwargs:
-        kwargs["env"] = {str(k): str(v) for k, v in (kwargs["env"] or {}).items()}
     if "model" not in kwargs:
         raise ValueError("cluster config: `model` is required (a checkpoint directory or smollm2:<dtype>)")
     return ClusterConfig(**kwargs)

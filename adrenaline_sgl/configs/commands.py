@@ -163,7 +163,9 @@ def build_plan(cfg: ClusterConfig, model_dir: str, ports: Ports, python: str,
 
         inherited = {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}
         env = server_env({**inherited, **env}, support_dir)
-    return [ProcessSpec(p.name, p.role, p.host, p.argv, dict(env), p.ports, p.port) for p in [*prefill, *decode, proxy]]
+    own_env = {"prefill": cfg.prefill.env, "decode": cfg.decode.env, "proxy": cfg.proxy.env}
+    return [ProcessSpec(p.name, p.role, p.host, p.argv, {**env, **own_env[p.role]}, p.ports, p.port)
+            for p in [*prefill, *decode, proxy]]
 
 
 def format_command(spec: ProcessSpec, with_env: bool = False) -> str:

@@ -63,9 +63,25 @@ def test_print_commands_groups_nodes_and_uses_fixed_ports(capsys):
     assert "MC_TE_METRIC=false" in node_b
 
 
-def test_launching_a_multi_node_config_is_refused():
+def test_launching_a_multi_node_config_is_refused(tmp_path, capsys):
+    cfg = cluster.load(CONFIGS / "gpu_node_example.yaml")
     with pytest.raises(launch.LaunchError, match="use --print-commands"):
-        launch.run(cluster.load(CONFIGS / "gpu_node_example.yaml"), check=True)
+        with launch.start_cluster(cfg, run_dir=tmp_path):
+            pass
+    assert launch.run(cfg, check=True, run_dir=str(tmp_path)) == 1
+    assert "are not this machine" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # refused before anything was created
+
+
+def test_unavailable_proxy_kind_is_refused(tmp_path, monkeypatch):
+    from adrenaline_sgl.configs import commands
+
+    monkeypatch.setitem(commands.PROXY_MODULES, "adrenaline", "adrenaline_sgl.no_such_proxy_module")
+    monkeypatch.setattr(launch, "PROXY_MODULES", commands.PROXY_MODULES)
+    cfg = cluster.from_dict({"model": "m", "proxy": {"kind": "adrenaline"}})
+    with pytest.raises(launch.LaunchError, match="needs the module adrenaline_sgl.no_such_proxy_module"):
+        with launch.start_cluster(cfg, run_dir=tmp_path):
+            pass
 
 
 def test_configured_port_in_use_is_a_clear_error():
@@ -94,6 +110,7 @@ def test_configured_port_in_use_is_a_clear_error():
         ({"model": "m", "startup_timeout_s": 1}, r"startup_timeout_s must be in 10..7200"),
         ({"model": "m", "server_args": "--device cpu"}, "server_args must be a list of strings"),
         ({"host": "127.0.0.1"}, "`model` is required"),
+        ({"model": "m", "decode": {"env": {"X": 1}}}, r"decode.env must map names to strings \(quote numbers"),
     ],
 )
 def test_bad_config_names_the_field(data, match):
@@ -112,3 +129,12 @@ def test_cli_reports_a_bad_config_in_one_line(tmp_path, capsys):
 def test_missing_model_directory_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="existing checkpoint directory or smollm2:<dtype>"):
         cluster.resolve_model(str(tmp_path / "nope"))
+
+
+def test_role_env_goes_only_to_that_role():
+    cfg = cluster.from_dict({"model": "m", "env": {"A": "all"}, "decode": {"env": {"A": "decode", "B": "b"}},
+                             "proxy": {"env": {"C": "c"}}})
+    prefill, decode, proxy = build_plan(cfg, "/m", assign_ports(cfg, pick_free=True), python="py", support_dir=None)
+    assert prefill.env_overrides == {"A": "all"}
+    assert decode.env_overrides == {"A": "decode", "B": "b"}
+    assert proxy.env_overrides == {"A": "all", "C": "c"}
