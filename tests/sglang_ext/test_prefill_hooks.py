@@ -202,3 +202,51 @@ def test_stock_role_changes_nothing(sgl_context, hooked):
         s.process_disagg_prefill_inflight_queue()
         assert getattr(s, prefill_hooks.STORE_ATTR, None) is None
         assert s.free_slots() + s.tree_cache.evictable_size() == free0
+
+
+def test_hosted_executor_attends_over_the_kept_kv_and_decode_release_frees_it(sgl_context, hooked):
+    """The whole prefill side: keep -> executor adopts in place -> decode steps over a transport -> decode's
+    release(rid) arrives on the transport thread -> freed on the scheduler's next pass."""
+    from adrenaline_sgl.offload.client import OffloadClient
+    from adrenaline_sgl.offload.transports.inproc import InprocChannel
+    from adrenaline_sgl.offload.wire import RowLayout
+    from adrenaline_sgl.sglang_ext.prefill_executor import build_prefill_executor
+
+    hq = 4
+    with sgl_context():
+        s = FakePrefillScheduler("prefill")
+        free0 = s.free_slots()
+        kept, service = build_prefill_executor(s.token_to_kv_pool_allocator, reserve_tokens=8, attention="reference")
+        setattr(s, prefill_hooks.STORE_ATTR, kept)
+        assert s.free_slots() == free0 - 8  # the executor's reserve counts as used by SGLang
+        off = s.prefilled("off", 5, offload=True)
+        pool = s.token_to_kv_pool_allocator.get_kvcache()
+        slots = s.req_to_token_pool.req_to_token[off.kv.req_pool_idx, :5].long()
+        g = torch.Generator().manual_seed(0)
+        for layer in range(LAYERS):  # what the prefill forward wrote
+            pool.k_buffer[layer][slots] = torch.randn(5, HKV, D, generator=g)
+            pool.v_buffer[layer][slots] = torch.randn(5, HKV, D, generator=g)
+        s.process_disagg_prefill_inflight_queue()
+        channel = InprocChannel(service)
+        try:
+            client = OffloadClient(channel, RowLayout(hq, HKV, D, torch.float32), LAYERS)
+            client.begin_step(["off"])
+            for layer in range(LAYERS):
+                q, k, v = torch.randn(1, hq, D, generator=g), torch.randn(1, HKV, D, generator=g), \
+                    torch.randn(1, HKV, D, generator=g)  # fmt: skip
+                client.submit(layer, q, k, v)
+                o, lse = client.wait()
+                keys = torch.cat([pool.k_buffer[layer][slots], k]).repeat_interleave(hq // HKV, dim=1)  # [6, Hq, D]
+                vals = torch.cat([pool.v_buffer[layer][slots], v]).repeat_interleave(hq // HKV, dim=1)
+                scores = torch.einsum("hd,thd->ht", q[0], keys) * D**-0.5  # [Hq, 6]
+                torch.testing.assert_close(o[0], torch.einsum("ht,thd->hd", scores.softmax(-1), vals))
+                torch.testing.assert_close(lse[0], torch.logsumexp(scores, -1))
+            assert s.free_slots() == free0 - 8 - 5  # the new token went into the executor's reserve
+            client.release("off")  # decode finished: arrives on the transport's thread
+            assert "off" in kept  # nothing freed off the scheduler thread
+            s.process_disagg_prefill_inflight_queue()  # the scheduler's next pass
+            assert "off" not in kept and service.executor.rids == []
+            assert service.executor.pool.allocator.available_size() == 8
+            assert s.free_slots() + s.tree_cache.evictable_size() == free0 - 8
+        finally:
+            channel.close()

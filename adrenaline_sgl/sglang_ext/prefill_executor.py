@@ -1,0 +1,80 @@
+"""The attention executor hosted by a prefill instance, over SGLang's own KV pool (no copy).
+
+- The executor's `KVPool` is SGLang's per-layer `k_buffer` / `v_buffer` (same tensors). Prompt slots are
+  adopted in place from `KeptKV` (`free_on_release=False`: SGLang frees them through its own release).
+- The slots the executor appends decode tokens to come from a block reserved once from SGLang's allocator
+  (`ReservedSlots`), so the executor's thread never touches SGLang's allocator, which is not thread-safe.
+  The block is `--adrenaline-executor-max-tokens` (or `DEFAULT_RESERVE_FRACTION` of the pool) and is
+  counted as used by SGLang, so admission sees the memory the executor may need.
+- `release(rid)` from decode (over the transport) does not free anything on the transport's thread: it
+  asks `KeptKV` to free at the scheduler's next pass, where the executor and SGLang both let go.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+
+from adrenaline_sgl.offload.errors import SlotError
+from adrenaline_sgl.offload.executor import AttentionExecutor
+from adrenaline_sgl.offload.pool import KVPool
+from adrenaline_sgl.offload.service import ExecutorService
+from adrenaline_sgl.sglang_ext.prefill_kept import KeptKV
+
+DEFAULT_RESERVE_FRACTION = 0.125
+
+
+class ReservedSlots:
+    """An allocator over a fixed set of slots taken from SGLang's allocator (the `Allocator` protocol)."""
+
+    def __init__(self, slots: torch.Tensor):
+        self.slots = slots.to(torch.int64).flatten().cpu()
+        self._free = list(reversed(self.slots.tolist()))  # stack, pop from the end
+        self._owned = set(self._free)
+        self._lock = threading.Lock()
+
+    def available_size(self) -> int:
+        return len(self._free)
+
+    def alloc(self, need_size: int) -> torch.Tensor | None:
+        with self._lock:
+            if need_size > len(self._free):
+                return None
+            taken = [self._free.pop() for _ in range(need_size)]
+        return torch.tensor(taken, dtype=torch.int64)
+
+    def free(self, free_index: torch.Tensor) -> None:
+        slots = free_index.to(torch.int64).flatten().tolist()
+        with self._lock:
+            foreign = [s for s in slots if s not in self._owned]
+            if foreign:
+                raise SlotError(f"free: slots {foreign} were not reserved for the executor")
+            self._free.extend(slots)
+
+
+class PrefillExecutorService(ExecutorService):
+    """The executor protocol, except that `release` defers to the prefill scheduler (see the module doc)."""
+
+    def __init__(self, executor: AttentionExecutor, kept: KeptKV):
+        super().__init__(executor)
+        self.kept = kept
+
+    def _op_release(self, args, tensors):
+        self.kept.request_release(args["rid"])
+        return None, {}
+
+
+def build_prefill_executor(token_to_kv_pool_allocator, reserve_tokens: int = 0, attention: str = "auto"):
+    """(KeptKV with an executor, its service) over the allocator's KV pool; reserves the executor's slots."""
+    pool = token_to_kv_pool_allocator.get_kvcache()
+    total = token_to_kv_pool_allocator.available_size()
+    reserve = reserve_tokens or max(1, int(total * DEFAULT_RESERVE_FRACTION))
+    slots = token_to_kv_pool_allocator.alloc(reserve)
+    if slots is None:
+        raise ValueError(f"adrenaline executor_max_tokens={reserve}: the KV pool has only {total} free slots")
+    shared = KVPool(list(pool.k_buffer), list(pool.v_buffer), ReservedSlots(slots))
+    executor = AttentionExecutor(shared, attention=attention)
+    bytes_per_token = sum(b[0].numel() * b.element_size() for b in [*pool.k_buffer, *pool.v_buffer])
+    kept = KeptKV(bytes_per_token, executor)
+    return kept, PrefillExecutorService(executor, kept)
