@@ -83,7 +83,7 @@ def split_kv_stage1_kernel(
         acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
         k_base = K_Buffer + kv_head * stride_kh
         v_base = V_Buffer + kv_head * stride_vh
-        for start_n in range(lo, hi, BLOCK_N):
+        for start_n in tl.range(lo, hi, BLOCK_N):
             offs_n = start_n + tl.arange(0, BLOCK_N)
             mask_n = offs_n < hi
             # NOTE: int64 slots so slot * stride cannot overflow on pools over 2**31 elements.
@@ -154,7 +154,7 @@ def split_kv_stage2_kernel(
     m_i = -float("inf")
     l_i = 0.0
     acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    for split_id in range(0, n_splits):
+    for split_id in tl.range(0, n_splits):
         lo, hi = _split_bounds(seq_len, n_splits, split_id, BLOCK_N)
         if hi > lo:
             lse_s = tl.load(Mid_Lse + b * stride_mlb + h * stride_mlh + split_id)

@@ -96,6 +96,23 @@ def stage1_report(
     )
 
 
+def small_kernel_reports(*, arch: int = 90) -> list[AotReport]:
+    """Stage 2, merge_state and append_kv at D=128 (fp16 outputs, bf16 pool)."""
+    from . import _jit_decode as jd
+    from . import _jit_state as js
+
+    stage2 = {"Mid_O": "*fp32", "Mid_Lse": "*fp32", "kv_indptr": "*i32", "num_splits": "*i32", "Out": "*fp16",
+              "Out_Lse": "*fp32"}  # fmt: skip
+    merge = {n: "*fp16" for n in ("O_A", "O_B", "Out")} | {n: "*fp32" for n in ("Lse_A", "Lse_B", "Out_Lse")}
+    append = {n: "*bf16" for n in ("K_Buffer", "V_Buffer", "K_New", "V_New")} | {"slots": "*i64"}
+    d = dict(HEAD_DIM=128, BLOCK_D=128)
+    return [
+        compile_kernel(jd.split_kv_stage2_kernel, stage2, d | dict(BLOCK_N=64), arch=arch, num_warps=1, num_stages=2),
+        compile_kernel(js.merge_state_kernel, merge, d, arch=arch, num_warps=1, num_stages=2),
+        compile_kernel(js.append_kv_kernel, append, d, arch=arch, num_warps=1, num_stages=2),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m adrenaline_kernels.aot", description=__doc__.split("\n")[0])
     p.add_argument("--arch", type=int, default=90, help="compute capability x10 (90 Hopper, 80 Ampere)")
@@ -116,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
                 r = stage1_report(dtype, group, d, arch=args.arch, block_n=bn, num_warps=nw, num_stages=ns)
                 print(f"{r.kernel:24} {dtype:8} {group:>5} {d:>4} {bn:>4} {nw:>5} {ns:>6} {r.registers:>5} "
                       f"{r.local_bytes:>7} {r.shared_bytes:>7} {r.uses_cp_async!s:>8} {r.uses_mma}")  # fmt: skip
+    for r in small_kernel_reports(arch=args.arch):
+        print(f"{r.kernel:24} {'-':8} {'-':>5} {128:>4} {'-':>4} {r.num_warps:>5} {r.num_stages:>6} {r.registers:>5} "
+              f"{r.local_bytes:>7} {r.shared_bytes:>7} {r.uses_cp_async!s:>8} {r.uses_mma}")  # fmt: skip
     return 0
 
 
