@@ -120,3 +120,24 @@ def test_demo_serves_until_ctrl_c_then_stops_everything(tmp_path):
     assert "KeyboardInterrupt" in out and "stopped everything, ports freed" in out
     folder, record = _run_record(tmp_path)
     _assert_nothing_left(folder, record)
+
+
+def test_a_server_that_cannot_start_fails_fast_with_its_log_and_leaves_nothing(tmp_path):
+    import yaml
+
+    data = yaml.safe_load(CPU_DEMO.read_text())
+    data["prefill"] = {"extra_args": ["--no-such-sglang-flag"]}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "adrenaline_sgl.launch", "--config", str(bad), "--run-dir", str(runs), "--check"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out, _ = proc.communicate(timeout=LAUNCH_TIMEOUT_S)
+    finally:
+        _stop_launcher(proc)
+    assert proc.returncode == 1, out[-4000:]
+    assert "prefill-0 exited with code" in out and "before it was healthy" in out
+    assert "--no-such-sglang-flag" in out  # the tail of SGLang's own error, from prefill-0.log
+    folder, record = _run_record(runs)
+    _assert_nothing_left(folder, record)
