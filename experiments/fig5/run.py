@@ -51,12 +51,16 @@ def _real_rows(cfg: dict, out: Path) -> list:
 @common.guarded
 def main(argv: list[str] | None = None) -> int:
     ap = common.base_parser(FIG, __doc__.splitlines()[0])
-    ap.add_argument("--dataset-path", help="ShareGPT JSON instead of the synthetic lengths")
+    ap.add_argument("--workload", help="sharegpt (default) | openthoughts | azure_conv | azure_code (with a trace CSV)")
+    ap.add_argument("--dataset-path", help="dataset file instead of the synthetic lengths (ShareGPT JSON, "
+                                           "OpenThoughts JSONL/parquet, Azure trace CSV)")
     ap.add_argument("--tokenizer", help="local HF tokenizer dir for the dataset text")
     ap.add_argument("--model", help="model name (default: the config's, llama2-13b)")
     ap.add_argument("--rates", help="comma-separated request rates (req/s) instead of the config's")
     args = ap.parse_args(argv)
     cfg = common.apply_common(common.load_config(HERE), args)
+    if args.workload:
+        cfg["workload"] = args.workload
     if args.dataset_path:
         cfg["dataset_paths"] = {cfg["workload"]: args.dataset_path}
     if args.tokenizer:

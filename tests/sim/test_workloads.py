@@ -107,3 +107,14 @@ def test_missing_file_and_bad_configs_name_the_problem(tmp_path):
         ClusterConfig(executor_sm_share=1.5)
     with pytest.raises(ValueError, match="system='vllm' is unknown"):
         ClusterConfig(system="vllm")
+
+
+def test_the_shared_azure_trace_is_a_workload():
+    from adrenaline_sgl.scheduler.vidur import shared_data_dir
+
+    trace = shared_data_dir() / "traces" / "azure_conv.csv"
+    if not trace.is_file():
+        pytest.skip(f"shared trace absent at {trace} (set ADRENALINE_SHARED_DATA)")
+    reqs = make_requests(WorkloadConfig(name="azure_conv", dataset_path=str(trace), num_requests=500, seed=2))
+    assert len(reqs) == 500 and (reqs.prompt_len + reqs.output_len <= 4096).all()
+    assert reqs.prompt_len.mean() > reqs.output_len.mean()  # conversation trace: long prompts, short answers
