@@ -78,3 +78,33 @@ def build_prefill_executor(token_to_kv_pool_allocator, reserve_tokens: int = 0, 
     bytes_per_token = sum(b[0].numel() * b.element_size() for b in [*pool.k_buffer, *pool.v_buffer])
     kept = KeptKV(bytes_per_token, executor)
     return kept, PrefillExecutorService(executor, kept)
+
+
+class HostedExecutor:
+    """The executor's server thread in the prefill scheduler process (transport `mooncake`)."""
+
+    def __init__(self, service: PrefillExecutorService, host: str, port: int):
+        from adrenaline_sgl.offload.transports.mooncake_server import MooncakeServer
+
+        self.server = MooncakeServer(service, host, port)
+        self.address = self.server.address
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self.server.serve, args=(self._stop,), daemon=True,
+                                        name="adrenaline-executor")  # fmt: skip
+        self._thread.start()
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout=timeout_s)
+        self.server.close()
+
+
+def host_executor(scheduler, args) -> tuple[KeptKV, HostedExecutor | None]:
+    """Build the executor over `scheduler`'s pool and serve it on `args.executor_addr` (mooncake);
+    with `inproc` nothing listens (tests attach an `InprocChannel` to `kept`'s service themselves)."""
+    if args.transport == "cuda_ipc":
+        raise ValueError("adrenaline transport=cuda_ipc: not served from inside SGLang yet; use mooncake")
+    kept, service = build_prefill_executor(scheduler.token_to_kv_pool_allocator, args.executor_max_tokens)
+    hosted = HostedExecutor(service, args.executor_host, args.executor_port) if args.transport == "mooncake" \
+        else None  # fmt: skip
+    return kept, hosted

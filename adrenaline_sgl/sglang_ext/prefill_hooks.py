@@ -16,6 +16,8 @@ INFLIGHT = f"{_MIXIN}.process_disagg_prefill_inflight_queue"
 TRANSFER_FAILURE = f"{_MIXIN}.handle_inflight_transfer_failure"
 RELEASE_KV = "sglang.srt.mem_cache.common.release_kv_cache"
 ABORT = "sglang.srt.managers.scheduler.Scheduler.abort_request"
+INIT_DISAGG = "sglang.srt.managers.scheduler.Scheduler.init_disaggregation"
+SERVER_ATTR = "_adrenaline_executor"
 STORE_ATTR = "_adrenaline_kept"
 
 # Requests whose next release_kv_cache is a "keep" (set only inside the inflight-queue call), by id(req).
@@ -35,6 +37,21 @@ def kept_store(scheduler) -> KeptKV | None:
         store = KeptKV(_bytes_per_token(pool))
         setattr(scheduler, STORE_ATTR, store)
     return store
+
+
+def init_disaggregation_hook(original, self):
+    """Changes: a prefill instance also builds the attention executor over its KV pool (reserving the
+    executor's decode-token slots) and serves it on `--adrenaline-executor-host/port`.
+    Why: Adrenaline runs offloaded requests' decode attention on the prefill GPU, next to their KV."""
+    result = original(self)
+    args = flags.of(self.server_args)
+    if args.role == "prefill":
+        from adrenaline_sgl.sglang_ext.prefill_executor import host_executor
+
+        kept, hosted = host_executor(self, args)
+        setattr(self, STORE_ATTR, kept)
+        setattr(self, SERVER_ATTR, hosted)
+    return result
 
 
 def inflight_hook(original, self, rids_to_check=None):
@@ -94,6 +111,7 @@ def abort_hook(original, self, recv_req):
 def hooks(hook_type) -> list[tuple[str, object, object]]:
     around = hook_type.AROUND
     return [
+        (INIT_DISAGG, init_disaggregation_hook, around),
         (INFLIGHT, inflight_hook, around),
         (TRANSFER_FAILURE, transfer_failure_hook, around),
         (RELEASE_KV, release_kv_hook, around),

@@ -250,3 +250,39 @@ def test_hosted_executor_attends_over_the_kept_kv_and_decode_release_frees_it(sg
             assert s.free_slots() + s.tree_cache.evictable_size() == free0 - 8
         finally:
             channel.close()
+
+
+def test_prefill_init_serves_the_executor_over_mooncake(sgl_context, hooked):
+    """`init_disaggregation` on a prefill instance starts the executor server; a decode client reaches it."""
+    pytest.importorskip("mooncake.engine")
+    from adrenaline_sgl.offload.client import OffloadClient
+    from adrenaline_sgl.offload.transports.base import create_channel
+    from adrenaline_sgl.offload.wire import RowLayout
+
+    with sgl_context():
+        s = FakePrefillScheduler("prefill")
+        port = _free_port()
+        s.server_args._adrenaline = flags.AdrenalineArgs(role="prefill", transport="mooncake", executor_port=port,
+                                                         executor_max_tokens=8)  # fmt: skip
+        prefill_hooks.init_disaggregation_hook(lambda self: None, s)
+        hosted = getattr(s, prefill_hooks.SERVER_ATTR)
+        try:
+            assert hosted.address == f"127.0.0.1:{port}"
+            layout = RowLayout(4, HKV, D, torch.float32)
+            client = OffloadClient(create_channel("mooncake", address=hosted.address, layout=layout), layout, LAYERS)
+            try:
+                assert client.stats()["capacity_slots"] == SLOTS + 1  # SGLang's pool, slot 0 included
+                client.release("never-adopted")  # goes to the scheduler's queue, not an error on the wire
+                assert getattr(s, prefill_hooks.STORE_ATTR)._to_release == ["never-adopted"]
+            finally:
+                client.close()
+        finally:
+            hosted.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
