@@ -2,11 +2,12 @@
 
     wrapper = DecodeAttentionWrapper()
     wrapper.plan(kv_indptr, kv_indices, num_qo_heads=32, num_kv_heads=8, head_dim=128, dtype=torch.float16,
-                 num_sms=executor_sms)
+                 num_sms=executor_sms, seq_lens=host_seq_lens)  # seq_lens: optional, avoids the host sync
     for layer in layers:
         o, lse = wrapper.run(q[layer], k_buffer[layer], v_buffer[layer])  # [B, Hq, D], [B, Hq] fp32 ln
 
-`plan()` validates the batch metadata (one host sync: it reads kv_indptr and the slot range), picks the
+`plan()` validates the batch metadata (host syncs: it reads kv_indptr and the slot range, unless the caller
+passes `seq_lens`), picks the
 split counts and allocates the stage-1 workspace; `run()` does no host sync and no allocation beyond the
 outputs (pass `out=` / `lse_out=` to avoid those too). Runs on one stream: the workspace is reused by
 every layer, so do not run two layers of one plan concurrently. The plan keeps references to kv_indptr and
@@ -16,6 +17,7 @@ kv_indices (no copy): plan again whenever they change.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -57,7 +59,7 @@ class DecodeAttentionPlan:
     num_sms: int
     config: KernelConfig
     splits_per_request: tuple[int, ...]  # host copy of num_splits
-    max_slot: int  # largest token slot any request reads; -1 when no request has KV
+    max_slot: int  # largest token slot any request reads; -1 when no request has KV or seq_lens was given
     kv_indptr: torch.Tensor = field(repr=False)  # [B + 1] int32
     kv_indices: torch.Tensor = field(repr=False)  # [nnz] int32
     num_splits: torch.Tensor = field(repr=False)  # [B] int32
@@ -81,6 +83,25 @@ class DecodeAttentionPlan:
         return max(self.splits_per_request, default=1)
 
 
+def _read_and_check_batch(kv_indptr: torch.Tensor, kv_indices: torch.Tensor) -> tuple[list[int], int]:
+    """Host copies of the lengths and the largest slot, with the value checks (two device->host syncs)."""
+    indptr = kv_indptr.tolist()
+    seq_lens = [b - a for a, b in zip(indptr[:-1], indptr[1:])]
+    require(indptr[0] >= 0, f"{_FN}: kv_indptr[0] must be >= 0, got {indptr[0]}")
+    bad = next((i for i, n in enumerate(seq_lens) if n < 0), None)
+    require(bad is None, f"{_FN}: kv_indptr must be non-decreasing, but kv_indptr[{bad}] > kv_indptr[{bad}+1]")
+    require(
+        indptr[-1] <= kv_indices.numel(),
+        f"{_FN}: kv_indptr[-1] ({indptr[-1]}) must be <= len(kv_indices) ({kv_indices.numel()})",
+    )
+    used = kv_indices[indptr[0] : indptr[-1]]
+    max_slot = -1
+    if used.numel():
+        lo_slot, max_slot = torch.stack([used.min(), used.max()]).tolist()
+        require(lo_slot >= 0, f"{_FN}: kv_indices must be token slots >= 0, got {lo_slot}")
+    return seq_lens, max_slot
+
+
 def plan_decode_attention(
     kv_indptr: torch.Tensor,
     kv_indices: torch.Tensor,
@@ -93,9 +114,14 @@ def plan_decode_attention(
     sm_scale: float | None = None,
     num_splits: int | None = None,
     config: KernelConfig | None = None,
+    seq_lens: Sequence[int] | None = None,
 ) -> DecodeAttentionPlan:
     """Validate the batch and choose splits. `num_splits` forces one split count on every request
-    (tests, tuning); by default it comes from batch x heads, the lengths and `num_sms` (see splits.py)."""
+    (tests, tuning); by default it comes from batch x heads, the lengths and `num_sms` (see splits.py).
+
+    `seq_lens`: host copy of the per-request lengths (kv_indptr's differences) when the caller has it, as
+    the executor does. Then plan reads nothing back from the device (no sync), and the values of
+    kv_indptr/kv_indices are trusted, not checked (a wrong slot reads or faults out of bounds)."""
     for name, val in (("num_qo_heads", num_qo_heads), ("num_kv_heads", num_kv_heads)):
         require(isinstance(val, int) and val >= 1, f"{_FN}: {name} must be an int >= 1, got {val}")
     require(
@@ -121,20 +147,18 @@ def plan_decode_attention(
         )
     config = config or default_config(head_dim)
 
-    indptr = kv_indptr.tolist()  # the one host sync of a batch
-    seq_lens = [b - a for a, b in zip(indptr[:-1], indptr[1:])]
-    require(indptr[0] >= 0, f"{_FN}: kv_indptr[0] must be >= 0, got {indptr[0]}")
-    bad = next((i for i, n in enumerate(seq_lens) if n < 0), None)
-    require(bad is None, f"{_FN}: kv_indptr must be non-decreasing, but kv_indptr[{bad}] > kv_indptr[{bad}+1]")
-    require(
-        indptr[-1] <= kv_indices.numel(),
-        f"{_FN}: kv_indptr[-1] ({indptr[-1]}) must be <= len(kv_indices) ({kv_indices.numel()})",
-    )
-    used = kv_indices[indptr[0] : indptr[-1]]
-    max_slot = -1
-    if used.numel():
-        lo_slot, max_slot = torch.stack([used.min(), used.max()]).tolist()
-        require(lo_slot >= 0, f"{_FN}: kv_indices must be token slots >= 0, got {lo_slot}")
+    if seq_lens is None:
+        seq_lens, max_slot = _read_and_check_batch(kv_indptr, kv_indices)  # the host syncs of a batch
+    else:
+        seq_lens = [int(n) for n in seq_lens]
+        b_expected = kv_indptr.numel() - 1
+        require(len(seq_lens) == b_expected, f"{_FN}: seq_lens must have B = {b_expected} entries, got {len(seq_lens)}")
+        require(min(seq_lens, default=0) >= 0, f"{_FN}: seq_lens must be >= 0, got {min(seq_lens)}")
+        require(
+            sum(seq_lens) <= kv_indices.numel(),
+            f"{_FN}: sum(seq_lens) ({sum(seq_lens)}) must be <= len(kv_indices) ({kv_indices.numel()})",
+        )
+        max_slot = -1  # unchecked: the caller vouches for kv_indptr and kv_indices
 
     group = num_qo_heads // num_kv_heads
     if num_splits is None:
@@ -158,10 +182,17 @@ def plan_decode_attention(
         max_slot=max_slot,
         kv_indptr=kv_indptr,
         kv_indices=kv_indices,
-        num_splits=torch.tensor(splits, dtype=torch.int32, device=device),
+        num_splits=_to_device(splits, device),
         mid_o=torch.empty(batch, num_qo_heads, max_splits, head_dim, dtype=torch.float32, device=device),
         mid_lse=torch.empty(batch, num_qo_heads, max_splits, dtype=torch.float32, device=device),
     )
+
+
+def _to_device(values: list[int], device: torch.device) -> torch.Tensor:
+    host = torch.tensor(values, dtype=torch.int32)
+    if device.type == "cuda":  # pinned + non_blocking: the copy is queued, the host does not wait for it
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)
 
 
 def run_decode_attention(
@@ -248,10 +279,12 @@ class DecodeAttentionWrapper:
         sm_scale: float | None = None,
         num_splits: int | None = None,
         config: KernelConfig | None = None,
+        seq_lens: Sequence[int] | None = None,
     ) -> DecodeAttentionPlan:
+        """See `plan_decode_attention`."""
         self._plan = plan_decode_attention(
             kv_indptr, kv_indices, num_qo_heads, num_kv_heads, head_dim, dtype,
-            num_sms=num_sms, sm_scale=sm_scale, num_splits=num_splits, config=config,
+            num_sms=num_sms, sm_scale=sm_scale, num_splits=num_splits, config=config, seq_lens=seq_lens,
         )  # fmt: skip
         return self._plan
 

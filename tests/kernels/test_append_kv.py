@@ -42,6 +42,18 @@ def test_append_then_attend_sees_the_new_token():
     assert (o - old_o).abs().max() > 1e-3, "the appended token must change the output"
 
 
+def test_new_kv_as_views_of_a_fused_projection():
+    """k_new, v_new sliced out of one `[N, (Hq + 2 Hkv) * D]` qkv tensor, as the executor receives them."""
+    qkv = torch.randn(3, (4 + 2 * 2) * 64)
+    k_new = qkv[:, 4 * 64 : 6 * 64].view(3, 2, 64)
+    v_new = qkv[:, 6 * 64 :].view(3, 2, 64)
+    k_buf, v_buf = torch.zeros(10, 2, 64), torch.zeros(10, 2, 64)
+    slots = torch.tensor([9, 2, 5])
+    append_kv(k_buf, v_buf, slots, k_new, v_new)
+    assert torch.equal(k_buf[slots], k_new) and torch.equal(v_buf[slots], v_new)
+    assert (k_buf[[0, 1, 3, 4, 6, 7, 8]] == 0).all()
+
+
 def test_zero_rows_is_a_no_op():
     k_buf, v_buf = torch.zeros(4, 1, 64), torch.zeros(4, 1, 64)
     append_kv(k_buf, v_buf, torch.empty(0, dtype=torch.int32), torch.empty(0, 1, 64), torch.empty(0, 1, 64))

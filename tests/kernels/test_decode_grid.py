@@ -114,3 +114,18 @@ def test_plan_reused_across_layers_and_strided_pool():
         ref_o, ref_lse = decode_attention_ref(batch.q, k, v, batch.kv_indptr, batch.kv_indices)
         torch.testing.assert_close(o.float(), ref_o.float(), atol=TOL[torch.float16]["o"], rtol=0)
         torch.testing.assert_close(lse, ref_lse, atol=TOL[torch.float16]["lse"], rtol=0)
+
+
+def test_host_seq_lens_plan_matches_and_q_as_fused_qkv_view():
+    """The executor's path: lengths known on the host (no device read-back), q a strided slice of a fused
+    qkv projection `[B, (Hq + 2 Hkv) * D]`."""
+    batch = make_decode_batch([37, 0, 90], 6, 2, 64, torch.float16, seed=9)
+    qkv = torch.randn(3, (6 + 2 * 2) * 64, dtype=torch.float16)
+    qkv[:, : 6 * 64] = batch.q.reshape(3, -1)
+    q = qkv[:, : 6 * 64].view(3, 6, 64)  # row stride (6 + 4) * 64: not contiguous
+    assert not q.is_contiguous()
+    wrapper = DecodeAttentionWrapper()
+    plan = wrapper.plan(batch.kv_indptr, batch.kv_indices, 6, 2, 64, torch.float16, seq_lens=[37, 0, 90])
+    assert plan.max_slot == -1  # unchecked: the caller vouched for the slots
+    o, lse = wrapper.run(q, batch.k_buffer, batch.v_buffer)
+    _check(batch, torch.float16, o, lse)
