@@ -1,6 +1,8 @@
 """What to run for a cluster config: ports, then one `ProcessSpec` (command, env, health URL) per process.
 
-Pure code (no process is started here), shared by the launcher and `--print-commands`. Proxy command
+Pure code (no process is started here), shared by the launcher and `--print-commands`. Any arg or env
+value may name a cluster-wide port as `{port:NAME}` (e.g. the Adrenaline executor's port, given to both
+prefill and decode): each NAME gets one free port, the same everywhere. Proxy command
 builders sit in a tiny registry keyed by `proxy.kind`; the `adrenaline` proxy (issue 8) gets the same
 arguments as SGLang's router, so it can be swapped in by changing one word in the YAML.
 """
@@ -8,6 +10,7 @@ arguments as SGLang's router, so it can be swapped in by changing one word in th
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import socket
 from dataclasses import dataclass, field
@@ -29,6 +32,20 @@ class Ports:
     decode: tuple[int, ...]
     proxy: int
     prometheus: int
+    named: dict[str, int] = field(default_factory=dict)  # `{port:NAME}` placeholders in args and env
+
+
+NAMED_PORT = re.compile(r"\{port:([A-Za-z0-9_.-]+)\}")
+DEFAULT_NAMED_PORT = 31000  # --print-commands: the k-th distinct name gets 31000 + k
+
+
+def _named_port_names(cfg: ClusterConfig) -> list[str]:
+    """Distinct `{port:NAME}` names in every arg list and env value of the config, in order of appearance."""
+    texts = [*cfg.server_args, *cfg.env.values()]
+    for role in (cfg.prefill, cfg.decode):
+        texts += [*role.extra_args, *role.env.values()]
+    texts += [*cfg.proxy.extra_args, *cfg.proxy.env.values()]
+    return list(dict.fromkeys(m for t in texts for m in NAMED_PORT.findall(t)))
 
 
 @dataclass(frozen=True)
@@ -103,7 +120,10 @@ def assign_ports(cfg: ClusterConfig, pick_free: bool) -> Ports:
         )
 
     proxy_host = cfg.proxy.host or cfg.host
+    named = {name: one(f"{{port:{name}}}", None, cfg.host, DEFAULT_NAMED_PORT + k)
+             for k, name in enumerate(_named_port_names(cfg))}
     return Ports(
+        named=named,
         prefill=role_ports(cfg.prefill, "prefill.ports", cfg.prefill.ports, DEFAULT_PREFILL_PORT),
         bootstrap=role_ports(cfg.prefill, "prefill.bootstrap_ports", cfg.prefill.bootstrap_ports,
                              DEFAULT_BOOTSTRAP_PORT),
@@ -164,8 +184,26 @@ def build_plan(cfg: ClusterConfig, model_dir: str, ports: Ports, python: str,
         inherited = {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}
         env = server_env({**inherited, **env}, support_dir)
     own_env = {"prefill": cfg.prefill.env, "decode": cfg.decode.env, "proxy": cfg.proxy.env}
-    return [ProcessSpec(p.name, p.role, p.host, p.argv, {**env, **own_env[p.role]}, p.ports, p.port)
+    return [_fill_named_ports(ProcessSpec(p.name, p.role, p.host, p.argv, {**env, **own_env[p.role]}, p.ports,
+                                          p.port), ports.named)
             for p in [*prefill, *decode, proxy]]
+
+
+def _fill_named_ports(spec: ProcessSpec, named: dict[str, int]) -> ProcessSpec:
+    """Replace `{port:NAME}` in argv and env by its port; a process naming a port also checks it on stop."""
+    used: list[int] = []
+
+    def fill(text: str) -> str:
+        def one(m: re.Match) -> str:
+            used.append(named[m.group(1)])
+            return str(named[m.group(1)])
+
+        return NAMED_PORT.sub(one, text)
+
+    argv = tuple(fill(a) for a in spec.argv)
+    env = {k: fill(v) for k, v in spec.env_overrides.items()}
+    ports = tuple(dict.fromkeys([*spec.ports, *used]))
+    return ProcessSpec(spec.name, spec.role, spec.host, argv, env, ports, spec.port)
 
 
 def format_command(spec: ProcessSpec, with_env: bool = False) -> str:

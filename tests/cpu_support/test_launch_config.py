@@ -138,3 +138,22 @@ def test_role_env_goes_only_to_that_role():
     assert prefill.env_overrides == {"A": "all"}
     assert decode.env_overrides == {"A": "decode", "B": "b"}
     assert proxy.env_overrides == {"A": "all", "C": "c"}
+
+
+def test_named_ports_are_one_free_port_shared_by_every_process():
+    cfg = cluster.from_dict({
+        "model": "m",
+        "prefill": {"extra_args": ["--adrenaline-executor-port", "{port:executor}"]},
+        "decode": {"extra_args": ["--adrenaline-executor-port", "{port:executor}"], "env": {"M": "{port:metrics}"}},
+    })
+    ports = assign_ports(cfg, pick_free=True)
+    assert set(ports.named) == {"executor", "metrics"}
+    prefill, decode, proxy = build_plan(cfg, "/m", ports, python="py", support_dir=None)
+    executor = ports.named["executor"]
+    assert _argv_value(list(prefill.argv), "--adrenaline-executor-port") == str(executor)
+    assert _argv_value(list(decode.argv), "--adrenaline-executor-port") == str(executor)
+    assert decode.env_overrides["M"] == str(ports.named["metrics"])
+    assert executor in prefill.ports and executor in decode.ports and executor not in proxy.ports
+    all_ports = [*ports.prefill, *ports.bootstrap, *ports.decode, ports.proxy, ports.prometheus, *ports.named.values()]
+    assert len(all_ports) == len(set(all_ports))
+    assert assign_ports(cfg, pick_free=False).named == {"executor": 31000, "metrics": 31001}
