@@ -7,11 +7,10 @@
         o, lse = wrapper.run(q[layer], k_buffer[layer], v_buffer[layer])  # [B, Hq, D], [B, Hq] fp32 ln
 
 `plan()` validates the batch metadata (host syncs: it reads kv_indptr and the slot range, unless the caller
-passes `seq_lens`), picks the
-split counts and allocates the stage-1 workspace; `run()` does no host sync and no allocation beyond the
-outputs (pass `out=` / `lse_out=` to avoid those too). Runs on one stream: the workspace is reused by
-every layer, so do not run two layers of one plan concurrently. The plan keeps references to kv_indptr and
-kv_indices (no copy): plan again whenever they change.
+passes `seq_lens`), picks the split counts and allocates the stage-1 workspace; `run()` does no host sync
+and no allocation beyond the outputs (pass `out=` / `lse_out=` to avoid those too). Runs on one stream:
+the workspace is reused by every layer, so do not run two layers of one plan concurrently. The plan keeps
+references to kv_indptr and kv_indices (no copy): plan again whenever they change.
 """
 
 from __future__ import annotations
