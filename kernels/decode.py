@@ -144,6 +144,9 @@ def plan_decode_attention(
             isinstance(num_splits, int) and 1 <= num_splits <= MAX_FORCED_SPLITS,
             f"{_FN}: num_splits must be in [1, {MAX_FORCED_SPLITS}], got {num_splits}",
         )
+    if sm_scale is not None:
+        ok = isinstance(sm_scale, int | float) and math.isfinite(sm_scale) and sm_scale > 0
+        require(ok, f"{_FN}: sm_scale must be a finite float > 0 (default 1/sqrt(head_dim)), got {sm_scale}")
     config = config or default_config(head_dim)
 
     if seq_lens is None:

@@ -70,6 +70,7 @@ def test_wrapper_run_checks_against_its_plan(batch):
         (dict(num_sms=0), r"num_sms must be an int >= 1, got 0"),
         (dict(dtype=torch.float64), r"dtype must be float16, bfloat16 or float32"),
         (dict(num_kv_heads=0), r"num_kv_heads must be an int >= 1, got 0"),
+        (dict(sm_scale=float("nan")), r"sm_scale must be a finite float > 0 \(default 1/sqrt\(head_dim\)\), got nan"),
         (dict(seq_lens=[5]), r"seq_lens must have B = 2 entries, got 1"),
         (dict(seq_lens=[5, -1]), r"seq_lens must be >= 0, got -1"),
         (dict(seq_lens=[5, 30]), r"sum\(seq_lens\) \(35\) must be <= len\(kv_indices\) \(8\)"),
