@@ -1,7 +1,9 @@
 """`inproc`: the executor lives in this process; a worker thread runs its layers (tests, the harness).
 
 The worker thread gives the same overlap as a remote executor: `send_layer` queues and returns, local
-attention runs on the caller's thread meanwhile (torch releases the GIL in its kernels).
+attention runs on the caller's thread meanwhile (torch releases the GIL in its kernels). On a GPU the
+worker runs on its own CUDA stream, ordered after the caller's stream by an event on the way in and
+before it by an event on the way out, so remote and local attention can overlap on the device too.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ class InprocChannel(Channel):
     def __init__(self, service: ExecutorService):
         self.address = "inproc"
         self.service = service
+        device = service.executor.pool.device
+        self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self._jobs: queue.Queue = queue.Queue()
         self._results: queue.Queue = queue.Queue()
         self._worker = threading.Thread(target=self._run, name="adrenaline-inproc-executor", daemon=True)
@@ -32,7 +36,11 @@ class InprocChannel(Channel):
         return self.service.control(op, args, tensors or {})
 
     def send_layer(self, step_id: int, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        self._jobs.put((step_id, layer, q, k, v))
+        ready = None
+        if self._stream is not None:  # q, k, v are being produced on the caller's stream
+            ready = torch.cuda.Event()
+            ready.record()
+        self._jobs.put((step_id, layer, q, k, v, ready))
 
     def recv_layer(self, step_id: int, layer: int, timeout_s: float) -> tuple[torch.Tensor, torch.Tensor]:
         try:
@@ -45,7 +53,12 @@ class InprocChannel(Channel):
         if (got_step, got_layer) != (step_id, layer):
             raise OffloadError(f"executor at {self.address}: expected step {step_id} layer {layer}, "
                                f"got step {got_step} layer {got_layer}")
-        return result
+        o, lse, done = result
+        if done is not None:
+            torch.cuda.current_stream().wait_event(done)  # o, lse are written on the worker's stream
+            o.record_stream(torch.cuda.current_stream())  # NOTE: keep the allocator from reusing them early
+            lse.record_stream(torch.cuda.current_stream())
+        return o, lse
 
     def close(self) -> None:
         self._jobs.put(_STOP)
@@ -56,9 +69,19 @@ class InprocChannel(Channel):
             job = self._jobs.get()
             if job is _STOP:
                 return
-            step_id, layer, q, k, v = job
+            step_id, layer, q, k, v, ready = job
             try:
-                result = self.service.layer(step_id, layer, q, k, v)
+                if self._stream is None:
+                    result = (*self.service.layer(step_id, layer, q, k, v), None)
+                else:
+                    with torch.cuda.stream(self._stream):
+                        self._stream.wait_event(ready)
+                        for t in (q, k, v):
+                            t.record_stream(self._stream)
+                        o, lse = self.service.layer(step_id, layer, q, k, v)
+                        done = torch.cuda.Event()
+                        done.record()
+                    result = (o, lse, done)
             except Exception as exc:  # handed to the waiting client, which raises OffloadError
                 result = exc
             self._results.put((step_id, layer, result))
