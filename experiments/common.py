@@ -91,12 +91,12 @@ def write_meta(out: Path, mode: str, **facts: Any) -> Path:
     return write_csv(out / "meta.csv", ["source", *facts], [[source, *facts.values()]])
 
 
-def fmt(x: Any) -> Any:
-    return f"{x:.6g}" if isinstance(x, float) else x
+def fmt(x: Any, digits: int = 6) -> Any:
+    return f"{x:.{digits}g}" if isinstance(x, float) else x
 
 
-def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
-    """A plain CSV (header + rows; floats with 6 significant digits)."""
+def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]], digits: int = 6) -> Path:
+    """A plain CSV (header + rows; floats with `digits` significant digits)."""
     rows = list(rows)
     for r in rows:
         if len(r) != len(header):
@@ -104,7 +104,7 @@ def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) 
     with open(path, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(header)
-        w.writerows([[fmt(x) for x in r] for r in rows])
+        w.writerows([[fmt(x, digits) for x in r] for r in rows])
     return path
 
 

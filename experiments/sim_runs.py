@@ -62,6 +62,16 @@ class Point:
         return metrics.utilization(self.result, cl.n_prefill, cl.n_decode)
 
 
+REQUEST_COLUMNS = ["rid", "arrival_s", "prompt_len", "output_len", "offloaded", "prefill_instance", "decode_instance",
+                   "prefill_start_s", "prefill_end_s", "first_token_s", "finish_s", "tokens_out"]  # fmt: skip
+
+
+def request_rows(result: SimResult) -> list[list]:
+    """The raw per-request timestamps of a run, one row each (columns REQUEST_COLUMNS)."""
+    return [[getattr(r, c) if c != "offloaded" else int(r.offloaded) for c in REQUEST_COLUMNS]
+            for r in result.requests]
+
+
 def run_point(cfg: dict, model: str, system: str, workload_name: str, rate: float,
               num_requests: int | None = None) -> Point:
     """One simulated run."""

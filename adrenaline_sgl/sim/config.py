@@ -1,6 +1,6 @@
 """Frozen configuration of one simulated cluster run (`ClusterConfig`) and its workload (`WorkloadConfig`).
 
-Every field carries a help string (`field_help`) that the experiment CLIs reuse. Validation happens in
+Every field carries a help string (`field_help(cls)` collects them for a CLI). Validation happens in
 `__post_init__` and fails with one line naming the field and its valid range. Names that belong to the
 scheduler (model, GPU, predictor, offload policy) are checked against the scheduler's own registries when
 the simulator is built (`adrenaline_sgl.sim.costs`), so there is one list of valid names.

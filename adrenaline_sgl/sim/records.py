@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
-
 # Instance kinds in StepSample.kind / MemSample.kind.
 PREFILL, DECODE, EXECUTOR = "prefill", "decode", "executor"
 
@@ -84,7 +82,3 @@ class SimResult:
     mem: list[MemSample]
     info: InstanceInfo
     config: dict = field(default_factory=dict)
-
-    def request_array(self, name: str) -> np.ndarray:
-        """One RequestRecord field for all requests, as an array (index = rid)."""
-        return np.asarray([getattr(r, name) for r in self.requests])

@@ -1,7 +1,8 @@
 """Figure 5: mean TTFT, mean and P99 TPOT and decode throughput vs request rate, PD vs Adrenaline.
 
 Writes `$RESULTS_DIR/fig5/e2e.csv` (the contract columns), `e2e_detail.csv` (plus offloaded share, P99
-TTFT, hidden round-trip share), `config.resolved.yaml`, then `fig5.png`. MODE=real measures live servers
+TTFT, hidden round-trip share), `requests.csv` (raw per-request timestamps of every run, from which
+`adrenaline_sgl.sim.metrics` derives the rest), `config.resolved.yaml`, then `fig5.png`. MODE=real measures live servers
 through experiments/real.py instead of simulating and writes the same e2e.csv.
 """
 
@@ -23,16 +24,19 @@ def _sim_rows(cfg: dict) -> tuple[list, list]:
     points = [(s, r) for s in cfg["systems"] for r in cfg["request_rates"]]
     model, wl = cfg["model"], cfg["workload"]
 
-    def one(point) -> list:  # runs in a worker: return a small row, not the raw records
+    def one(point) -> tuple[list, list]:  # runs in a worker: return rows, not the whole SimResult
         system, rate = point
         pt = sim_runs.run_point(cfg, model, system, wl, float(rate))
         m = pt.req
-        return [system, model, wl, float(rate), m.mean_ttft_s, m.mean_tpot_ms, m.p99_tpot_ms,
-                m.decode_throughput_tok_s, m.p99_ttft_s, m.offloaded_frac,
-                metrics.roundtrip_hidden_frac(pt.result.steps), m.completed]  # fmt: skip
+        summary = [system, model, wl, float(rate), m.mean_ttft_s, m.mean_tpot_ms, m.p99_tpot_ms,
+                   m.decode_throughput_tok_s, m.p99_ttft_s, m.offloaded_frac,
+                   metrics.roundtrip_hidden_frac(pt.result.steps), m.completed]  # fmt: skip
+        return summary, [[system, float(rate), *r] for r in sim_runs.request_rows(pt.result)]
 
-    detail = common.sweep(points, one, FIG)
-    return [d[: len(E2E_COLUMNS)] for d in detail], detail
+    runs = common.sweep(points, one, FIG)
+    detail = [summary for summary, _ in runs]
+    requests = [row for _, rows in runs for row in rows]
+    return [d[: len(E2E_COLUMNS)] for d in detail], detail, requests
 
 
 def _real_rows(cfg: dict, out: Path) -> list:
@@ -81,8 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode == "real":
         rows = _real_rows(cfg, out)
     else:
-        rows, detail = _sim_rows(cfg)
+        rows, detail, requests = _sim_rows(cfg)
         common.write_csv(out / "e2e_detail.csv", E2E_COLUMNS + ["p99_ttft_s", "offloaded_frac",
                                                                "roundtrip_hidden_frac", "completed"], detail)
+        common.write_csv(out / "requests.csv", ["system", "request_rate", *sim_runs.REQUEST_COLUMNS], requests,
+                         digits=12)  # timestamps: microseconds at hours
     common.write_csv(out / "e2e.csv", E2E_COLUMNS, rows)
     return common.finish(FIG, out, args.no_plot)

@@ -109,3 +109,22 @@ def test_bad_gpu_workload_and_dataset_are_one_line(capsys, tmp_path, monkeypatch
         sim_runs.run_point({"gpu": "tpu-v5", "num_requests": 5}, "llama2-7b", "pd", "sharegpt", 1.0)
     with pytest.raises(ValueError, match="workload='alpaca' is unknown"):
         sim_runs.run_point({"num_requests": 5}, "llama2-7b", "pd", "alpaca", 1.0)
+
+
+def test_fig5_raw_requests_reproduce_the_e2e_row(quick_results):
+    from adrenaline_sgl.sim.metrics import request_metrics
+    from adrenaline_sgl.sim.records import RequestRecord
+
+    e2e = list(csv.DictReader(open(quick_results / "fig5" / "e2e.csv")))
+    raw = list(csv.DictReader(open(quick_results / "fig5" / "requests.csv")))
+    for row in e2e:
+        mine = [r for r in raw if r["system"] == row["system"] and r["request_rate"] == row["request_rate"]]
+        recs = []
+        for r in mine:
+            rec = RequestRecord(int(r["rid"]), float(r["arrival_s"]), int(r["prompt_len"]), int(r["output_len"]))
+            rec.first_token_s, rec.finish_s, rec.tokens_out = float(r["first_token_s"]), float(r["finish_s"]), int(
+                r["tokens_out"])
+            recs.append(rec)
+        m = request_metrics(recs)
+        for col in ("mean_ttft_s", "mean_tpot_ms", "p99_tpot_ms", "decode_throughput_tok_s"):
+            assert getattr(m, col) == pytest.approx(float(row[col]), rel=1e-5), col
