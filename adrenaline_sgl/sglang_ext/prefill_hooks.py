@@ -14,6 +14,7 @@ from adrenaline_sgl.sglang_ext.prefill_kept import KeptKV
 _MIXIN = "sglang.srt.disaggregation.prefill.SchedulerDisaggregationPrefillMixin"
 INFLIGHT = f"{_MIXIN}.process_disagg_prefill_inflight_queue"
 TRANSFER_FAILURE = f"{_MIXIN}.handle_inflight_transfer_failure"
+SEND_KV_CHUNK = f"{_MIXIN}._send_kv_chunk"
 RELEASE_KV = "sglang.srt.mem_cache.common.release_kv_cache"
 ABORT = "sglang.srt.managers.scheduler.Scheduler.abort_request"
 INIT_DISAGG = "sglang.srt.managers.scheduler.Scheduler.init_disaggregation"
@@ -73,6 +74,27 @@ def inflight_hook(original, self, rids_to_check=None):
             _KEEP_NEXT_RELEASE.pop(id(req), None)
 
 
+def send_kv_chunk_hook(original, self, req, last_chunk=False, end_idx=None):
+    """Changes: for an offloaded request the KV sender gets no KV pages (state indices, the first token and
+    the metadata still go, on the last chunk as usual). Why: its KV stays here; decode preallocated none
+    (Mooncake alone would also send nothing to an empty destination, but warn on every chunk)."""
+    if getattr(self, STORE_ATTR, None) is None or not marks.is_offloaded(req, flags.of(self.server_args)):
+        return original(self, req, last_chunk=last_chunk, end_idx=end_idx)
+    sender = req.disagg_kv_sender
+    real_send = sender.send
+
+    def send_metadata_only(kv_indices, *args, **kwargs):
+        if "num_kv_tokens" in kwargs:
+            kwargs["num_kv_tokens"] = 0
+        return real_send(kv_indices[:0], *args, **kwargs)
+
+    sender.send = send_metadata_only
+    try:
+        return original(self, req, last_chunk=last_chunk, end_idx=end_idx)
+    finally:
+        del sender.send  # the sender's own method again
+
+
 def transfer_failure_hook(original, self, req):
     """Changes: nothing for SGLang; forgets the keep mark. Why: a failed handoff releases as stock SGLang."""
     _KEEP_NEXT_RELEASE.pop(id(req), None)
@@ -114,6 +136,7 @@ def hooks(hook_type) -> list[tuple[str, object, object]]:
         (INIT_DISAGG, init_disaggregation_hook, around),
         (INFLIGHT, inflight_hook, around),
         (TRANSFER_FAILURE, transfer_failure_hook, around),
+        (SEND_KV_CHUNK, send_kv_chunk_hook, around),
         (RELEASE_KV, release_kv_hook, around),
         (ABORT, abort_hook, around),
     ]

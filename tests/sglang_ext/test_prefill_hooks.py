@@ -286,3 +286,45 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+class RecordingSender(Sender):
+    def __init__(self):
+        super().__init__()
+        self.sent: list[tuple[list[int], int | None]] = []
+
+    def should_send_kv_chunk(self, num_pages, is_last):
+        return True
+
+    def get_max_transfer_tokens(self):
+        return None
+
+    def send(self, kv_indices, state_indices=None, num_kv_tokens=None, indices_event=None):
+        self.sent.append((list(kv_indices), num_kv_tokens))
+
+
+@pytest.mark.parametrize("offload", [True, False])
+def test_offloaded_request_sends_no_kv_pages(sgl_context, hooked, monkeypatch, offload):
+    mixin = sgl_prefill.SchedulerDisaggregationPrefillMixin
+    monkeypatch.setattr(mixin, "_send_kv_chunk", _wrap_fn(mixin._send_kv_chunk, prefill_hooks.send_kv_chunk_hook,
+                                                          HookType.AROUND))  # fmt: skip
+    with sgl_context():
+        s = FakePrefillScheduler("prefill")
+        prefill_hooks.kept_store(s)
+        s.enable_staging = False
+        s.disagg_prefill_pending_chunk_rids = set()
+        s.disagg_metadata_buffers = types.SimpleNamespace(set_buf=lambda req: None)
+        sender = RecordingSender()
+        req = s.prefilled("r", 5, offload=offload, sender=sender)
+        req.start_send_idx, req.extend_end = 0, 5
+        s.disagg_prefill_bootstrap_queue = types.SimpleNamespace(
+            kv_manager=types.SimpleNamespace(kv_args=types.SimpleNamespace(state_types=[]))  # plain MHA: no state
+        )
+        s._send_kv_chunk(req, last_chunk=True)
+        assert len(sender.sent) == 1  # the last chunk still goes: it carries the first token and metadata
+        pages, num_tokens = sender.sent[0]
+        if offload:
+            assert (pages, num_tokens) == ([], 0)  # no KV pages
+        else:
+            assert len(pages) == 5 and num_tokens == 5  # stock: the prompt's pages
+        assert "send" not in vars(sender)  # the sender's own method is back
