@@ -1,10 +1,13 @@
 """How many KV splits each request gets, and the tile sizes of the decode kernel.
 
-Decode attention is memory-bound: the kernel reaches HBM bandwidth only when enough programs run at once
-to keep every SM busy. Programs per split are B x Hkv x head_tiles; splitting the KV of each request
-multiplies that. The split count aims at `WAVES` programs per SM (flash-decoding's rule), gives longer
-requests proportionally more splits so that splits carry similar work, and never makes a split shorter
-than `MIN_BLOCKS_PER_SPLIT` blocks (each split costs a partial-output write and a stage-2 read).
+Decode attention is memory-bound: the kernel reaches HBM bandwidth only when enough programs are resident
+to keep every SM's loads in flight, and it loses the idle tail when the last wave of programs is partly
+empty. Programs per split are B x Hkv x head_tiles; splitting each request's KV multiplies that. The split
+count for the longest request follows FlashAttention-2's `num_splits_heuristic`: the smallest count whose
+wave efficiency (programs / (waves x slots)) is within 85% of the best reachable, where slots =
+`num_sms` x `RESIDENT_PER_SM`. Shorter requests get proportionally fewer splits so splits carry similar
+work, and no split is shorter than `MIN_BLOCKS_PER_SPLIT` blocks (each costs a partial-output write and a
+stage-2 read, about 1% of its KV bytes at D=128 and 2 x 64 tokens).
 `num_sms` is the SM count the executor actually runs on (the colocation manager's share of the GPU).
 """
 
@@ -14,10 +17,13 @@ from dataclasses import dataclass
 
 import torch
 
-# Target programs per SM. A stage-1 program with BLOCK_N=64, D=128, fp16 and 2 stages holds ~64 KiB of
-# shared memory, so about 3 fit on an H100 SM at once; 4 per SM keeps every SM full with some tail slack.
-# NOTE: not tuned on a GPU yet (no GPU was lent); sweep `bench --num-sms` to tune it.
-WAVES = 4
+# Stage-1 programs resident per SM at once. From the sm_90 AOT report (`python -m adrenaline_kernels.aot`):
+# fp16, D=128, BLOCK_N=64, 4 warps needs ~39 KiB of shared memory and ~93 registers/thread, so 5 fit on an
+# H100 SM; 4 leaves room for the colocated prefill. NOTE: not tuned on a GPU yet (none was lent); sweep
+# `bench --num-sms` (slots scale with it) to tune it.
+RESIDENT_PER_SM = 4
+WAVE_EFFICIENCY_SLACK = 0.85  # FlashAttention-2's: accept 85% of the best efficiency for fewer splits
+MANY_WAVES = 8  # with this many waves of programs already, the tail is negligible: do not split
 MIN_BLOCKS_PER_SPLIT = 2  # a split reads at least this many BLOCK_N token blocks
 MAX_SPLITS = 64  # bounds the stage-1 workspace [B, Hq, MAX_SPLITS, D] float32
 CPU_NUM_SMS = 4  # stand-in "SM" count under the Triton interpreter (fewer programs run faster there)
@@ -67,19 +73,29 @@ def block_h_for(group: int) -> int:
     return min(max(16, next_power_of_2(group)), MAX_BLOCK_H)
 
 
+def wave_efficiency(programs: int, slots: int) -> float:
+    """Fraction of the slot-waves doing work: programs / (ceil(programs / slots) * slots)."""
+    return programs / (cdiv(programs, slots) * slots)
+
+
+def splits_for_waves(base_programs: int, slots: int, max_splits: int) -> int:
+    """FlashAttention-2's rule over split counts 1..max_splits for `base_programs` programs per split."""
+    if base_programs >= MANY_WAVES * slots or max_splits <= 1:
+        return 1
+    effs = [wave_efficiency(base_programs * s, slots) for s in range(1, max_splits + 1)]
+    best = max(effs)
+    return next(s for s, e in enumerate(effs, start=1) if e >= WAVE_EFFICIENCY_SLACK * best)
+
+
 def plan_num_splits(seq_lens: list[int], num_kv_heads: int, head_tiles: int, num_sms: int, block_n: int) -> list[int]:
     """Splits per request (each >= 1). seq_lens in tokens; an empty request gets 1 (an empty split)."""
     if not seq_lens:
         return []
-    base_programs = len(seq_lens) * num_kv_heads * head_tiles
-    want = max(1, cdiv(WAVES * num_sms, base_programs))  # splits for the longest request
     max_len = max(seq_lens)
-    out = []
-    for n in seq_lens:
-        if n == 0:
-            out.append(1)
-            continue
-        by_share = cdiv(want * n, max_len)  # proportional to length
-        by_size = max(1, cdiv(n, block_n) // MIN_BLOCKS_PER_SPLIT)
-        out.append(max(1, min(by_share, by_size, MAX_SPLITS)))
-    return out
+
+    def by_size(n: int) -> int:  # at least MIN_BLOCKS_PER_SPLIT blocks per split, at most MAX_SPLITS
+        return max(1, min(cdiv(n, block_n) // MIN_BLOCKS_PER_SPLIT, MAX_SPLITS))
+
+    base_programs = len(seq_lens) * num_kv_heads * head_tiles
+    want = splits_for_waves(base_programs, num_sms * RESIDENT_PER_SM, by_size(max_len))  # longest request
+    return [1 if n == 0 else max(1, min(cdiv(want * n, max_len), by_size(n))) for n in seq_lens]
