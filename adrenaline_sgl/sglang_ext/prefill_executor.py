@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import torch
 
@@ -23,6 +24,7 @@ from adrenaline_sgl.offload.service import ExecutorService
 from adrenaline_sgl.sglang_ext.prefill_kept import KeptKV
 
 DEFAULT_RESERVE_FRACTION = 0.125
+ADOPT_WAIT_S = 2.0  # how long a decode step may wait for the prefill scheduler to hand a request over
 
 
 class ReservedSlots:
@@ -63,6 +65,16 @@ class PrefillExecutorService(ExecutorService):
     def _op_release(self, args, tensors):
         self.kept.request_release(args["rid"])
         return None, {}
+
+    def _op_begin_step(self, args, tensors):
+        # NOTE: decode may see the handoff (first token) a moment before this instance's scheduler has run
+        # its inflight queue and adopted the KV; wait for that, bounded, instead of failing the step.
+        deadline = time.monotonic() + ADOPT_WAIT_S
+        known = set(self.executor.rids)
+        while any(rid not in known for rid in args["rids"]) and time.monotonic() < deadline:
+            time.sleep(0.002)
+            known = set(self.executor.rids)
+        return super()._op_begin_step(args, tensors)
 
 
 def build_prefill_executor(token_to_kv_pool_allocator, reserve_tokens: int = 0, attention: str = "auto"):

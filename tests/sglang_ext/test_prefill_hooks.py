@@ -328,3 +328,28 @@ def test_offloaded_request_sends_no_kv_pages(sgl_context, hooked, monkeypatch, o
         else:
             assert len(pages) == 5 and num_tokens == 5  # stock: the prompt's pages
         assert "send" not in vars(sender)  # the sender's own method is back
+
+
+def test_begin_step_waits_briefly_for_the_scheduler_to_adopt(sgl_context, hooked):
+    import threading
+
+    from adrenaline_sgl.offload.errors import UnknownRequestError
+    from adrenaline_sgl.sglang_ext import prefill_executor
+
+    with sgl_context():
+        s = FakePrefillScheduler("prefill")
+        kept, service = prefill_executor.build_prefill_executor(s.token_to_kv_pool_allocator, reserve_tokens=4,
+                                                                attention="reference")  # fmt: skip
+        setattr(s, prefill_hooks.STORE_ATTR, kept)
+        s.prefilled("late", 3, offload=True)
+        timer = threading.Timer(0.2, s.process_disagg_prefill_inflight_queue)  # the scheduler adopts 0.2 s later
+        timer.start()
+        step_id, _ = service.control("begin_step", {"rids": ["late"]}, {})
+        timer.join()
+        assert service.executor.seq_len("late") == 4 and step_id == 0
+        prefill_executor.ADOPT_WAIT_S, saved = 0.05, prefill_executor.ADOPT_WAIT_S
+        try:
+            with pytest.raises(UnknownRequestError, match="never"):
+                service.control("begin_step", {"rids": ["never"]}, {})
+        finally:
+            prefill_executor.ADOPT_WAIT_S = saved
