@@ -79,7 +79,7 @@ def stage1_report(
     dtype: str, group: int, head_dim: int, *, arch: int = 90, block_n: int = 64, num_warps: int = 4, num_stages: int = 2
 ) -> AotReport:
     from . import _jit_decode as jd
-    from .decode import interpreting
+    from .mode import interpreting
     from .splits import block_h_for, cdiv, next_power_of_2
 
     if interpreting():

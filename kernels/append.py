@@ -6,6 +6,7 @@ import torch
 
 from ._jit_state import append_kv_kernel
 from .checks import SUPPORTED_DTYPES, check_tensor, require
+from .mode import check_triton_mode
 from .splits import next_power_of_2
 
 _FN = "append_kv"
@@ -36,6 +37,7 @@ def append_kv(
     if check_bounds:
         lo, hi = torch.stack([slots.min(), slots.max()]).tolist()
         require(0 <= lo and hi < num_slots, f"{_FN}: slots must be in [0, {num_slots}), got range [{lo}, {hi}]")
+    check_triton_mode(_FN)
     append_kv_kernel[(n, hkv)](
         k_buffer, v_buffer, slots, k_new, v_new,
         k_buffer.stride(0), k_buffer.stride(1), v_buffer.stride(0), v_buffer.stride(1),

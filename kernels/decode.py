@@ -24,6 +24,7 @@ import triton
 
 from ._jit_decode import split_kv_stage1_kernel, split_kv_stage2_kernel
 from .checks import SUPPORTED_DTYPES, check_tensor, require
+from .mode import check_triton_mode, interpreting
 from .splits import (
     MAX_HEAD_DIM,
     KernelConfig,
@@ -37,11 +38,6 @@ from .splits import (
 
 _FN = "decode_attention"
 MAX_FORCED_SPLITS = 256
-
-
-def interpreting() -> bool:
-    """True when the kernels were built for the Triton interpreter (TRITON_INTERPRET=1 at import)."""
-    return type(split_kv_stage1_kernel).__name__ == "InterpretedFunction"
 
 
 @dataclass(frozen=True, eq=False)
@@ -232,6 +228,7 @@ def run_decode_attention(
         )
     if p.batch_size == 0:
         return out, lse_out
+    check_triton_mode(_FN)
 
     cfg = p.config
     block_d = max(16, next_power_of_2(p.head_dim))

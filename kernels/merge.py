@@ -7,6 +7,7 @@ import torch
 
 from ._jit_state import merge_state_kernel
 from .checks import SUPPORTED_DTYPES, check_same_dtype, check_tensor, require
+from .mode import check_triton_mode
 from .splits import next_power_of_2
 
 _FN = "merge_state"
@@ -41,6 +42,7 @@ def merge_state(
                      last_dim_contiguous=False)  # fmt: skip
     if t * h == 0 or d == 0:
         return out, lse_out
+    check_triton_mode(_FN)
     merge_state_kernel[(t, h)](
         o_a, lse_a, o_b, lse_b, out, lse_out,
         o_a.stride(0), o_a.stride(1), lse_a.stride(0), lse_a.stride(1),
