@@ -1,13 +1,16 @@
 """Triton split-KV decode attention kernels for offloaded requests (installed as adrenaline_kernels).
 
 NOTE: importing this package sets `TRITON_INTERPRET=1` (with `setdefault`, so an explicit value wins) when
-`torch.cuda.is_available()` is False. Triton reads that variable when a module defining `@triton.jit`
-kernels is imported, so on a CPU machine import `adrenaline_kernels` before any other module that defines
-Triton kernels (SGLang's included), or set the variable yourself. The offload runtime and CLIs rely on it.
+`torch.cuda.is_available()` is False. Triton decides interpreted or compiled for each `@triton.jit` function
+when it is defined, triton's own helpers (`tl.cdiv`, `tl.max`) included at `import triton`; so on a CPU
+machine import `adrenaline_kernels` before triton or sglang, or set the variable in the environment. A
+process that got the order wrong gets a clear RuntimeError at its first launch (`mode.py`). The offload
+runtime and CLIs rely on this.
 
 Layers (house style): `_jit_*.py` raw `@triton.jit` kernels; `decode.py`, `merge.py`, `append.py` checked
 wrappers (ValueError with the expected shape/dtype before any launch; `plan()` once per batch, `run()` per
-layer); `reference.py` plain-torch ground truth; `splits.py` the split heuristic; `bench.py` the benchmark.
+layer); `reference.py` plain-torch ground truth; `splits.py` the split heuristic; `bench.py` the benchmark;
+`aot.py` compiles for a GPU architecture without one and reports registers, spills and shared memory.
 """
 
 from __future__ import annotations
