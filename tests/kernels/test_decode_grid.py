@@ -25,6 +25,7 @@ CASES = {
     "group_4": ([33, 100], 8, 2, 64, {}),
     "group_8_mqa_like": ([50], 8, 1, 64, {}),
     "head_dim_128": ([70, 3], 8, 2, 128, {}),
+    "head_dim_80_not_pow2": ([20], 4, 2, 80, {}),
     "empty_request_in_batch": ([0, 20, 0], 4, 2, 64, {}),
     "more_splits_than_tokens": ([3, 5], 4, 2, 64, dict(num_splits=8)),
     "forced_splits_uneven": ([200, 9], 6, 2, 64, dict(num_splits=3)),
