@@ -88,7 +88,7 @@ def build_prefill_executor(token_to_kv_pool_allocator, reserve_tokens: int = 0, 
     shared = KVPool(list(pool.k_buffer), list(pool.v_buffer), ReservedSlots(slots))
     executor = AttentionExecutor(shared, attention=attention)
     bytes_per_token = sum(b[0].numel() * b.element_size() for b in [*pool.k_buffer, *pool.v_buffer])
-    kept = KeptKV(bytes_per_token, executor)
+    kept = KeptKV(bytes_per_token, executor, allocator=token_to_kv_pool_allocator, reserved_tokens=reserve)
     return kept, PrefillExecutorService(executor, kept)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 
 from adrenaline_sgl.sglang_ext import decode_hooks, flags, marks
-from adrenaline_sgl.sglang_ext.prefill_kept import KeptKV
+from adrenaline_sgl.sglang_ext.prefill_kept import KeptKV, held_by_adrenaline
 
 _MIXIN = "sglang.srt.disaggregation.prefill.SchedulerDisaggregationPrefillMixin"
 INFLIGHT = f"{_MIXIN}.process_disagg_prefill_inflight_queue"
@@ -17,6 +17,9 @@ TRANSFER_FAILURE = f"{_MIXIN}.handle_inflight_transfer_failure"
 SEND_KV_CHUNK = f"{_MIXIN}._send_kv_chunk"
 RELEASE_KV = "sglang.srt.mem_cache.common.release_kv_cache"
 ABORT = "sglang.srt.managers.scheduler.Scheduler.abort_request"
+_OBSERVER = "sglang.srt.managers.scheduler_components.pool_stats_observer.SchedulerPoolStatsObserver"
+HELD_TOKENS = f"{_OBSERVER}.session_held_tokens"
+HELD_REQS = f"{_OBSERVER}.session_held_req_count"
 INIT_DISAGG = "sglang.srt.managers.scheduler.Scheduler.init_disaggregation"
 SERVER_ATTR = "_adrenaline_executor"
 STORE_ATTR = "_adrenaline_kept"
@@ -34,8 +37,8 @@ def kept_store(scheduler) -> KeptKV | None:
     """This prefill scheduler's KeptKV (made on first use); None unless the role is `prefill`."""
     store = getattr(scheduler, STORE_ATTR, None)
     if store is None and flags.of(scheduler.server_args).role == "prefill":
-        pool = scheduler.token_to_kv_pool_allocator.get_kvcache()
-        store = KeptKV(_bytes_per_token(pool))
+        allocator = scheduler.token_to_kv_pool_allocator
+        store = KeptKV(_bytes_per_token(allocator.get_kvcache()), allocator=allocator)
         setattr(scheduler, STORE_ATTR, store)
     return store
 
@@ -130,6 +133,17 @@ def abort_hook(original, self, recv_req):
     return result
 
 
+def held_tokens_hook(original, self):
+    """Changes: KV slots kept for offloaded requests and the executor's reserve count as held (like a
+    session's). Why: SGLang's idle memory check would otherwise report them as a leak and stop the server."""
+    return original(self) + held_by_adrenaline(self.token_to_kv_pool_allocator)[0]
+
+
+def held_reqs_hook(original, self):
+    """Changes: `req_to_token` rows of kept requests count as held. Why: the same idle check, for rows."""
+    return original(self) + held_by_adrenaline(self.token_to_kv_pool_allocator)[1]
+
+
 def hooks(hook_type) -> list[tuple[str, object, object]]:
     around = hook_type.AROUND
     return [
@@ -139,4 +153,6 @@ def hooks(hook_type) -> list[tuple[str, object, object]]:
         (SEND_KV_CHUNK, send_kv_chunk_hook, around),
         (RELEASE_KV, release_kv_hook, around),
         (ABORT, abort_hook, around),
+        (HELD_TOKENS, held_tokens_hook, around),
+        (HELD_REQS, held_reqs_hook, around),
     ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,22 +25,26 @@ class KeptReq:
     rid: str
     slots: torch.Tensor  # [T] int64 KV slots of the prompt (and first token), in sequence order
     release_fn: Callable[[], None]  # SGLang's release_kv_cache for this request (no radix insert)
+    private_tokens: int  # slots SGLang's release will free (allocated minus the tree-protected prefix)
 
 
 class KeptKV:
     """Offloaded requests' KV held on the prefill instance, by request id."""
 
-    def __init__(self, bytes_per_token: int, executor=None):
+    def __init__(self, bytes_per_token: int, executor=None, allocator=None, reserved_tokens: int = 0):
         self.bytes_per_token = bytes_per_token
         self.executor = executor  # an AttentionExecutor over this instance's pool, or None
+        self.allocator = allocator  # SGLang's token allocator the kept slots (and the reserve) come from
+        self.reserved_tokens = reserved_tokens  # slots taken once from `allocator` for the executor
         self._kept: dict[str, KeptReq] = {}
         self._to_release: list[str] = []
         self._lock = threading.Lock()
+        _STORES.add(self)
 
     def keep(self, req, tree_cache, release_fn: Callable[[], None]) -> KeptReq:
         row, length = req.kv.req_pool_idx, req.kv.kv_allocated_len
         slots = tree_cache.req_to_token_pool.req_to_token[row, :length].to(torch.int64).clone()
-        kept = KeptReq(req.rid, slots, release_fn)
+        kept = KeptReq(req.rid, slots, release_fn, length - req.kv.cache_protected_len)
         if self.executor is not None:
             # the executor frees only the slots it allocates for decode tokens; these go back through SGLang
             self.executor.adopt(req.rid, slots, free_on_release=False)
@@ -81,3 +86,17 @@ class KeptKV:
     @property
     def num_bytes(self) -> int:
         return self.num_tokens * self.bytes_per_token
+
+    @property
+    def held_tokens(self) -> int:
+        """Slots of `allocator` held outside SGLang's own queues: kept requests' private KV and the reserve."""
+        return sum(k.private_tokens for k in self._kept.values()) + self.reserved_tokens
+
+
+_STORES: weakref.WeakSet[KeptKV] = weakref.WeakSet()
+
+
+def held_by_adrenaline(allocator) -> tuple[int, int]:
+    """(tokens, req_to_token rows) of `allocator`'s pool that this process's KeptKV stores hold."""
+    stores = [s for s in list(_STORES) if s.allocator is allocator]
+    return sum(s.held_tokens for s in stores), sum(s.num_reqs for s in stores)

@@ -137,6 +137,11 @@ def test_offloaded_request_keeps_kv_until_the_executor_releases_it(sgl_context, 
         assert off.kv.holds_kv and s.req_to_token_pool.available_size() == rows0 - 1
         assert store.num_tokens == 6 and store.num_bytes == 6 * 2 * LAYERS * HKV * D * 4
         assert torch.equal(store._kept["off"].slots, slots.to(torch.int64))
+        # SGLang's idle check (available + evictable + ... + session_held == total) sees the kept KV as held
+        observer = types.SimpleNamespace(token_to_kv_pool_allocator=s.token_to_kv_pool_allocator)
+        held = prefill_hooks.held_tokens_hook(lambda self: 0, observer)
+        assert s.free_slots() + s.tree_cache.evictable_size() + held == free0 and held == 6
+        assert prefill_hooks.held_reqs_hook(lambda self: 0, observer) == 1
         # finish: the decode side tells the executor release(rid); the scheduler frees on its next pass
         store.request_release("off")
         assert s.free_slots() == free0 - 6  # not from the caller's thread
@@ -219,6 +224,8 @@ def test_hosted_executor_attends_over_the_kept_kv_and_decode_release_frees_it(sg
         kept, service = build_prefill_executor(s.token_to_kv_pool_allocator, reserve_tokens=8, attention="reference")
         setattr(s, prefill_hooks.STORE_ATTR, kept)
         assert s.free_slots() == free0 - 8  # the executor's reserve counts as used by SGLang
+        observer = types.SimpleNamespace(token_to_kv_pool_allocator=s.token_to_kv_pool_allocator)
+        assert prefill_hooks.held_tokens_hook(lambda self: 0, observer) == 8  # ... and as held at idle
         off = s.prefilled("off", 5, offload=True)
         pool = s.token_to_kv_pool_allocator.get_kvcache()
         slots = s.req_to_token_pool.req_to_token[off.kv.req_pool_idx, :5].long()
