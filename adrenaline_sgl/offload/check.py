@@ -7,6 +7,8 @@ Runs the decode harness twice on the same prompts, greedy: without offload, then
 requests offloaded (over `mooncake` the executor runs in a second process). Prints one JSON line with
 `identical`, `tokens_compared`, `offloaded_requests`, `round_trip_ms_p50`, `round_trip_ms_p99` (per layer,
 submit to wait) and the conditions; exits 1 when the tokens differ, 2 on an offload failure.
+With `--kill-executor-at-step S` (mooncake) the executor is SIGKILLed before decode step S; the `fault`
+entry then says how fast the client noticed and whether the local requests still decoded exactly.
 """
 
 from __future__ import annotations
@@ -83,11 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention", choices=ATTENTION_CHOICES, default="auto",
                    help="decode attention on both sides (auto: triton on a GPU, reference on CPU)")
     p.add_argument("--layer-timeout-s", type=_seconds, default=30.0, help="per-layer wait timeout, seconds")
+    p.add_argument("--kill-executor-at-step", type=_int_in("kill-executor-at-step", 0, 4096), default=None,
+                   help="fault check (mooncake): SIGKILL the executor before this decode step; then the local "
+                        "requests must still match the baseline and every offloaded one must fail")
     p.add_argument("--progress", action="store_true", help="show a progress bar per run")
     return p
 
 
 def run_check(args: argparse.Namespace) -> dict:
+    if args.kill_executor_at_step is not None and args.transport != "mooncake":
+        raise SystemExit("--kill-executor-at-step needs --transport mooncake (the executor in its own process)")
     loaded = load_model(args.model, args.dtype, args.device)
     model, cfg = loaded.model, loaded.model.config
     prompts = loaded.prompts(args.prompts)
@@ -115,15 +122,34 @@ def run_check(args: argparse.Namespace) -> dict:
         config = ClientConfig(layer_timeout_s=args.layer_timeout_s)
         client = OffloadClient(channel, layout, cfg.num_hidden_layers, config)
         stack.callback(client.close)
+        killed_at = []
+
+        def maybe_kill(step: int) -> None:
+            if step == args.kill_executor_at_step:
+                proc.kill()
+                killed_at.append(time.perf_counter())
+
         start = time.perf_counter()
         offload = DecodeHarness(model, client, args.attention, loaded.eos_token_id).generate(
-            prompts, flags, args.max_new_tokens, progress=args.progress)
+            prompts, flags, args.max_new_tokens, on_step=maybe_kill, progress=args.progress)
         offload_s = time.perf_counter() - start
         executor_stats = client.stats() if not offload.failed else None
 
     identical = baseline.tokens == offload.tokens and not offload.failed
+    fault = None
+    if args.kill_executor_at_step is not None:
+        local = [i for i, f in enumerate(flags) if not f]
+        fault = {
+            "killed": bool(killed_at),
+            "detect_s": round(offload.failed_at - killed_at[0], 3) if killed_at and offload.failed_at else None,
+            "failed_requests": sorted(offload.failed),
+            "all_offloaded_failed": sorted(offload.failed) == sorted(f"r{i}" for i, f in enumerate(flags) if f),
+            "local_identical": all(offload.tokens[i] == baseline.tokens[i] for i in local),
+            "local_tokens": sum(len(offload.tokens[i]) for i in local),
+        }
     return {
         "identical": identical,
+        "fault": fault,
         "tokens_compared": sum(len(t) for t in baseline.tokens),
         "offloaded_requests": sum(flags),
         "requests": len(prompts),
@@ -154,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"identical": False, "error": str(exc)}), flush=True)
         return 2
     print(json.dumps(result), flush=True)
+    if result["fault"] is not None:
+        fault = result["fault"]
+        return 0 if fault["killed"] and fault["all_offloaded_failed"] and fault["local_identical"] else 1
     return 0 if result["identical"] else 1
 
 

@@ -24,9 +24,11 @@ from .wire import RowLayout
 
 @dataclass(frozen=True)
 class ClientConfig:
-    layer_timeout_s: float = field(default=5.0, metadata={"help": "seconds wait() waits for one layer's reply"})
+    layer_timeout_s: float = field(
+        default=5.0, metadata={"help": "seconds wait() waits for one layer's reply; also bounds begin_step/abort_step"}
+    )
     control_timeout_s: float = field(
-        default=60.0, metadata={"help": "seconds a control call (adopt, release, begin_step) may take"}
+        default=60.0, metadata={"help": "seconds a bulk control call (hello, adopt_copy, release, stats) may take"}
     )
 
     def __post_init__(self):
@@ -73,14 +75,14 @@ class OffloadClient:
         if self._pending is not None:
             raise OffloadError(f"begin_step: layer {self._pending[0]} was submitted but never waited for")
         self._rids = tuple(rids)
-        self._step_id, _ = self._call("begin_step", {"rids": list(self._rids)})
+        self._step_id, _ = self._call("begin_step", {"rids": list(self._rids)}, timeout_s=self.config.layer_timeout_s)
 
     def abort_step(self) -> None:
         """Roll the executor's step back (after an error); a no-op when no step is open."""
         self._pending = None
         if self._step_id is not None:
             self._step_id = None
-            self._call("abort_step", {})
+            self._call("abort_step", {}, timeout_s=self.config.layer_timeout_s)
 
     def stats(self) -> dict[str, Any]:
         return self._call("stats", {})[0]
@@ -117,9 +119,10 @@ class OffloadClient:
         self.round_trip_ms.append((time.perf_counter() - start) * 1e3)
         return o, lse
 
-    def _call(self, op: str, args: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None):
+    def _call(self, op: str, args: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None,
+              timeout_s: float | None = None):
         try:
-            return self.channel.call(op, args, tensors, self.config.control_timeout_s)
+            return self.channel.call(op, args, tensors, timeout_s or self.config.control_timeout_s)
         except OffloadError:
             raise
         except Exception as exc:

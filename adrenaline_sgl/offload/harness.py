@@ -16,6 +16,7 @@ failed and the local ones go on decoding.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -100,6 +101,7 @@ class GenerationResult:
     tokens: list[list[int]]  # per request, the generated ids (the first one from prefill)
     failed: dict[str, str]  # rid -> why, for offloaded requests lost to an executor failure
     steps: int
+    failed_at: float | None = None  # time.perf_counter() when the executor failure was caught
 
 
 class DecodeHarness:
@@ -117,6 +119,7 @@ class DecodeHarness:
         self.num_layers = cfg.num_hidden_layers
         self.num_kv_heads = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.failed_at: float | None = None
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[Sequence[int]], offloaded: Sequence[bool], max_new_tokens: int,
@@ -147,7 +150,8 @@ class DecodeHarness:
             self.decode_step(batch, local)
             steps += 1
         self._finish(seqs, local, max_new_tokens)
-        return GenerationResult([s.tokens for s in seqs], {s.rid: s.failed for s in seqs if s.failed}, steps)
+        return GenerationResult([s.tokens for s in seqs], {s.rid: s.failed for s in seqs if s.failed}, steps,
+                                self.failed_at)
 
     def decode_step(self, batch: list[_Seq], local: AttentionExecutor) -> None:
         """One token for every request in `batch`; an executor failure drops the offloaded ones and retries."""
@@ -159,6 +163,7 @@ class DecodeHarness:
                 self.client.begin_step([s.rid for s in offloaded])
             logits = self._forward(batch, local, offloaded)
         except OffloadError as exc:
+            self.failed_at = time.perf_counter()
             local.abort_step()
             for seq in offloaded:
                 seq.failed, seq.done = str(exc), True

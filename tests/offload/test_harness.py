@@ -126,3 +126,13 @@ def test_check_cli_on_smollm2_small(capsys):
     assert check.main(argv) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["identical"] is True and out["offloaded_requests"] == 1 and out["tokens_compared"] == 8
+
+
+def test_check_cli_fault_mode_reports_detection_and_local_tokens(capsys):
+    argv = ["--transport", "mooncake", "--model", "tiny-random", "--offload-fraction", "0.5", "--prompts", "4",
+            "--max-new-tokens", "6", "--layer-timeout-s", "1", "--kill-executor-at-step", "2"]
+    assert check.main(argv) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    fault = out["fault"]
+    assert out["identical"] is False and fault["killed"] and fault["all_offloaded_failed"]
+    assert fault["local_identical"] and fault["local_tokens"] == 12 and 0 < fault["detect_s"] < 5
