@@ -16,6 +16,7 @@ references to kv_indptr and kv_indices (no copy): plan again whenever they chang
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -78,6 +79,17 @@ class DecodeAttentionPlan:
         return max(self.splits_per_request, default=1)
 
 
+def _as_int(v):
+    """Integral scalars (Python, numpy, 0-dim integer tensors) as int; anything else unchanged for the checks."""
+    if isinstance(v, bool) or v is None:
+        return v
+    if isinstance(v, numbers.Integral):
+        return int(v)
+    if isinstance(v, torch.Tensor) and v.dim() == 0 and not v.is_floating_point():
+        return int(v)
+    return v
+
+
 def _read_and_check_batch(kv_indptr: torch.Tensor, kv_indices: torch.Tensor) -> tuple[list[int], int]:
     """Host copies of the lengths and the largest slot, with the value checks (two device->host syncs)."""
     indptr = kv_indptr.tolist()
@@ -117,6 +129,9 @@ def plan_decode_attention(
     `seq_lens`: host copy of the per-request lengths (kv_indptr's differences) when the caller has it, as
     the executor does. Then plan reads nothing back from the device (no sync), and the values of
     kv_indptr/kv_indices are trusted, not checked (a wrong slot reads or faults out of bounds)."""
+    # numpy and torch integer scalars are fine too (the colocation manager's SM counts may be numpy ints)
+    num_qo_heads, num_kv_heads, head_dim = (_as_int(v) for v in (num_qo_heads, num_kv_heads, head_dim))
+    num_sms, num_splits = _as_int(num_sms), _as_int(num_splits)
     for name, val in (("num_qo_heads", num_qo_heads), ("num_kv_heads", num_kv_heads)):
         require(isinstance(val, int) and val >= 1, f"{_FN}: {name} must be an int >= 1, got {val}")
     require(
