@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from .bench_goals import check_goals, format_goals
 from .bench_impls import IMPLS, Impl, _prepare_adrenaline
 from .bench_timing import copy_bandwidth_gbs, environment, time_us
 from .inputs import DecodeBatch, make_decode_batch
@@ -195,6 +196,7 @@ def run(args: argparse.Namespace, argv_for_meta: list[str] | None = None) -> lis
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         writer.writerows(rows)
+    meta["goals"] = check_goals(rows)
     args.out.with_suffix(".meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return rows
 
@@ -207,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['model']:>13} {r['dtype']:>8} B={r['batch']:<4} ctx={r['ctx']:<5} {r['impl']:<26} "
             f"{r['time_us']:>11.1f} us {r['gbs']:>9.4g} GB/s {100 * r['frac_copy_bw']:6.3g}% of copy"
         )
+    goals = format_goals(check_goals(rows))
+    print(goals if rows and rows[0]["device"] != "cpu" else f"{goals}\n(CPU interpreter: these verdicts mean nothing)")
     print(f"wrote {args.out} ({len(rows)} rows) and {args.out.with_suffix('.meta.json')}")
     return 0
 
