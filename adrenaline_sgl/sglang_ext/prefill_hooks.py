@@ -78,17 +78,22 @@ def inflight_hook(original, self, rids_to_check=None):
 
 
 def send_kv_chunk_hook(original, self, req, last_chunk=False, end_idx=None):
-    """Changes: for an offloaded request the KV sender gets no KV pages (state indices, the first token and
-    the metadata still go, on the last chunk as usual). Why: its KV stays here; decode preallocated none
-    (Mooncake alone would also send nothing to an empty destination, but warn on every chunk)."""
+    """Changes: for an offloaded request the KV sender gets no KV pages: sends of earlier chunks are dropped,
+    and the last one goes with no pages, marked as the sender's last chunk (`num_kv_indices = curr_idx`, the
+    rule of SGLang's `CommonKVSender._prepare_send_indices`), so the first token, the metadata and the
+    state indices still go as usual. Why: its KV stays here; decode preallocated none."""
     if getattr(self, STORE_ATTR, None) is None or not marks.is_offloaded(req, flags.of(self.server_args)):
         return original(self, req, last_chunk=last_chunk, end_idx=end_idx)
     sender = req.disagg_kv_sender
     real_send = sender.send
 
     def send_metadata_only(kv_indices, *args, **kwargs):
+        if not last_chunk:
+            return None
         if "num_kv_tokens" in kwargs:
             kwargs["num_kv_tokens"] = 0
+        if hasattr(sender, "curr_idx") and hasattr(sender, "num_kv_indices"):
+            sender.num_kv_indices = sender.curr_idx  # this empty send is the last chunk
         return real_send(kv_indices[:0], *args, **kwargs)
 
     sender.send = send_metadata_only

@@ -296,9 +296,12 @@ def _free_port() -> int:
 
 
 class RecordingSender(Sender):
-    def __init__(self):
+    """Counts pages like SGLang's CommonKVSender: a send is the last chunk when curr_idx reaches num_kv_indices."""
+
+    def __init__(self, num_kv_indices: int = 5):
         super().__init__()
-        self.sent: list[tuple[list[int], int | None]] = []
+        self.sent: list[tuple[list[int], int | None, bool]] = []
+        self.curr_idx, self.num_kv_indices = 0, num_kv_indices
 
     def should_send_kv_chunk(self, num_pages, is_last):
         return True
@@ -307,7 +310,8 @@ class RecordingSender(Sender):
         return None
 
     def send(self, kv_indices, state_indices=None, num_kv_tokens=None, indices_event=None):
-        self.sent.append((list(kv_indices), num_kv_tokens))
+        self.curr_idx += len(kv_indices)
+        self.sent.append((list(kv_indices), num_kv_tokens, self.curr_idx == self.num_kv_indices))
 
 
 @pytest.mark.parametrize("offload", [True, False])
@@ -323,17 +327,17 @@ def test_offloaded_request_sends_no_kv_pages(sgl_context, hooked, monkeypatch, o
         s.disagg_metadata_buffers = types.SimpleNamespace(set_buf=lambda req: None)
         sender = RecordingSender()
         req = s.prefilled("r", 5, offload=offload, sender=sender)
-        req.start_send_idx, req.extend_end = 0, 5
         s.disagg_prefill_bootstrap_queue = types.SimpleNamespace(
             kv_manager=types.SimpleNamespace(kv_args=types.SimpleNamespace(state_types=[]))  # plain MHA: no state
         )
+        req.start_send_idx, req.extend_end = 0, 3
+        s._send_kv_chunk(req, last_chunk=False)  # a chunked prefill's first chunk
+        req.extend_end = 5
         s._send_kv_chunk(req, last_chunk=True)
-        assert len(sender.sent) == 1  # the last chunk still goes: it carries the first token and metadata
-        pages, num_tokens = sender.sent[0]
-        if offload:
-            assert (pages, num_tokens) == ([], 0)  # no KV pages
-        else:
-            assert len(pages) == 5 and num_tokens == 5  # stock: the prompt's pages
+        if offload:  # one send, no pages, and the sender sees it as its last chunk (aux = first token goes)
+            assert sender.sent == [([], 0, True)]
+        else:  # stock: the prompt's pages in two chunks, the second is the last
+            assert [(len(p), n, last) for p, n, last in sender.sent] == [(3, 3, False), (2, 2, True)]
         assert "send" not in vars(sender)  # the sender's own method is back
 
 
