@@ -134,7 +134,8 @@ class AttentionExecutor:
             slots = self._alloc(num_tokens, f"adopt_copy({rid!r})")
             for layer in range(self.pool.num_layers):
                 self.ops.append_kv(self.pool.k_buffers[layer], self.pool.v_buffers[layer], slots,
-                                   k[layer].to(self.pool.device), v[layer].to(self.pool.device))
+                                   k[layer].to(self.pool.device, self.pool.dtype),
+                                   v[layer].to(self.pool.device, self.pool.dtype))
             self._held[slots.cpu()] = True
             self._requests[rid] = _Request(slots, num_tokens, 0, True)
             return slots
