@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 lens_st = st.lists(st.integers(min_value=0, max_value=200_000), min_size=1, max_size=64)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(lens=lens_st, hkv=st.integers(1, 64), sms=st.integers(1, 256), block_n=st.sampled_from([16, 32, 64, 128]))
 def test_invariants(lens, hkv, sms, block_n):
     splits = plan_num_splits(lens, hkv, 1, sms, block_n)
@@ -35,7 +35,7 @@ def test_invariants(lens, hkv, sms, block_n):
     assert all(a[1] <= b[1] for a, b in zip(ordered, ordered[1:])), "a longer request never gets fewer splits"
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(base=st.integers(1, 20_000), slots=st.integers(1, 2_000), max_splits=st.integers(1, 64))
 def test_wave_rule_is_near_best_and_smallest(base, slots, max_splits):
     s = splits_for_waves(base, slots, max_splits)
