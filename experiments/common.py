@@ -56,6 +56,10 @@ def base_parser(fig: str, description: str) -> argparse.ArgumentParser:
         help="sim (default; also env MODE) or real: measure live servers (see experiments/real.py)",
     )
     ap.add_argument("--no-plot", action="store_true", help="write the CSVs only")
+    ap.add_argument("--gpu", help="GPU name from adrenaline_sgl.scheduler.specs (default: the config's, a100-80g)")
+    ap.add_argument("--dataset", action="append", default=[], metavar="WORKLOAD=PATH",
+                    help="a real dataset file for a workload (repeatable), e.g. sharegpt=sg.json")
+    ap.add_argument("--tokenizer", help="local HF tokenizer dir for dataset text (default: 4 chars/token proxy)")
     return ap
 
 
@@ -72,6 +76,15 @@ def apply_common(cfg: dict, args: argparse.Namespace) -> dict:
     cfg.pop("quick", None)
     if args.seed is not None:
         cfg["seed"] = args.seed
+    if args.gpu:
+        cfg["gpu"] = args.gpu
+    if args.tokenizer:
+        cfg["tokenizer"] = args.tokenizer
+    for item in args.dataset:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ExperimentError(f"--dataset {item!r} must look like WORKLOAD=PATH (e.g. sharegpt=sg.json)")
+        cfg["dataset_paths"] = {**(cfg.get("dataset_paths") or {}), name: path}
     if args.num_requests is not None:
         if args.num_requests < 1:
             raise ExperimentError(f"--num-requests={args.num_requests} must be >= 1")

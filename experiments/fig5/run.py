@@ -58,7 +58,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workload", help="sharegpt (default) | openthoughts | azure_conv | azure_code (with a trace CSV)")
     ap.add_argument("--dataset-path", help="dataset file instead of the synthetic lengths (ShareGPT JSON, "
                                            "OpenThoughts JSONL/parquet, Azure trace CSV)")
-    ap.add_argument("--tokenizer", help="local HF tokenizer dir for the dataset text")
     ap.add_argument("--model", help="model name (default: the config's, llama2-13b)")
     ap.add_argument("--rates", help="comma-separated request rates (req/s) instead of the config's")
     args = ap.parse_args(argv)
@@ -67,8 +66,6 @@ def main(argv: list[str] | None = None) -> int:
         cfg["workload"] = args.workload
     if args.dataset_path:
         cfg["dataset_paths"] = {cfg["workload"]: args.dataset_path}
-    if args.tokenizer:
-        cfg["tokenizer"] = args.tokenizer
     if args.model:
         cfg["model"] = args.model
     if args.rates:

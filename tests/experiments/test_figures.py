@@ -91,6 +91,10 @@ def _one_line_error(capsys, argv, match):
         (["fig5", "--model", "gpt-5"], "model must be one of"),
         (["fig5", "--num-requests", "0"], "--num-requests=0 must be >= 1"),
         (["fig6", "--mode", "real"], "MODE=real is not available for fig6"),
+        (["fig5", "--gpu", "tpu-v5"], "gpu must be one of"),
+        (["fig2", "--gpu", "tpu-v5"], "gpu must be one of"),
+        (["fig7", "--dataset", "sharegpt"], "--dataset 'sharegpt' must look like WORKLOAD=PATH"),
+        (["fig5", "--workload", "alpaca"], "workload='alpaca' is unknown"),
     ],
 )
 def test_bad_input_is_one_line(capsys, tmp_path, monkeypatch, argv, match):
