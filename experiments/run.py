@@ -1,7 +1,8 @@
 """`python -m experiments.run figN [ARGS]` or `python -m experiments.run all [ARGS]`.
 
 Figures are discovered, not listed: every `experiments/figN/run.py` exposing `main(argv=None) -> int` is
-one. `all` runs them in numeric order with the same ARGS and prints each one's wall time.
+one. `all` runs them in numeric order and prints each one's wall time; ARGS go to every figure whose run.py
+sets `COMMON_ARGS = True` (the simulated ones), the others run with their own defaults.
 """
 
 from __future__ import annotations
@@ -21,8 +22,13 @@ def figures() -> list[str]:
     return sorted(found, key=lambda name: int(name[3:]))
 
 
-def run_one(fig: str, argv: list[str]) -> int:
+def run_one(fig: str, argv: list[str], *, from_all: bool = False) -> int:
+    """Run one figure. Under `all`, ARGS reach only figures whose run.py sets `COMMON_ARGS = True` (they
+    accept experiments.common's flags); the others run with their defaults, and a line says so."""
     module = importlib.import_module(f"experiments.{fig}.run")
+    if from_all and argv and not getattr(module, "COMMON_ARGS", False):
+        print(f"{fig}: runs without {' '.join(argv)} (its run.py does not take the common flags)", flush=True)
+        argv = []
     return int(module.main(argv) or 0)
 
 
@@ -39,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     status = 0
     for name in valid if fig == "all" else [fig]:
         start = time.perf_counter()
-        rc = run_one(name, rest)
+        rc = run_one(name, rest, from_all=fig == "all")
         print(f"{name}: exit {rc} in {time.perf_counter() - start:.1f} s", flush=True)
         status = status or rc
     return status

@@ -20,6 +20,7 @@ from .. import common, real, sim_runs
 
 HERE = Path(__file__).resolve().parent
 FIG = "fig1"
+COMMON_ARGS = True  # takes experiments.common's flags (experiments/run.py passes `all`'s ARGS)
 # Published whole-phase utilization, Llama-2 7B on A100 (../shared/design/adrenaline.md): measurements
 # shown for comparison; the cost model was fitted to per-kernel data only, not to these.
 PAPER_PREFILL = {512: (51, 24), 1024: (67, 23), 1536: (69, 24), 2048: (66, 23.5), 2560: (69, 23.5),

@@ -17,6 +17,7 @@ from .. import common, real
 
 HERE = Path(__file__).resolve().parent
 FIG = "fig2"
+COMMON_ARGS = True  # takes experiments.common's flags (experiments/run.py passes `all`'s ARGS)
 OPS = ("qkv", "attn", "o_proj", "ffn")
 
 

@@ -16,6 +16,7 @@ from .. import common, real, sim_runs
 
 HERE = Path(__file__).resolve().parent
 FIG = "fig5"
+COMMON_ARGS = True  # takes experiments.common's flags (experiments/run.py passes `all`'s ARGS)
 E2E_COLUMNS = ["system", "model", "workload", "request_rate", "mean_ttft_s", "mean_tpot_ms", "p99_tpot_ms",
                "decode_throughput_tok_s"]  # fmt: skip
 

@@ -19,6 +19,7 @@ from .. import common, real, sim_runs
 
 HERE = Path(__file__).resolve().parent
 FIG = "fig6"
+COMMON_ARGS = True  # takes experiments.common's flags (experiments/run.py passes `all`'s ARGS)
 
 
 def system_of(ratio: float) -> str:

@@ -14,6 +14,7 @@ from .. import common, real, sim_runs
 
 HERE = Path(__file__).resolve().parent
 FIG = "fig7"
+COMMON_ARGS = True  # takes experiments.common's flags (experiments/run.py passes `all`'s ARGS)
 
 
 @common.guarded

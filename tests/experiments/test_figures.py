@@ -132,3 +132,16 @@ def test_fig5_raw_requests_reproduce_the_e2e_row(quick_results):
         m = request_metrics(recs)
         for col in ("mean_ttft_s", "mean_tpot_ms", "p99_tpot_ms", "decode_throughput_tok_s"):
             assert getattr(m, col) == pytest.approx(float(row[col]), rel=1e-5), col
+
+
+def test_all_passes_args_only_to_figures_that_take_them(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(runner, "figures", lambda: ["fig2", "fig9"])
+    import experiments.fig2.run as fig2
+    import experiments.fig9.run as fig9
+
+    monkeypatch.setattr(fig2, "main", lambda argv=None: calls.append(("fig2", argv)) or 0)
+    monkeypatch.setattr(fig9, "main", lambda argv=None: calls.append(("fig9", argv)) or 0)
+    assert runner.main(["all", "--seed", "3"]) == 0
+    assert calls == [("fig2", ["--seed", "3"]), ("fig9", [])]
+    assert "fig9: runs without --seed 3" in capsys.readouterr().out
