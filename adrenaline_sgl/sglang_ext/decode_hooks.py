@@ -51,7 +51,7 @@ def pre_alloc_hook(original, self, req, prefix_indices=None, prefix_len=None, to
     req.full_untruncated_fill_ids = req.origin_input_ids + req.output_ids
     req.prefix_len = 0
     req.extend_end = fill_len
-    offload.mark(kv.req_pool_idx, req.rid, marks.executor_of(req, args))
+    offload.mark(kv.req_pool_idx, marks.offload_id(req), marks.executor_of(req, args))
     return torch.empty(0, dtype=torch.int64)
 
 
@@ -65,7 +65,8 @@ def required_tokens_hook(original, self, req):
 
 
 def after_release(row: int | None, rid: str) -> None:
-    """Called by the release hook after SGLang freed a request: an offloaded one is released remotely."""
+    """Called by the release hook after SGLang freed a request: an offloaded one is released remotely.
+    `rid` is the executor's id for it (`marks.offload_id`)."""
     offload = decode_offload.current()
     if offload is None or row is None:
         return

@@ -39,6 +39,13 @@ def is_offloaded(req, args: AdrenalineArgs) -> bool:
     return False  # never, auto (the proxy decides), or no room to agree on
 
 
+def offload_id(req) -> str:
+    """The request's id at the executor: the bootstrap room, which prefill and decode share (each SGLang
+    instance gives the same request its own `rid`); the rid when there is no room (tests, local runs)."""
+    room = getattr(req, "bootstrap_room", None)
+    return f"room-{room}" if room is not None else req.rid
+
+
 def executor_of(req, args: AdrenalineArgs) -> str:
     """The executor to use for an offloaded request: the proxy's choice, else this instance's flag."""
     named = _custom_params(req).get(EXECUTOR_KEY)

@@ -119,9 +119,9 @@ def release_kv_hook(original, req, tree_cache, *, checkpoint):
     if store is None:
         row = req.kv.req_pool_idx
         result = original(req, tree_cache, checkpoint=checkpoint)
-        decode_hooks.after_release(row, req.rid)
+        decode_hooks.after_release(row, marks.offload_id(req))
         return result
-    store.keep(req, tree_cache, functools.partial(original, req, tree_cache, checkpoint=False))
+    store.keep(req, tree_cache, functools.partial(original, req, tree_cache, checkpoint=False), marks.offload_id(req))
     return None
 
 
@@ -131,9 +131,8 @@ def abort_hook(original, self, recv_req):
     result = original(self, recv_req)
     store = getattr(self, STORE_ATTR, None)
     if store is not None:
-        for rid in list(store._kept):
-            if recv_req.abort_all or rid.startswith(recv_req.rid):
-                store.request_release(rid)
+        for key in store.keys_of_rids(lambda rid: recv_req.abort_all or rid.startswith(recv_req.rid)):
+            store.request_release(key)
         store.drain()
     return result
 

@@ -22,7 +22,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class KeptReq:
-    rid: str
+    rid: str  # SGLang's rid on this instance (abort matches it)
+    key: str  # the executor's id for it (`marks.offload_id`, shared with decode)
     slots: torch.Tensor  # [T] int64 KV slots of the prompt (and first token), in sequence order
     release_fn: Callable[[], None]  # SGLang's release_kv_cache for this request (no radix insert)
     private_tokens: int  # slots SGLang's release will free (allocated minus the tree-protected prefix)
@@ -41,21 +42,25 @@ class KeptKV:
         self._lock = threading.Lock()
         _STORES.add(self)
 
-    def keep(self, req, tree_cache, release_fn: Callable[[], None]) -> KeptReq:
+    def keep(self, req, tree_cache, release_fn: Callable[[], None], key: str | None = None) -> KeptReq:
         row, length = req.kv.req_pool_idx, req.kv.kv_allocated_len
         slots = tree_cache.req_to_token_pool.req_to_token[row, :length].to(torch.int64).clone()
-        kept = KeptReq(req.rid, slots, release_fn, length - req.kv.cache_protected_len)
+        kept = KeptReq(req.rid, key or req.rid, slots, release_fn, length - req.kv.cache_protected_len)
         if self.executor is not None:
             # the executor frees only the slots it allocates for decode tokens; these go back through SGLang
-            self.executor.adopt(req.rid, slots, free_on_release=False)
-        self._kept[req.rid] = kept
-        logger.debug("kept KV of %s: %d tokens", req.rid, length)
+            self.executor.adopt(kept.key, slots, free_on_release=False)
+        self._kept[kept.key] = kept
+        logger.debug("kept KV of %s (%s): %d tokens", kept.key, req.rid, length)
         return kept
 
-    def request_release(self, rid: str) -> None:
-        """Thread-safe: free `rid`'s KV at the scheduler's next `drain()` (unknown ids are ignored there)."""
+    def request_release(self, key: str) -> None:
+        """Thread-safe: free `key`'s KV at the scheduler's next `drain()` (unknown keys are ignored there)."""
         with self._lock:
-            self._to_release.append(rid)
+            self._to_release.append(key)
+
+    def keys_of_rids(self, match) -> list[str]:
+        """Keys of the kept requests whose SGLang rid satisfies `match(rid)`."""
+        return [k.key for k in list(self._kept.values()) if match(k.rid)]
 
     def drain(self) -> list[str]:
         """Scheduler thread: free every requested release; returns the ids freed."""
@@ -63,17 +68,17 @@ class KeptKV:
             pending, self._to_release = self._to_release, []
         return [rid for rid in pending if self.release(rid)]
 
-    def release(self, rid: str) -> bool:
-        kept = self._kept.pop(rid, None)
+    def release(self, key: str) -> bool:
+        kept = self._kept.pop(key, None)
         if kept is None:
             return False
-        if self.executor is not None and rid in self.executor.rids:
-            self.executor.release(rid)
+        if self.executor is not None and key in self.executor.rids:
+            self.executor.release(key)
         kept.release_fn()
         return True
 
-    def __contains__(self, rid: str) -> bool:
-        return rid in self._kept
+    def __contains__(self, key: str) -> bool:
+        return key in self._kept
 
     @property
     def num_reqs(self) -> int:

@@ -24,7 +24,7 @@ from sglang.srt.plugins.hook_registry import HookType, _wrap_fn
 from sglang.srt.sampling.sampling_params import SamplingParams
 
 from adrenaline_sgl.sglang_ext import decode_hooks, decode_offload, flags, prefill_hooks
-from adrenaline_sgl.sglang_ext.decode_offload import DecodeOffload
+from adrenaline_sgl.sglang_ext.decode_offload import DecodeOffload, OffloadedReq
 
 SLOTS, LAYERS, HKV, D, RESERVED = 64, 2, 2, 8, 4
 
@@ -85,11 +85,11 @@ def make_queue(role: str = "decode") -> DecodePreallocQueue:
     return q
 
 
-def make_req(rid: str, prompt_len: int, offload: bool) -> Req:
+def make_req(rid: str, prompt_len: int, offload: bool, room: int = 11) -> Req:
     req = Req(rid, "", array("q", range(1, prompt_len + 1)),
               SamplingParams(max_new_tokens=8, custom_params={"adrenaline_offload": offload,
                                                               "adrenaline_executor": "10.0.0.7:31000"}),
-              bootstrap_host="10.0.0.7", bootstrap_room=11)  # fmt: skip
+              bootstrap_host="10.0.0.7", bootstrap_room=room)  # fmt: skip
     return req
 
 
@@ -108,14 +108,14 @@ def test_offloaded_request_is_admitted_without_prompt_kv(sgl_context, offload):
     with sgl_context():
         q = make_queue()
         free0, rows0 = q.token_to_kv_pool_allocator.available_size(), q.req_to_token_pool.available_size()
-        off, plain = make_req("off", 20, True), make_req("plain", 20, False)
+        off, plain = make_req("off", 20, True, room=11), make_req("plain", 20, False, room=12)
         assert q._prealloc_required_tokens(off)[0] == RESERVED  # admission charges no prompt KV
         assert q._prealloc_required_tokens(plain)[0] == 20 + RESERVED
         dst = q._pre_alloc(off)
         assert dst.numel() == 0  # no transfer destination: the KV is not sent here
         assert q.token_to_kv_pool_allocator.available_size() == free0  # no KV slot taken
         assert q.req_to_token_pool.available_size() == rows0 - 1 and off.kv.kv_committed_len == 20
-        assert state.lookup(off.kv.req_pool_idx).executor == "10.0.0.7:31000"
+        assert state.lookup(off.kv.req_pool_idx) == OffloadedReq("room-11", "10.0.0.7:31000")  # the shared room
         assert q._pre_alloc(plain).numel() == 20  # stock path: prompt KV preallocated
         assert q.token_to_kv_pool_allocator.available_size() == free0 - 20
         assert state.lookup(plain.kv.req_pool_idx) is None
@@ -127,7 +127,7 @@ def test_offloaded_request_is_admitted_without_prompt_kv(sgl_context, offload):
         off.finished_reason = FINISH_LENGTH(length=2)
         release(off, q.tree_cache, checkpoint=True)
         assert q.token_to_kv_pool_allocator.available_size() == free0 - 20  # plain's prompt still held
-        assert client.released == ["off"] and state.num_offloaded == 0  # the executor frees it on prefill
+        assert client.released == ["room-11"] and state.num_offloaded == 0  # the executor frees it on prefill
 
 
 def test_decode_without_the_adrenaline_backend_falls_back_to_stock(sgl_context, offload):

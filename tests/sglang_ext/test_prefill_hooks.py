@@ -100,14 +100,14 @@ class FakePrefillScheduler(sgl_prefill.SchedulerDisaggregationPrefillMixin):
         self.scheduler_stage_metrics = None  # SGLang: no stage recorder configured
         self.waiting_queue, self.chunked_req, self.mm_receiver = [], None, None
 
-    def prefilled(self, rid: str, prompt_len: int, offload: bool | None, sender=None) -> Req:
+    def prefilled(self, rid: str, prompt_len: int, offload: bool | None, sender=None, room: int | None = None) -> Req:
         """A request as the prefill forward leaves it: row + slots allocated, first token out, in flight."""
         from sglang.srt.sampling.sampling_params import SamplingParams
 
         custom = None if offload is None else {"adrenaline_offload": offload}
         req = Req(rid, "", array("q", range(1, prompt_len + 1)),
                   SamplingParams(max_new_tokens=8, custom_params=custom),
-                  bootstrap_host="2.2.2.2", bootstrap_room=7)  # fmt: skip
+                  bootstrap_host="2.2.2.2", bootstrap_room=room)  # fmt: skip
         self.req_to_token_pool.alloc([req])
         slots = self.token_to_kv_pool_allocator.alloc(prompt_len)
         self.req_to_token_pool.write((req.kv.req_pool_idx, slice(0, prompt_len)), slots)
@@ -157,15 +157,15 @@ def test_abort_releases_kept_kv(sgl_context, hooked, monkeypatch):
     with sgl_context():
         s = FakePrefillScheduler("prefill")
         free0 = s.free_slots()
-        s.prefilled("abc-1", 4, offload=True)
+        s.prefilled("abc-1", 4, offload=True, room=99)  # kept under the room, which decode shares
         s.process_disagg_prefill_inflight_queue()
         store = getattr(s, prefill_hooks.STORE_ATTR)
-        assert "abc-1" in store and s.free_slots() == free0 - 4
+        assert "room-99" in store and "abc-1" not in store and s.free_slots() == free0 - 4
         # SGLang's abort_request on a finished-on-prefill request touches no queue; the hook frees the KV
         stock_abort = lambda self, recv_req: None  # noqa: E731 (the queues here are empty anyway)
         abort = _wrap_fn(stock_abort, prefill_hooks.abort_hook, HookType.AROUND)
-        abort(s, AbortReq(rid="abc"))
-        assert "abc-1" not in store and s.free_slots() == free0
+        abort(s, AbortReq(rid="abc"))  # SGLang's rid prefix on this instance
+        assert "room-99" not in store and s.free_slots() == free0
         assert Scheduler.abort_request  # the real target exists (the loader test checks it is patched)
 
 
