@@ -320,6 +320,9 @@ def start_cluster(cfg: cluster.ClusterConfig, run_dir: str | os.PathLike | None 
 def run(cfg: cluster.ClusterConfig, check: bool, run_dir: str | None = None) -> int:
     """Start the cluster; serve until stopped, or (check) ask one question and stop. Returns the exit code."""
     previous = signal.signal(signal.SIGTERM, _raise_stop)
+    # NOTE: explicit, because a shell starts background jobs with SIGINT ignored, and Python then keeps it
+    # ignored: `make demo &` followed by `kill -INT` would otherwise leave the whole stack running.
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     code = 1
     record: dict = {}
     try:
@@ -347,6 +350,7 @@ def run(cfg: cluster.ClusterConfig, check: bool, run_dir: str | None = None) -> 
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
     if record.get("leftovers"):
         print(f"launch: FAILED: clean-up left {record['leftovers']}", file=sys.stderr, flush=True)
         return 1
