@@ -103,3 +103,25 @@ def test_same_seed_same_run_other_seed_other_run():
 def test_request_longer_than_a_gpu_is_a_clear_error():
     with pytest.raises(ValueError, match="KV tokens but a GPU holds"):
         Simulator(ClusterConfig(system="pd"), _one(prompt=30_000), FakeCosts(), FakePolicy(0.0))
+
+
+def test_executor_gets_only_the_bandwidth_a_running_prefill_leaves():
+    costs = FakeCosts()
+    sim = Simulator(ClusterConfig(system="adrenaline", offload="always"), _one(), costs, FakePolicy(None))
+    p = sim.prefill[0]
+    alone = sim._executor_attn(p, rows=4, context_tokens=100_000)
+    assert alone.ms == pytest.approx(0.001 * 100_000 / 0.2)  # the cost model's time at the executor's share
+    p.busy, p.busy_bytes_per_s = True, costs.info.peak_hbm_bytes_per_s - 1e8  # 0.1 GB/s left over
+    squeezed = sim._executor_attn(p, rows=4, context_tokens=100_000)
+    assert squeezed.ms == pytest.approx(alone.bytes / 1e8 * 1e3)  # 1e8 bytes at 0.1 GB/s: 1000 ms
+    assert squeezed.bytes == alone.bytes and squeezed.ms > alone.ms
+
+
+def test_memory_bound_holds_on_two_by_two_with_offload():
+    costs = FakeCosts(kv_capacity_tokens=8000)
+    cfg = ClusterConfig(system="adrenaline", offload="ratio:1", n_prefill=2, n_decode=2, prefill_kv_reserve_tokens=2000)
+    reqs = make_requests(WorkloadConfig(request_rate=40.0, num_requests=200, seed=5, max_context=2048))
+    res = Simulator(cfg, reqs, costs, FakePolicy(1.0)).run()
+    assert metrics.max_memory_excess(res.mem, costs.kv_capacity_tokens) <= 0
+    assert all(np.isfinite(r.finish_s) for r in res.requests) and any(r.offloaded for r in res.requests)
+    assert {(r.prefill_instance, r.decode_instance) for r in res.requests} >= {(0, 0), (1, 1)}
