@@ -45,6 +45,7 @@ def load_config(fig_dir: Path) -> dict:
 
 def base_parser(fig: str, description: str) -> argparse.ArgumentParser:
     """Flags every figure accepts (a figure adds its own)."""
+    check_mode(os.environ.get("MODE") or "sim")
     ap = argparse.ArgumentParser(prog=f"python -m experiments.run {fig}", description=description)
     ap.add_argument("--seed", type=int, help="seed for lengths and arrivals (default: the config's)")
     ap.add_argument("--num-requests", type=int, help="requests per simulated run (default: the config's)")

@@ -45,3 +45,10 @@ def test_bench_command(tmp_path, monkeypatch):
     monkeypatch.delenv("ADRENALINE_MODEL_PATH")
     with pytest.raises(ValueError, match="needs ADRENALINE_MODEL_PATH"):
         real.bench_command("http://h:1", "sharegpt", 1.0, 10, 0, tmp_path / "o.jsonl")
+
+
+def test_unknown_mode_is_a_one_line_error(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("RESULTS_DIR", str(tmp_path))
+    monkeypatch.setenv("MODE", "gpu")
+    assert runner.main(["fig1", "--quick"]) == 2
+    assert capsys.readouterr().err.strip() == "error: MODE='gpu' is unknown; valid: sim, real"
