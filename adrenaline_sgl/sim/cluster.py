@@ -75,12 +75,15 @@ class DecodeGPU:
     ready: deque = field(default_factory=deque)  # rids whose first token is here, waiting to join the batch
     busy: bool = False
     steps_done: int = 0
-    reserved_tokens: int = 0  # local requests' maximum sequence lengths (admitted, incl. in transfer)
+    reserved_tokens: int = 0  # KV allocated to local requests (reserve-max: their maximum lengths)
     used_tokens: int = 0  # KV of local requests that is here now (arrived prompts + decoded tokens)
+    local_active: int = 0  # local requests holding KV here (in transfer, ready or running)
+    local_rids: dict = field(default_factory=dict)  # running local rids in join order (retraction victims)
     local: RowGroup = field(default_factory=RowGroup)
     remote: list[RowGroup] = field(default_factory=list)  # [n_prefill]
     finishing: list = field(default_factory=list)  # heap of (finish step, rid)
-    join_step: dict = field(default_factory=dict)  # rid -> steps_done when it joined
+    join_step: dict = field(default_factory=dict)  # rid -> steps_done when it (last) joined
+    expected_finish: dict = field(default_factory=dict)  # rid -> finish step (stale heap entries ignored)
 
     def __post_init__(self):
         self.remote = [RowGroup() for _ in range(self.n_prefill)]
@@ -99,10 +102,18 @@ class DecodeGPU:
 
     def schedule_finish(self, rid: int, steps_left: int) -> None:
         self.join_step[rid] = self.steps_done
+        self.expected_finish[rid] = self.steps_done + steps_left
         heapq.heappush(self.finishing, (self.steps_done + steps_left, rid))
+
+    def cancel_finish(self, rid: int) -> None:
+        """The request left the batch early (retracted): its heap entry becomes stale."""
+        del self.expected_finish[rid]
 
     def pop_finished(self) -> list[int]:
         done = []
         while self.finishing and self.finishing[0][0] <= self.steps_done:
-            done.append(heapq.heappop(self.finishing)[1])
+            step, rid = heapq.heappop(self.finishing)
+            if self.expected_finish.get(rid) == step:
+                del self.expected_finish[rid]
+                done.append(rid)
         return done

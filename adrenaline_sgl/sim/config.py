@@ -18,6 +18,7 @@ from adrenaline_sgl.scheduler.bounds import (
 )
 
 SYSTEMS = ("pd", "adrenaline")
+DECODE_KV_ADMISSIONS = ("reserve-max", "watermark")
 WORKLOADS = ("sharegpt", "openthoughts", "azure_conv", "azure_code")
 
 
@@ -59,6 +60,14 @@ class ClusterConfig:
         "may hold offloaded KV in the rest",
         DEFAULT_PREFILL_RESERVE_TOKENS,
     )
+    decode_kv_admission: str = _help(
+        "decode KV admission of local requests: reserve-max (reserve prompt + requested output; never "
+        "retracts) or watermark (SGLang 0.5.23's PD decode rule: admit while free KV minus "
+        "decode_reserved_tokens per active request holds the prompt; grow on demand; retract the newest "
+        "request when a step cannot grow, restore it over PCIe later)",
+        "reserve-max",
+    )
+    decode_reserved_tokens: int = _help("watermark admission: headroom per active request (SGLang: 512)", 512)
     max_decode_batch: int = _help("max running requests per decode instance (vLLM's max_num_seqs)", 256)
     gpu_mem_util: float = _help(
         "fraction of HBM for weights + KV (the scheduler's default, SGLang's mem_fraction_static)", DEFAULT_MEM_FRACTION
@@ -74,6 +83,11 @@ class ClusterConfig:
         _check_range("executor_sm_share", self.executor_sm_share, 0.0, 0.9, lo_open=True)
         _check_range("prefill_token_budget", self.prefill_token_budget, 1, 1 << 20)
         _check_range("prefill_kv_reserve_tokens", self.prefill_kv_reserve_tokens, 0, 1 << 24)
+        if self.decode_kv_admission not in DECODE_KV_ADMISSIONS:
+            raise ValueError(
+                f"decode_kv_admission={self.decode_kv_admission!r} is unknown; valid: {', '.join(DECODE_KV_ADMISSIONS)}"
+            )
+        _check_range("decode_reserved_tokens", self.decode_reserved_tokens, 0, 1 << 20)
         _check_range("max_decode_batch", self.max_decode_batch, 1, 4096)
         _check_range("gpu_mem_util", self.gpu_mem_util, 0.0, 1.0, lo_open=True)
         _check_range("tpot_slo_ms", self.tpot_slo_ms, 0.0, 1e6, lo_open=True)

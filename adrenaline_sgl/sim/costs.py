@@ -54,6 +54,9 @@ class SimCosts(Protocol):
     def offload_roundtrip_ms(self, rows: int) -> float:
         """One layer's offload round trip (q/k/v out, o/lse back) for `rows` offloaded rows."""
 
+    def kv_restore_ms(self, num_tokens: int) -> float:
+        """Host -> GPU copy of a retracted request's KV (watermark admission)."""
+
 
 @dataclass
 class FakeCosts:
@@ -101,6 +104,9 @@ class FakeCosts:
 
     def offload_roundtrip_ms(self, rows: int) -> float:
         return self.roundtrip_ms if rows else 0.0
+
+    def kv_restore_ms(self, num_tokens: int) -> float:
+        return 2 * self.transfer_ms_per_token * num_tokens
 
 
 def _scheduler_costs(cfg: ClusterConfig) -> SimCosts:

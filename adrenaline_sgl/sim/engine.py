@@ -39,8 +39,11 @@ class Simulator:
         self.cfg, self.costs, self.policy = cluster, costs, policy
         cap = costs.info.kv_capacity_tokens
         max_seq = int((requests.prompt_len + requests.output_len).max())
-        if max_seq > cap:
-            raise ValueError(f"a request needs {max_seq} KV tokens but a GPU holds {cap}; shorten max_context")
+        self.watermark = cluster.decode_kv_admission == "watermark"
+        headroom = 2 * cluster.decode_reserved_tokens if self.watermark else 0
+        if max_seq + headroom > cap:
+            raise ValueError(f"a request needs {max_seq + headroom} KV tokens but a GPU holds {cap}; "
+                             "shorten max_context")
         exec_cap = max(0, cap - cluster.prefill_kv_reserve_tokens)
         self.prefill = [PrefillGPU(i, cap, exec_cap) for i in range(cluster.n_prefill)]
         self.decode = [DecodeGPU(i, cap, cluster.n_prefill) for i in range(cluster.n_decode)]
@@ -54,6 +57,7 @@ class Simulator:
         self._events: list = []
         self._seq = itertools.count()
         self._link_free_s = [[0.0] * cluster.n_decode for _ in range(cluster.n_prefill)]
+        self._restoring: set[int] = set()  # retracted rids whose KV is on its way back from host memory
         for r in self.reqs:
             self._push(r.arrival_s, ARRIVAL, r.rid)
 
@@ -152,19 +156,36 @@ class Simulator:
         self._try_prefill(t, p)
 
     # ---- KV transfer -----------------------------------------------------------------------------------
+    def _decode_need(self, d: DecodeGPU, r: RequestRecord) -> int | None:
+        """KV tokens to allocate on decode GPU d to admit local request r now, None if it must wait."""
+        if not self.watermark:  # reserve the maximum length: growth never needs more
+            need = r.prompt_len + r.output_len
+            return need if need <= d.free_tokens else None
+        # SGLang's PD decode rule: free - reserved_per_request x (active + 1) must hold what it has now;
+        # NOTE: also keep the running step's growth (one token per local row), which was checked before
+        # this admission and is allocated when the step ends.
+        need = r.prompt_len + r.tokens_out
+        free = d.free_tokens - d.local.requests
+        ok = free - need >= self.cfg.decode_reserved_tokens * (d.local_active + 1)
+        return need if ok else None
+
     def _try_prealloc(self, t: float, d: DecodeGPU) -> None:
         admitted = False
         while d.prealloc:
             r = self.reqs[d.prealloc[0]]
-            max_seq = r.prompt_len + r.output_len
-            if max_seq > d.free_tokens:
+            need = self._decode_need(d, r)
+            if need is None:
                 break  # FCFS: wait until finishing requests free memory
             d.prealloc.popleft()
-            d.reserved_tokens += max_seq
-            link = self._link_free_s[r.prefill_instance]
-            start = max(t, link[d.idx])
-            link[d.idx] = start + self.costs.kv_transfer_ms(r.prompt_len) / 1e3
-            self._push(link[d.idx], TRANSFER_DONE, r.rid)
+            d.reserved_tokens += need
+            d.local_active += 1
+            if r.rid in self._restoring:  # KV comes back from host memory, not from the prefill GPU
+                self._push(t + self.costs.kv_restore_ms(r.prompt_len + r.tokens_out) / 1e3, TRANSFER_DONE, r.rid)
+            else:
+                link = self._link_free_s[r.prefill_instance]
+                start = max(t, link[d.idx])
+                link[d.idx] = start + self.costs.kv_transfer_ms(r.prompt_len) / 1e3
+                self._push(link[d.idx], TRANSFER_DONE, r.rid)
             admitted = True
         if admitted:
             self._sample_mem(t, d)
@@ -172,8 +193,15 @@ class Simulator:
     def _on_transfer_done(self, t: float, rid: int) -> None:
         r = self.reqs[rid]
         p, d = self.prefill[r.prefill_instance], self.decode[r.decode_instance]
+        d.used_tokens += r.prompt_len + r.tokens_out - 1  # the last token's KV is written when it joins
+        if rid in self._restoring:
+            self._restoring.discard(rid)
+            d.ready.append(rid)
+            self._sample_mem(t, d)
+            if not d.busy:
+                self._start_step(t, d)
+            return
         p.staging_tokens -= r.prompt_len
-        d.used_tokens += r.prompt_len
         self._sample_mem(t, p)
         self._sample_mem(t, d)
         self._on_decode_ready(t, rid)
@@ -199,9 +227,13 @@ class Simulator:
                 d.remote[r.prefill_instance].add(r.prompt_len + 1, max_seq)
                 self.prefill[r.prefill_instance].exec_used_tokens += 1
             else:
-                d.local.add(r.prompt_len + 1, max_seq)
+                d.local.add(r.prompt_len + r.tokens_out, max_seq)
                 d.used_tokens += 1
-            d.schedule_finish(r.rid, r.output_len - 1)
+                d.local_rids[r.rid] = r.tokens_out
+            d.schedule_finish(r.rid, r.output_len - r.tokens_out)
+        if self.watermark:
+            while d.local.requests and d.reserved_tokens + d.local.requests > d.capacity_tokens:
+                self._retract(t, d)  # this step's tokens would not fit: retract the newest local request
         if d.batch == 0:
             d.busy = False
             return
@@ -244,11 +276,30 @@ class Simulator:
         needed_ms = work.bytes / spare * 1e3
         return Work(max(work.ms, needed_ms), work.flops, work.bytes)
 
+    def _retract(self, t: float, d: DecodeGPU) -> None:
+        """Take the most recently joined local request out of the batch: its KV goes to host memory (freed
+        here), and it waits at the head of the admission queue to be restored (SGLang's retraction)."""
+        rid = next(reversed(d.local_rids))
+        r = self.reqs[rid]
+        r.tokens_out = d.local_rids.pop(rid) + d.steps_done - d.join_step[rid]
+        context = r.prompt_len + r.tokens_out
+        d.local.remove(context, r.prompt_len + r.output_len)
+        d.used_tokens -= context
+        d.reserved_tokens -= context
+        d.local_active -= 1
+        d.cancel_finish(rid)
+        r.retractions += 1
+        self._restoring.add(rid)
+        d.prealloc.appendleft(rid)
+        self._sample_mem(t, d)
+
     def _on_step_done(self, t: float, d_idx: int) -> None:
         d = self.decode[d_idx]
         d.steps_done += 1
         d.local.context_tokens += d.local.requests
         d.used_tokens += d.local.requests
+        if self.watermark:  # on-demand growth (checked to fit before the step started)
+            d.reserved_tokens += d.local.requests
         for p, g in zip(self.prefill, d.remote):
             g.context_tokens += g.requests
             p.exec_used_tokens += g.requests
@@ -280,9 +331,11 @@ class Simulator:
             if joined:
                 d.local.remove(context, max_seq)
                 d.used_tokens -= context
+                del d.local_rids[r.rid]
             else:
                 d.used_tokens -= r.prompt_len
-            d.reserved_tokens -= max_seq
+            d.reserved_tokens -= context if self.watermark else max_seq
+            d.local_active -= 1
             self._try_prealloc(t, d)
 
     def _sample_mem(self, t: float, g: PrefillGPU | DecodeGPU) -> None:

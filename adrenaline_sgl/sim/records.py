@@ -28,6 +28,7 @@ class RequestRecord:
     first_token_s: float = float("nan")  # the first token reaches the client (decode instance has the request)
     finish_s: float = float("nan")  # the last token is out
     tokens_out: int = 0  # tokens produced (first token included)
+    retractions: int = 0  # times the decode instance retracted it for memory (watermark admission only)
 
 
 @dataclass(frozen=True)

@@ -107,3 +107,7 @@ class SchedulerCosts:
 
     def offload_roundtrip_ms(self, rows: int) -> float:
         return self._roundtrip_ms(int(rows))
+
+    def kv_restore_ms(self, num_tokens: int) -> float:
+        """Retraction backup restored from host memory: the scheduler's `pcie4` link (SGLang's cpu_tensor)."""
+        return self.pred.kv_transfer_ms(num_tokens, "pcie4")

@@ -67,10 +67,12 @@ def test_conservation_every_request_finishes_once_with_its_tokens(policy):
         assert r.arrival_s <= r.prefill_start_s < r.prefill_end_s <= r.first_token_s <= r.finish_s
 
 
+@pytest.mark.parametrize("admission", ["reserve-max", "watermark"])
 @pytest.mark.parametrize("policy", ["never", "always"])
-def test_memory_never_exceeds_capacity_under_overload(policy):
+def test_memory_never_exceeds_capacity_under_overload(policy, admission):
     costs = FakeCosts(kv_capacity_tokens=6000)
-    cfg = ClusterConfig(system="adrenaline", offload=policy)
+    cfg = ClusterConfig(system="adrenaline", offload=policy, decode_kv_admission=admission,
+                        decode_reserved_tokens=16)
     wl = WorkloadConfig(request_rate=50.0, num_requests=200, seed=1, max_context=2048)
     reqs = make_requests(wl)
     res = Simulator(cfg, reqs, costs, FakePolicy(0.0 if policy == "never" else None)).run()
@@ -125,3 +127,18 @@ def test_memory_bound_holds_on_two_by_two_with_offload():
     assert metrics.max_memory_excess(res.mem, costs.kv_capacity_tokens) <= 0
     assert all(np.isfinite(r.finish_s) for r in res.requests) and any(r.offloaded for r in res.requests)
     assert {(r.prefill_instance, r.decode_instance) for r in res.requests} >= {(0, 0), (1, 1)}
+
+
+def test_watermark_admission_retracts_and_restores_without_losing_tokens():
+    costs = FakeCosts(kv_capacity_tokens=6000)
+    cfg = ClusterConfig(system="pd", decode_kv_admission="watermark", decode_reserved_tokens=0)
+    reqs = make_requests(WorkloadConfig(request_rate=50.0, num_requests=200, seed=1, max_context=2048))
+    res = Simulator(cfg, reqs, costs, FakePolicy(0.0)).run()
+    retracted = [r for r in res.requests if r.retractions]
+    assert retracted  # memory ran out mid-decode with no headroom reserved
+    assert [r.tokens_out for r in res.requests] == reqs.output_len.tolist()
+    decode_tokens = sum(s.batch for s in res.steps if s.kind == DECODE)
+    assert decode_tokens == int((reqs.output_len - 1).sum())  # restored KV: nothing is decoded twice
+    assert metrics.max_memory_excess(res.mem, costs.kv_capacity_tokens) <= 0
+    reserve_max = Simulator(ClusterConfig(system="pd"), reqs, costs, FakePolicy(0.0)).run()
+    assert not any(r.retractions for r in reserve_max.requests)
