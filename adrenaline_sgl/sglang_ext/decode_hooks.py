@@ -34,9 +34,8 @@ def _offload_for(queue, req):
 
 def pre_alloc_hook(original, self, req, prefix_indices=None, prefix_len=None, total_prefix_len=None):
     """Changes: an offloaded request gets a `req_to_token` row and sequence-length bookkeeping but no KV
-    slots; its prompt range points at the padding slot 0 and is marked tree-protected
-    (`cache_protected_len`), so SGLang never frees it here; no transfer destination is returned.
-    Why: its KV stays on the prefill instance, where the executor runs its attention."""
+    slots; its prompt range points at the padding slot 0 (never freed here: `before_release`); no transfer
+    destination is returned. Why: its KV stays on the prefill instance, where the executor attends over it."""
     found = _offload_for(self, req)
     if found is None:
         return original(self, req, prefix_indices, prefix_len, total_prefix_len)
@@ -46,12 +45,11 @@ def pre_alloc_hook(original, self, req, prefix_indices=None, prefix_len=None, to
     fill_len = self._pre_alloc_fill_len(req)
     kv = req.kv
     kv.kv_committed_len = kv.kv_allocated_len = fill_len
-    kv.cache_protected_len = fill_len  # NOTE: owned by the prefill executor, never freed by this instance
     self.req_to_token_pool.write((kv.req_pool_idx, slice(0, fill_len)), 0)  # slot 0: SGLang's padding slot
     req.full_untruncated_fill_ids = req.origin_input_ids + req.output_ids
     req.prefix_len = 0
     req.extend_end = fill_len
-    offload.mark(kv.req_pool_idx, marks.offload_id(req), marks.executor_of(req, args))
+    offload.mark(kv.req_pool_idx, marks.offload_id(req), marks.executor_of(req, args), prompt_tokens=fill_len)
     return torch.empty(0, dtype=torch.int64)
 
 
@@ -62,6 +60,19 @@ def required_tokens_hook(original, self, req):
     if _offload_for(self, req) is None:
         return full, swa
     return self.num_reserved_decode_tokens, swa
+
+
+def before_release(req) -> None:
+    """Called by the release hook before SGLang frees a request: for an offloaded one, its prompt range is
+    marked tree-protected (`cache_protected_len`) so SGLang frees only the slots it really allocated here.
+    NOTE: set at release, not at admission: `pop_preallocated` resets `cache_protected_len` after `_pre_alloc`."""
+    offload = decode_offload.current()
+    row = req.kv.req_pool_idx
+    if offload is None or row is None:
+        return
+    found = offload.lookup(row)
+    if found is not None and found.rid == marks.offload_id(req):
+        req.kv.cache_protected_len = max(req.kv.cache_protected_len, found.prompt_tokens)
 
 
 def after_release(row: int | None, rid: str) -> None:

@@ -23,8 +23,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class OffloadedReq:
-    rid: str
+    rid: str  # the executor's id for it (`marks.offload_id`)
     executor: str  # "host:port" (or "inproc"), the key of its client
+    prompt_tokens: int = 0  # row positions [0, prompt_tokens) point at the padding slot, not at local KV
 
 
 @dataclass(frozen=True)
@@ -58,11 +59,11 @@ class DecodeOffload:
         self._lock = threading.Lock()
 
     # ---- admission and release (scheduler thread) ----
-    def mark(self, req_pool_idx: int, rid: str, executor: str) -> None:
+    def mark(self, req_pool_idx: int, rid: str, executor: str, prompt_tokens: int = 0) -> None:
         if not executor:
             raise OffloadError(f"request {rid!r} is marked offloaded but names no executor")
         with self._lock:
-            self._by_row[int(req_pool_idx)] = OffloadedReq(rid, executor)
+            self._by_row[int(req_pool_idx)] = OffloadedReq(rid, executor, prompt_tokens)
 
     def unmark(self, req_pool_idx: int, release: bool = True) -> OffloadedReq | None:
         """Forget the row; with `release`, tell its executor to free the request's KV (errors logged)."""

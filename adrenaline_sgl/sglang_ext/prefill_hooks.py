@@ -118,6 +118,7 @@ def release_kv_hook(original, req, tree_cache, *, checkpoint):
     store = _KEEP_NEXT_RELEASE.pop(id(req), None)
     if store is None:
         row = req.kv.req_pool_idx
+        decode_hooks.before_release(req)
         result = original(req, tree_cache, checkpoint=checkpoint)
         decode_hooks.after_release(row, marks.offload_id(req))
         return result

@@ -115,11 +115,12 @@ def test_offloaded_request_is_admitted_without_prompt_kv(sgl_context, offload):
         assert dst.numel() == 0  # no transfer destination: the KV is not sent here
         assert q.token_to_kv_pool_allocator.available_size() == free0  # no KV slot taken
         assert q.req_to_token_pool.available_size() == rows0 - 1 and off.kv.kv_committed_len == 20
-        assert state.lookup(off.kv.req_pool_idx) == OffloadedReq("room-11", "10.0.0.7:31000")  # the shared room
+        assert state.lookup(off.kv.req_pool_idx) == OffloadedReq("room-11", "10.0.0.7:31000", 20)  # shared room
         assert q._pre_alloc(plain).numel() == 20  # stock path: prompt KV preallocated
         assert q.token_to_kv_pool_allocator.available_size() == free0 - 20
         assert state.lookup(plain.kv.req_pool_idx) is None
 
+        off.kv.cache_protected_len = 0  # what SGLang's pop_preallocated sets right after _pre_alloc
         # finish after two decode steps: SGLang's release frees the 2 local decode slots, not the prompt
         for _ in range(2):
             decode_one_token(q, off)
