@@ -50,6 +50,8 @@ def pre_alloc_hook(original, self, req, prefix_indices=None, prefix_len=None, to
     req.prefix_len = 0
     req.extend_end = fill_len
     offload.mark(kv.req_pool_idx, marks.offload_id(req), marks.executor_of(req, args), prompt_tokens=fill_len)
+    logger.info("adrenaline: admitted %s offloaded to %s (%d prompt tokens, no local KV)", marks.offload_id(req),
+                marks.executor_of(req, args), fill_len)  # fmt: skip
     return torch.empty(0, dtype=torch.int64)
 
 

@@ -72,7 +72,8 @@ class DecodeOffload:
         if found is not None and release:
             try:
                 self.client(found.executor).release(found.rid)
-            except OffloadError as err:  # the executor frees orphans itself when it learns of the abort
+                logger.info("adrenaline: released %s on %s", found.rid, found.executor)
+            except OffloadError as err:  # its KV stays on prefill until an abort there frees it
                 logger.warning("release of %s on %s failed: %s", found.rid, found.executor, err)
         return found
 

@@ -50,7 +50,8 @@ class KeptKV:
             # the executor frees only the slots it allocates for decode tokens; these go back through SGLang
             self.executor.adopt(kept.key, slots, free_on_release=False)
         self._kept[kept.key] = kept
-        logger.debug("kept KV of %s (%s): %d tokens", kept.key, req.rid, length)
+        logger.info("adrenaline: kept KV of %s (%d tokens)%s", kept.key, length,
+                    " for the executor" if self.executor is not None else "")  # fmt: skip
         return kept
 
     def request_release(self, key: str) -> None:
@@ -72,9 +73,12 @@ class KeptKV:
         kept = self._kept.pop(key, None)
         if kept is None:
             return False
+        layers = 0
         if self.executor is not None and key in self.executor.rids:
+            layers = self.executor.stats().layer_calls
             self.executor.release(key)
         kept.release_fn()
+        logger.info("adrenaline: released KV of %s (executor layer calls so far: %d)", key, layers)
         return True
 
     def __contains__(self, key: str) -> bool:

@@ -1,0 +1,51 @@
+"""End to end on CPU: 1P1D SGLang with the plugin, decode attention offloaded to the prefill's executor.
+
+Real servers (`adrenaline_sgl.launch`, SmolLM2-135M, Mooncake TCP on loopback), the adrenaline proxy with
+policy `always`; the greedy chat answer must be the one stock PD gives, and the logs must show the request
+admitted offloaded on decode, its KV kept and adopted on prefill, and released at the end.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+OFFLOAD_ARGS = {
+    "prefill": ["--adrenaline-role", "prefill", "--adrenaline-executor-max-tokens", "1024"],
+    "decode": ["--attention-backend", "adrenaline", "--adrenaline-inner-attention-backend", "torch_native",
+               "--adrenaline-role", "decode"],  # fmt: skip
+}
+
+
+def offload_config(run_dir: Path, executor_port: int) -> dict:
+    """The CPU demo config with offload switched on (the proxy kind, the instances' flags)."""
+    cfg = yaml.safe_load((ROOT / "adrenaline_sgl/configs/cpu_demo.yaml").read_text())
+    cfg["prefill"]["extra_args"] = [*cfg["prefill"].get("extra_args", []), *OFFLOAD_ARGS["prefill"],
+                                    "--adrenaline-executor-port", str(executor_port)]  # fmt: skip
+    cfg["decode"]["extra_args"] = [*cfg["decode"].get("extra_args", []), *OFFLOAD_ARGS["decode"]]
+    cfg["proxy"] = {"kind": "adrenaline", "extra_args": ["--policy", "always"]}
+    cfg["run_dir"] = str(run_dir)
+    return cfg
+
+
+def test_demo_answers_with_offload_on(tmp_path):
+    from adrenaline_sgl import launch
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = tmp_path / "offload_demo.yaml"
+    config.write_text(yaml.safe_dump(offload_config(tmp_path / "runs", port)))
+    assert launch.main(["--config", str(config), "--check"]) == 0  # "The capital of France is Paris."
+    run = next((tmp_path / "runs").iterdir())
+    decode_log, prefill_log = (run / "decode-0.log").read_text(), (run / "prefill-0.log").read_text()
+    assert "offloaded to 127.0.0.1:" in decode_log and "no local KV" in decode_log  # admitted without KV
+    assert "for the executor" in prefill_log  # kept after prefill and adopted by the executor in place
+    assert "adrenaline: released room-" in decode_log  # at finish decode told the executor
