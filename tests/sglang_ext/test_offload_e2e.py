@@ -49,3 +49,41 @@ def test_demo_answers_with_offload_on(tmp_path):
     assert "offloaded to 127.0.0.1:" in decode_log and "no local KV" in decode_log  # admitted without KV
     assert "for the executor" in prefill_log  # kept after prefill and adopted by the executor in place
     assert "adrenaline: released room-" in decode_log  # at finish decode told the executor
+
+
+PROMPTS = ["The capital of France is", "Water boils at a temperature of", "The largest planet in the solar system is",
+           "A haiku about the sea:"]  # fmt: skip
+
+
+def _generate(url: str, prompt: str) -> str:
+    import json
+    import urllib.request
+
+    body = json.dumps({"text": prompt, "sampling_params": {"temperature": 0, "max_new_tokens": 16}}).encode()
+    req = urllib.request.Request(url + "/generate", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=300) as resp:
+        return json.loads(resp.read())["text"]
+
+
+def test_mixed_batch_matches_local_decoding(tmp_path):
+    """ratio:1: sequential requests decode locally (no local request to hide remote attention behind, C2);
+    the same prompts sent together are split local/offloaded in one decode batch: same greedy text."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from adrenaline_sgl.configs import cluster
+    from adrenaline_sgl.launch import start_cluster
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cfg_dict = offload_config(tmp_path / "runs", port)
+    cfg_dict["proxy"]["extra_args"] = ["--policy", "ratio:1"]
+    config = tmp_path / "mixed.yaml"
+    config.write_text(yaml.safe_dump(cfg_dict))
+    with start_cluster(cluster.load(str(config))) as running:
+        local = [_generate(running.proxy_url, p) for p in PROMPTS]
+        with ThreadPoolExecutor(len(PROMPTS)) as pool:
+            mixed = list(pool.map(lambda p: _generate(running.proxy_url, p), PROMPTS))
+        decode_log = (running.folder / "decode-0.log").read_text()
+    assert decode_log.count("no local KV") >= 1  # some rows of the concurrent batch were offloaded
+    assert mixed == local
