@@ -6,9 +6,9 @@ added to SGLang's FastAPI app before it starts serving. Why: the proxy needs eac
 executor address, and SGLang has no route for the Adrenaline parts.
 
 Sources: queue lengths and KV usage from SGLang's own `tokenizer_manager.get_loads()` (what `/v1/loads`
-serves); the executor's health by a TCP connect to its address (timeout `HEALTH_TIMEOUT_S`).
-NOTE: executor memory and the decode round trip live in the scheduler process; until they are reported
-over SGLang's IPC they read 0 here (the proxy's metrics show them as 0, not as missing).
+serves); on prefill, the executor's own `stats` answer over its control socket (ZMQ, the executor
+protocol's `call`; timeout `HEALTH_TIMEOUT_S`): healthy when it answers, and the KV it holds.
+NOTE: the decode round trip lives in the decode scheduler process and reads 0 here for now.
 """
 
 from __future__ import annotations
@@ -26,16 +26,29 @@ HEALTH_TIMEOUT_S = 0.5
 LOADS_TIMEOUT_S = 2.0
 
 
-async def executor_answers(host: str, port: int, timeout_s: float = HEALTH_TIMEOUT_S) -> bool:
+async def executor_stats(host: str, port: int, timeout_s: float = HEALTH_TIMEOUT_S) -> dict | None:
+    """The executor's `stats` (AttentionExecutor.stats as a dict), or None when it does not answer in time."""
+    import zmq
+    import zmq.asyncio
+
+    from adrenaline_sgl.offload.wire import decode, encode
+
+    sock = zmq.asyncio.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
     try:
-        _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
-    except (OSError, TimeoutError):
-        return False
-    writer.close()
-    return True
+        sock.connect(f"tcp://{host}:{port}")
+        await sock.send_multipart(encode("call", {"op": "stats", "args": {}, "seq": 1}))
+        if not await sock.poll(int(timeout_s * 1000), zmq.POLLIN):
+            return None
+        kind, header, _ = decode(await sock.recv_multipart())
+        return header.get("result") if kind == "ok" else None
+    except (zmq.ZMQError, ValueError):
+        return None
+    finally:
+        sock.close(linger=0)
 
 
-def report_from_loads(args: flags.AdrenalineArgs, loads: list[dict], executor_healthy: bool) -> LoadReport:
+def report_from_loads(args: flags.AdrenalineArgs, loads: list[dict], executor: dict | None) -> LoadReport:
     """Sum SGLang's per-DP-rank load dicts (`LoadSnapshot.to_dict`) into one report for this instance."""
     running = sum(int(d.get("num_running_reqs", 0)) for d in loads)
     waiting = sum(int(d.get("num_waiting_reqs", 0)) for d in loads)
@@ -48,7 +61,11 @@ def report_from_loads(args: flags.AdrenalineArgs, loads: list[dict], executor_he
         token_usage=min(1.0, used / total) if total else 0.0,
         max_total_tokens=total,
         executor_addr=args.executor_addr if args.role == "prefill" else "",
-        executor_healthy=executor_healthy,
+        executor_healthy=executor is not None,
+        executor_kv_tokens=int(executor.get("tokens_held", 0)) if executor else 0,
+        executor_kv_bytes=int(executor.get("tokens_held", 0)) * int(executor.get("bytes_per_slot", 0)) if executor
+        else 0,
+        offloaded_reqs=int(executor.get("requests", 0)) if executor else 0,
     )
 
 
@@ -62,8 +79,8 @@ def make_handler(args: flags.AdrenalineArgs, get_tokenizer_manager):
         except (TimeoutError, ValueError) as err:
             logger.warning("adrenaline load: get_loads failed: %s", err)
             loads = []
-        healthy = args.role == "prefill" and await executor_answers(args.executor_host, args.executor_port)
-        return report_from_loads(args, loads, healthy).to_dict()
+        stats = await executor_stats(args.executor_host, args.executor_port) if args.role == "prefill" else None
+        return report_from_loads(args, loads, stats).to_dict()
 
     return adrenaline_load
 

@@ -25,18 +25,59 @@ def _client(args, snapshots):
     return TestClient(app)
 
 
-def test_prefill_report_sums_dp_ranks_and_sees_a_live_executor():
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        port = listener.getsockname()[1]
-        args = flags.AdrenalineArgs(role="prefill", executor_port=port)
+class ExecutorControlSocket:
+    """The executor's control socket as `MooncakeServer` runs it (ZMQ ROUTER, wire frames), `call` only."""
+
+    def __init__(self, tokens_held: int):
+        import threading
+
+        import torch
+        import zmq
+
+        from adrenaline_sgl.offload.executor import AttentionExecutor
+        from adrenaline_sgl.offload.pool import KVPool
+        from adrenaline_sgl.offload.service import ExecutorService
+
+        executor = AttentionExecutor(KVPool.standalone(2, 64, 2, 8), attention="reference")
+        executor.adopt_copy("room-1", torch.zeros(2, tokens_held, 2, 8), torch.zeros(2, tokens_held, 2, 8))
+        self.service = ExecutorService(executor)
+        self.sock = zmq.Context.instance().socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        from adrenaline_sgl.offload.wire import decode, encode
+
+        while not self._stop.is_set():
+            if self.sock.poll(20):
+                identity, *frames = self.sock.recv_multipart()
+                _, header, tensors = decode(frames)
+                result, _ = self.service.control(header["op"], header.get("args", {}), tensors)
+                self.sock.send_multipart([identity, *encode("ok", {"seq": header.get("seq"), "result": result})])
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sock.close(linger=0)
+
+
+def test_prefill_report_sums_dp_ranks_and_reads_the_executor():
+    executor = ExecutorControlSocket(tokens_held=5)
+    try:
+        args = flags.AdrenalineArgs(role="prefill", executor_port=executor.port)
         snapshots = [LoadSnapshot(dp_rank=r, num_running_reqs=2, num_waiting_reqs=1, num_used_tokens=100,
                                   max_total_num_tokens=1000) for r in range(2)]  # fmt: skip
         body = _client(args, snapshots).get(LOAD_PATH).json()
+    finally:
+        executor.close()
     report = LoadReport.from_dict(body)
     assert report == LoadReport(role="prefill", num_running_reqs=4, num_waiting_reqs=2, token_usage=0.1,
-                                max_total_tokens=2000, executor_addr=f"127.0.0.1:{port}", executor_healthy=True)
+                                max_total_tokens=2000, executor_addr=f"127.0.0.1:{executor.port}",
+                                executor_healthy=True, executor_kv_tokens=5,
+                                executor_kv_bytes=5 * 2 * 2 * 2 * 8 * 4, offloaded_reqs=1)  # fmt: skip
 
 
 def test_dead_executor_is_reported_unhealthy():

@@ -275,6 +275,12 @@ def test_prefill_init_serves_the_executor_over_mooncake(sgl_context, hooked):
         hosted = getattr(s, prefill_hooks.SERVER_ATTR)
         try:
             assert hosted.address == f"127.0.0.1:{port}"
+            import asyncio
+
+            from adrenaline_sgl.sglang_ext.load_endpoint import executor_stats
+
+            stats = asyncio.run(executor_stats("127.0.0.1", port, timeout_s=5.0))  # what /adrenaline/load asks
+            assert stats is not None and stats["capacity_slots"] == SLOTS + 1 and stats["requests"] == 0
             layout = RowLayout(4, HKV, D, torch.float32)
             client = OffloadClient(create_channel("mooncake", address=hosted.address, layout=layout), layout, LAYERS)
             try:
