@@ -38,7 +38,7 @@ def plot(fig_dir: Path) -> Path:
     ax.grid(alpha=0.3, axis="y")
     ax.legend()
     meta = pc.read(fig_dir / "meta.csv")[0]
-    slo = f"P99 TPOT <= {meta.get('tpot_slo_ms', '?'):g} ms"
+    slo = f"P99 TPOT <= {meta.get('tpot_slo_ms', '?'):g} ms, P90 TTFT <= {meta.get('ttft_slo_s', '?'):g} s"
     fig.suptitle(f"Figure 7 ({pc.source(fig_dir)}): throughput gain over PD, 1P1D on {meta.get('gpu', '')} "
                  f"(SLO: {slo})")
     return pc.save(fig, fig_dir, "fig7")

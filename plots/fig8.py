@@ -30,5 +30,8 @@ def plot(fig_dir: Path) -> Path:
         ax.set_title(f"{rows[0]['model']}, {wl}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"Figure 8 ({pc.source(fig_dir)}): offload-ratio sensitivity")
+    meta = pc.read(fig_dir / "meta.csv")[0]
+    slo = f"P99 TPOT <= {meta.get('tpot_slo_ms', '?'):g} ms, P90 TTFT <= {meta.get('ttft_slo_s', '?'):g} s"
+    fig.suptitle(f"Figure 8 ({pc.source(fig_dir)}): offload-ratio sensitivity, 1P1D on {meta.get('gpu', '')} "
+                 f"(SLO: {slo})")
     return pc.save(fig, fig_dir, "fig8")
