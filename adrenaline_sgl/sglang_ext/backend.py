@@ -12,6 +12,10 @@ The new token's k, v of an offloaded row never reaches the local pool: the wrapp
 sub-batch without that row, and the executor appends it to the request's KV on the prefill side. No merge
 is needed: an offloaded request's whole KV lives on the executor (lse is returned for the split case).
 
+A failing executor (timeout, refused, gone) takes out only its own rows: they get zeros, are marked failed
+in `DecodeOffload`, and the scheduler hook (`decode_hooks.run_batch_hook`) aborts those requests with the
+executor's error (HTTP 503); every other row of the batch decodes on. Nothing waits past the timeout.
+
 CUDA graphs: not captured with offload. A per-layer network/IPC round trip cannot be recorded in a graph,
 and SGLang's breakable decode graph would need our eager section between every pair of layers, which
 leaves little to capture; a two-dimensional (local batch x offloaded batch) graph grid is the upgrade path.
@@ -67,32 +71,49 @@ class AdrenalineAttnBackend(AttentionBackend):
         self.kv_index_translator = getattr(inner, "kv_index_translator", None)
         self._split: RowSplit | None = None
         self._local_batch = None
+        self._live: list = []  # (group, client) of this step's executors that are still answering
+        self._dead: list[torch.Tensor] = []  # batch rows of executors that failed during this step
+        self._pool_rows: list[int] = []  # req_to_token row of each batch position
 
     # ---- per step ----
     def init_forward_metadata(self, forward_batch):
-        self._split, self._local_batch = None, None
+        self._split, self._local_batch, self._live, self._dead = None, None, [], []
         if forward_batch.forward_mode.is_decode():
             split = self.offload.split(forward_batch.req_pool_indices)
             if split.num_offloaded:
                 self._local_batch = sub_batch(forward_batch, split.local_rows)
                 if split.local_rows.numel():
                     self.inner.init_forward_metadata(self._local_batch)
-                self._begin_step(split)
+                self._pool_rows = forward_batch.req_pool_indices.tolist()
                 self._split = split
+                self._begin_step(split)
                 return
         self.inner.init_forward_metadata(forward_batch)
 
     def _begin_step(self, split: RowSplit) -> None:
-        opened = []
-        try:
-            for group in split.groups:
-                client = self.offload.client(group.executor)
+        """Open the step on each executor; a failing one takes only its own rows out (see `_fail`)."""
+        for group in split.groups:
+            client = self.offload.client(group.executor)
+            try:
                 client.begin_step(group.rids)
-                opened.append(client)
-        except OffloadError:
-            for client in opened:
+            except OffloadError as err:
+                self._fail(group, client, err, opened=False)
+                continue
+            self._live.append((group, client))
+
+    def _fail(self, group, client, err: OffloadError, opened: bool = True) -> None:
+        """Changes nothing for the other rows: this group's requests get zeros now, are marked failed (the
+        scheduler hook aborts them with this message) and never go to that executor again."""
+        if opened:
+            try:
                 client.abort_step()
-            raise
+            except OffloadError:
+                pass  # the executor is gone; its step dies with it
+        message = f"adrenaline executor {group.executor} failed: {err}"
+        logger.error("%s; aborting %d request(s): %s", message, len(group.rids), ", ".join(group.rids))
+        self.offload.fail([self._pool_rows[i] for i in group.rows.tolist()], message)
+        self._live = [(g, c) for g, c in self._live if g is not group]
+        self._dead.append(group.rows)
 
     # ---- per layer ----
     def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
@@ -103,28 +124,30 @@ class AdrenalineAttnBackend(AttentionBackend):
         q3 = q.reshape(-1, num_heads, head_dim)  # [B, Hq, D]
         k3 = k.reshape(q3.shape[0], layer.tp_k_head_num, head_dim)  # [B, Hkv, D]
         v3 = v.reshape(q3.shape[0], layer.tp_v_head_num, v_dim)  # [B, Hkv, Dv]
-        clients = [self.offload.client(g.executor) for g in split.groups]
-        try:
-            # 1. send: one message per executor, returns at once
-            for group, client in zip(split.groups, clients):
+        # 1. send: one message per executor, returns at once
+        for group, client in list(self._live):
+            try:
                 client.submit(layer.layer_id, q3[group.rows], k3[group.rows], v3[group.rows])
-            # 2. local attention meanwhile; only local rows' new k, v are written to the local pool
-            out = q.new_empty(q3.shape[0], num_heads * v_dim)  # [B, Hq * Dv]
-            if split.local_rows.numel():
-                rows = split.local_rows
-                out[rows] = self.inner.forward_decode(q3[rows].reshape(rows.numel(), -1), k3[rows], v3[rows], layer,
-                                                      self._local_batch, save_kv_cache=save_kv_cache, **kwargs)
-            # 3. receive and scatter
-            out3 = out.view(-1, num_heads, v_dim)  # [B, Hq, Dv]
-            for group, client in zip(split.groups, clients):
+            except OffloadError as err:
+                self._fail(group, client, err)
+        # 2. local attention meanwhile; only local rows' new k, v are written to the local pool
+        out = q.new_empty(q3.shape[0], num_heads * v_dim)  # [B, Hq * Dv]
+        if split.local_rows.numel():
+            rows = split.local_rows
+            out[rows] = self.inner.forward_decode(q3[rows].reshape(rows.numel(), -1), k3[rows], v3[rows], layer,
+                                                  self._local_batch, save_kv_cache=save_kv_cache, **kwargs)
+        # 3. receive and scatter
+        out3 = out.view(-1, num_heads, v_dim)  # [B, Hq, Dv]
+        for group, client in list(self._live):
+            try:
                 o, _lse = client.wait()  # o [N, Hq, Dv], lse [N, Hq] (whole KV remote: nothing to merge)
-                out3[group.rows] = o.to(out3.dtype)
-            return out
-        except OffloadError:
-            for client in clients:
-                client.abort_step()
-            self._split = None
-            raise
+            except OffloadError as err:
+                self._fail(group, client, err)
+                continue
+            out3[group.rows] = o.to(out3.dtype)
+        for rows in (split.dead_rows, *self._dead):  # failed executors' rows: aborted by the scheduler
+            out3[rows] = 0
+        return out
 
     # ---- everything else is the wrapped backend's ----
     def forward_extend(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):

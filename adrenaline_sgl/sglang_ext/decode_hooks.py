@@ -15,6 +15,7 @@ from adrenaline_sgl.sglang_ext import decode_offload, flags, marks
 logger = logging.getLogger(__name__)
 
 _QUEUE = "sglang.srt.disaggregation.decode.DecodePreallocQueue"
+RUN_BATCH = "sglang.srt.managers.scheduler.Scheduler.run_batch"
 PRE_ALLOC = f"{_QUEUE}._pre_alloc"
 REQUIRED_TOKENS = f"{_QUEUE}._prealloc_required_tokens"
 
@@ -88,6 +89,39 @@ def after_release(row: int | None, rid: str) -> None:
         offload.unmark(row, release=True)
 
 
+def abort_failed(scheduler) -> list[str]:
+    """Set SGLang's `to_finish` abort on running requests whose executor failed; returns their rids."""
+    offload = decode_offload.current()
+    failed = offload.failed() if offload is not None else {}
+    if not failed:
+        return []
+    from http import HTTPStatus
+
+    from sglang.srt.managers.schedule_batch import FINISH_ABORT
+
+    aborted = []
+    for req in list(getattr(scheduler.running_batch, "reqs", None) or []):
+        reason = failed.get(req.kv.req_pool_idx)
+        if reason is not None and not req.finished() and req.to_finish is None:
+            req.to_finish = FINISH_ABORT(reason, HTTPStatus.SERVICE_UNAVAILABLE)
+            aborted.append(req.rid)
+    return aborted
+
+
+def run_batch_hook(original, self, *args, **kwargs):
+    """Changes: after a batch, running requests whose executor failed are aborted (SGLang's `to_finish`,
+    as its own abort of a running request), with the executor's error and HTTP 503.
+    Why: the other requests of the batch keep decoding; those cannot without their KV."""
+    result = original(self, *args, **kwargs)
+    if flags.of(self.server_args).role == "decode":
+        abort_failed(self)
+    return result
+
+
 def hooks(hook_type) -> list[tuple[str, object, object]]:
     around = hook_type.AROUND
-    return [(PRE_ALLOC, pre_alloc_hook, around), (REQUIRED_TOKENS, required_tokens_hook, around)]
+    return [
+        (PRE_ALLOC, pre_alloc_hook, around),
+        (REQUIRED_TOKENS, required_tokens_hook, around),
+        (RUN_BATCH, run_batch_hook, around),
+    ]

@@ -43,10 +43,12 @@ class RowSplit:
 
     local_rows: torch.Tensor  # [M] int64 positions in the batch
     groups: tuple[Group, ...]
+    dead_rows: torch.Tensor = torch.empty(0, dtype=torch.int64)  # offloaded rows whose executor failed: zeros
 
     @property
     def num_offloaded(self) -> int:
-        return sum(int(g.rows.numel()) for g in self.groups)
+        """Rows not computed by the wrapped backend: remote ones and dead ones."""
+        return sum(int(g.rows.numel()) for g in self.groups) + int(self.dead_rows.numel())
 
 
 class DecodeOffload:
@@ -56,6 +58,7 @@ class DecodeOffload:
         self._connect = connect
         self._by_row: dict[int, OffloadedReq] = {}
         self._clients: dict[str, OffloadClient] = {}
+        self._failed: dict[int, str] = {}  # row -> why its executor failed (the scheduler aborts the request)
         self._lock = threading.Lock()
 
     # ---- admission and release (scheduler thread) ----
@@ -69,7 +72,8 @@ class DecodeOffload:
         """Forget the row; with `release`, tell its executor to free the request's KV (errors logged)."""
         with self._lock:
             found = self._by_row.pop(int(req_pool_idx), None)
-        if found is not None and release:
+            failed = self._failed.pop(int(req_pool_idx), None)
+        if found is not None and release and failed is None:
             try:
                 self.client(found.executor).release(found.rid)
                 logger.info("adrenaline: released %s on %s", found.rid, found.executor)
@@ -79,6 +83,16 @@ class DecodeOffload:
 
     def lookup(self, req_pool_idx: int) -> OffloadedReq | None:
         return self._by_row.get(int(req_pool_idx))
+
+    def fail(self, rows: list[int], reason: str) -> None:
+        """The executor of these `req_to_token` rows failed: their requests get no more remote steps."""
+        with self._lock:
+            for row in rows:
+                self._failed.setdefault(int(row), reason)
+
+    def failed(self) -> dict[int, str]:
+        with self._lock:
+            return dict(self._failed)
 
     @property
     def num_offloaded(self) -> int:
@@ -95,11 +109,14 @@ class DecodeOffload:
     def split(self, req_pool_indices: torch.Tensor) -> RowSplit:
         """Split a decode batch `[B]` of `req_to_token` rows into local rows and per-executor groups."""
         local: list[int] = []
+        dead: list[int] = []
         by_executor: dict[str, tuple[list[int], list[str]]] = {}
         for pos, row in enumerate(req_pool_indices.tolist()):
             found = self._by_row.get(row)
             if found is None:
                 local.append(pos)
+            elif row in self._failed:
+                dead.append(pos)
             else:
                 rows, rids = by_executor.setdefault(found.executor, ([], []))
                 rows.append(pos)
@@ -108,7 +125,7 @@ class DecodeOffload:
             Group(executor, torch.tensor(rows, dtype=torch.int64), tuple(rids))
             for executor, (rows, rids) in by_executor.items()
         )
-        return RowSplit(torch.tensor(local, dtype=torch.int64), groups)
+        return RowSplit(torch.tensor(local, dtype=torch.int64), groups, torch.tensor(dead, dtype=torch.int64))
 
     def round_trip_ms(self) -> float:
         """Mean per-layer round trip over every client's last 1000 layers (0 when none yet)."""

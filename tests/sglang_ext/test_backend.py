@@ -200,16 +200,44 @@ def test_sub_batch_keeps_only_local_rows():
     assert fb.batch_size == 3 and fb.req_pool_indices.tolist() == [4, 5, 6]  # the original is untouched
 
 
-def test_silent_executor_fails_the_step_with_a_clear_error_instead_of_hanging():
+def test_silent_executor_takes_out_only_its_rows_instead_of_hanging():
     world = World({1}, layer_delay_s=1.0, timeout_s=0.2)
     try:
         t0 = time.monotonic()
-        with pytest.raises(OffloadError, match=r"no reply for layer 0 within 0\.2 s"):
-            world.step(torch.Generator().manual_seed(1))
-        assert time.monotonic() - t0 < 1.5
-        assert world.wrapped._split is None  # the step was abandoned (and rolled back on the executor)
+        out, ref, _, _ = world.step(torch.Generator().manual_seed(1))
+        assert time.monotonic() - t0 < 1.5  # one layer timeout, then that executor is skipped
+        torch.testing.assert_close(out[:, [0, 2, 3]], ref[:, [0, 2, 3]])  # the other rows decode on
+        assert torch.count_nonzero(out[:, 1]) == 0  # the failed row gets zeros (its request is aborted)
+        failed = world.offload.failed()
+        assert list(failed) == [2] and "no reply for layer 0 within 0.2 s" in failed[2]  # row of batch pos 1
+        world.service.layer = lambda *a: (_ for _ in ()).throw(AssertionError("called a failed executor"))
+        out2, ref2, _, _ = world.step(torch.Generator().manual_seed(2))  # next step: no remote call at all
+        torch.testing.assert_close(out2[:, [0, 2, 3]], ref2[:, [0, 2, 3]])
     finally:
         world.close()
+
+
+def test_failed_requests_are_aborted_by_the_scheduler_hook():
+    from sglang.srt.managers.schedule_batch import FINISH_ABORT
+
+    from adrenaline_sgl.sglang_ext import decode_hooks, decode_offload, flags
+
+    offload = DecodeOffload(connect=lambda addr: None)
+    offload.mark(5, "room-5", "10.0.0.1:31000")
+    offload.fail([5], "adrenaline executor 10.0.0.1:31000 failed: gone")
+    reqs = [types.SimpleNamespace(rid=rid, kv=types.SimpleNamespace(req_pool_idx=row), to_finish=None,
+                                  finished=lambda: False) for rid, row in (("a", 4), ("b", 5))]  # fmt: skip
+    server_args = types.SimpleNamespace(_adrenaline=flags.AdrenalineArgs(role="decode"))
+    scheduler = types.SimpleNamespace(running_batch=types.SimpleNamespace(reqs=reqs), server_args=server_args)
+    decode_offload.install(offload)
+    try:
+        assert decode_hooks.run_batch_hook(lambda self: "result", scheduler) == "result"
+    finally:
+        decode_offload.install(None)
+    assert reqs[0].to_finish is None
+    assert isinstance(reqs[1].to_finish, FINISH_ABORT) and "10.0.0.1:31000 failed: gone" in str(
+        reqs[1].to_finish.to_json())
+    assert offload.unmark(5) is not None and offload.failed() == {}  # released without calling the dead executor
 
 
 def test_cuda_graph_capture_is_refused_with_the_flag_to_use():
