@@ -72,6 +72,11 @@ class ExecutorStats:
     def bytes_held(self) -> int:
         return self.tokens_held * self.bytes_per_slot
 
+    @property
+    def slots_used(self) -> int:
+        """Slots not free in the pool; with a shared pool this includes the prefill engine's own."""
+        return self.capacity_slots - self.slots_free
+
 
 class AttentionExecutor:
     """Decode attention for offloaded requests over a `KVPool` (shared with prefill, or its own)."""

@@ -8,6 +8,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 from .errors import OffloadError
@@ -22,7 +23,9 @@ class ExecutorProcess:
                "--num-kv-heads", str(num_kv_heads), "--head-dim", str(head_dim), "--num-slots", str(num_slots),
                "--dtype", dtype, "--attention", attention, "--parent-pid", str(os.getpid()), *(extra_args or [])]
         # NOTE: own session, so that stop() can end the whole process group and nothing outlives us.
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # stderr goes to a file, not a pipe: nobody drains a pipe while we decode, and a full one blocks.
+        self._log = tempfile.TemporaryFile(mode="w+", prefix="adrenaline-executor-")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, text=True,
                                      start_new_session=True)
         self.address = self._read_address(start_timeout_s)
 
@@ -41,7 +44,7 @@ class ExecutorProcess:
                     if line:
                         return json.loads(line)["address"]
                 if self.proc.poll() is not None:
-                    err = self.proc.stderr.read()[-2000:]
+                    err = self.log_tail()
                     raise OffloadError(f"executor process exited with {self.proc.returncode} before serving: {err}")
             raise OffloadError(f"executor process did not report its address within {timeout_s} s")
         except BaseException:
@@ -63,9 +66,15 @@ class ExecutorProcess:
             except subprocess.TimeoutExpired:
                 self._signal(signal.SIGKILL)
                 self.proc.wait(timeout=30)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._log.close()
+
+    def log_tail(self, nbytes: int = 2000) -> str:
+        """The end of the executor's stderr (Mooncake and Python messages)."""
+        self._log.flush()
+        self._log.seek(0)
+        return self._log.read()[-nbytes:]
 
     def _signal(self, sig: int) -> None:
         try:

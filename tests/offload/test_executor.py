@@ -140,7 +140,7 @@ def test_stats_report_capacity_tokens_and_time(make_executor):
     ex.step(0, ["a"], *random_rows(1))
     s = ex.stats()
     assert (s.requests, s.tokens_held, s.slots_free, s.capacity_slots, s.layer_calls) == (1, 6, 34, 40, 1)
-    assert s.attention_time_s > 0 and s.bytes_held == 6 * ex.pool.bytes_per_slot
+    assert s.attention_time_s > 0 and s.bytes_held == 6 * ex.pool.bytes_per_slot and s.slots_used == 6
 
 
 def test_unknown_attention_name_is_a_clear_error():

@@ -96,6 +96,8 @@ class MooncakeChannel(Channel):
                 self._broken = self._send_error
                 raise OffloadError(f"executor at {self.address}, layer {layer}: {self._send_error}")
             frames = self._poll(deadline)
+            if frames is None and self._send_error is not None:
+                continue  # reported at the top of the loop
             if frames is None:
                 self._broken = f"no reply for layer {layer} within {timeout_s} s"
                 raise OffloadError(f"executor at {self.address}: no reply for layer {layer} within {timeout_s} s "
