@@ -1,0 +1,245 @@
+"""The ZMQ part shared by the staged transports (`mooncake`, `cuda_ipc`): control RPCs and doorbells.
+
+Client: a DEALER socket (routing id "<client>-main") for control calls and the executor's per-layer
+doorbells back, polled with deadlines. Server: one ROUTER socket, a single-threaded loop that answers
+`connect` / `call` / `disconnect` and runs each `layer` doorbell. How the layer bytes move (Mooncake
+writes, CUDA IPC buffers) is the subclasses' business. Every reply carries the request's `seq`, so a late
+answer to an abandoned request is skipped, never mistaken for the current one.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Any
+
+import torch
+import zmq
+
+from .. import errors
+from ..errors import OffloadError
+from ..service import ExecutorService
+from ..wire import RowLayout, decode, encode
+from .base import Channel
+
+_POLL_SLICE_MS = 50
+
+
+def raise_remote(address: str, what: str, header: dict[str, Any]) -> None:
+    """Re-raise an executor-side error with its class (UnknownRequestError, PoolFullError, ...)."""
+    cls = getattr(errors, header.get("type", ""), None)
+    if not (isinstance(cls, type) and issubclass(cls, OffloadError)):
+        cls = OffloadError
+    raise cls(f"executor at {address}: {what}: {header.get('error', 'unknown error')}")
+
+
+class RouterChannel(Channel):
+    """Client end: control calls and layer-reply polling over one DEALER socket."""
+
+    def __init__(self, address: str, layout: RowLayout, max_rows: int):
+        if max_rows < 1:
+            raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+        self.address = address
+        self.layout = layout
+        self.max_rows = max_rows
+        self._client_id = uuid.uuid4().hex
+        self._ctx = zmq.Context.instance()
+        self._main = self._socket(f"{self._client_id}-main")
+        self._seq = 0
+        self._broken: str | None = None
+
+    def call(self, op: str, args: dict[str, Any], tensors: dict[str, torch.Tensor] | None, timeout_s: float):
+        self._check_usable(op)
+        return self._request("call", {"op": op, "args": args}, tensors, timeout_s, op)
+
+    def _connect(self, header: dict, timeout_s: float) -> dict:
+        header = {**header, "client": self._client_id, "max_rows": self.max_rows, "layout": self.layout.to_json()}
+        reply, _ = self._request("connect", header, None, timeout_s, "connect")
+        return reply
+
+    def _socket(self, identity: str) -> zmq.Socket:
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.ROUTING_ID, identity.encode())
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(f"tcp://{self.address}")
+        return sock
+
+    def _check_usable(self, what: str) -> None:
+        if self._broken is not None:
+            raise OffloadError(f"executor at {self.address}: {what}: channel is broken ({self._broken})")
+
+    def _check_rows(self, layer: int, rows: int) -> None:
+        self._check_usable(f"layer {layer}")
+        if rows > self.max_rows:
+            raise OffloadError(f"executor at {self.address}, layer {layer}: {rows} rows exceed max_rows "
+                               f"{self.max_rows} of this channel")
+
+    def _local_error(self) -> str | None:
+        """A failure noticed on this side (a failed write) that should end a wait early."""
+        return None
+
+    def _poll(self, deadline: float) -> list[bytes] | None:
+        while True:
+            left_ms = (deadline - time.monotonic()) * 1e3
+            if left_ms <= 0:
+                return None
+            if self._main.poll(min(_POLL_SLICE_MS, max(1, int(left_ms))), zmq.POLLIN):
+                return self._main.recv_multipart()
+            if self._local_error() is not None:
+                return None
+
+    def _request(self, kind: str, header: dict, tensors, timeout_s: float, what: str):
+        self._seq += 1
+        header = {**header, "client": self._client_id, "seq": self._seq}
+        self._main.send_multipart(encode(kind, header, tensors))
+        deadline = time.monotonic() + timeout_s
+        while True:
+            frames = self._poll(deadline)
+            if frames is None:
+                self._broken = f"{what} timed out"
+                raise OffloadError(f"executor at {self.address}: {what}: no reply within {timeout_s} s")
+            reply_kind, reply, reply_tensors = decode(frames)
+            if reply.get("seq") != self._seq:
+                continue  # a stale layer reply or an answer to a timed-out call
+            if reply_kind == "err":
+                raise_remote(self.address, what, reply)
+            return reply.get("result"), reply_tensors
+
+    def _wait_layer(self, step_id: int, layer: int, timeout_s: float) -> dict:
+        """The header of the executor's `layer_done` for (step_id, layer); raises on error or timeout."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            error = self._local_error()
+            if error is not None:
+                self._broken = error
+                raise OffloadError(f"executor at {self.address}, layer {layer}: {error}")
+            frames = self._poll(deadline)
+            if frames is None and self._local_error() is not None:
+                continue  # reported at the top of the loop
+            if frames is None:
+                self._broken = f"no reply for layer {layer} within {timeout_s} s"
+                raise OffloadError(f"executor at {self.address}: no reply for layer {layer} within {timeout_s} s "
+                                   "(executor dead or stalled)")
+            kind, header, _ = decode(frames)
+            if kind not in ("layer_done", "layer_err") or (header.get("step_id"), header.get("layer")) != (
+                    step_id, layer):
+                continue  # a late answer to an earlier, abandoned request
+            if kind == "layer_err":
+                raise_remote(self.address, f"layer {layer}", header)
+            return header
+
+    def _say_goodbye(self) -> None:
+        if self._broken is None:
+            try:
+                self._main.send_multipart(encode("disconnect", {"client": self._client_id}), zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+
+
+class RouterServer:
+    """Executor end: one ROUTER socket, single-threaded; subclasses move the layer bytes."""
+
+    def __init__(self, service: ExecutorService, host: str = "127.0.0.1", port: int = 0):
+        self.service = service
+        self._ctx = zmq.Context.instance()
+        self._router = self._ctx.socket(zmq.ROUTER)
+        self._router.setsockopt(zmq.LINGER, 0)
+        if port == 0:
+            port = self._router.bind_to_random_port(f"tcp://{host}")
+        else:
+            self._router.bind(f"tcp://{host}:{port}")
+        self.address = f"{host}:{port}"
+        self._peers: dict[str, Any] = {}
+        self.layers_served = 0
+
+    # ---- what a transport provides ----
+
+    def _open_peer(self, identity: bytes, header: dict, layout: RowLayout, max_rows: int) -> tuple[Any, dict]:
+        """Set up a client's buffers; returns (peer state, the `connect` reply)."""
+        raise NotImplementedError
+
+    def _run_layer(self, peer: Any, step_id: int, layer: int, rows: int) -> None:
+        """Read the peer's q|k|v, run the executor, deliver o|lse to the peer (before the doorbell)."""
+        raise NotImplementedError
+
+    def _close_peer(self, peer: Any) -> None:
+        """Release what `_open_peer` set up."""
+
+    # ---- the loop ----
+
+    def serve(self, stop: threading.Event, poll_ms: int = 100) -> None:
+        """Answer messages until `stop` is set."""
+        while not stop.is_set():
+            if self._router.poll(poll_ms, zmq.POLLIN):
+                self.handle(self._router.recv_multipart())
+
+    def close(self) -> None:
+        for peer in self._peers.values():
+            self._close_peer(peer)
+        self._peers.clear()
+        self._router.close(linger=0)
+
+    def handle(self, frames: list[bytes]) -> None:
+        identity, frames = frames[0], frames[1:]
+        try:
+            kind, header, tensors = decode(frames)
+        except (ValueError, UnicodeDecodeError) as exc:
+            self._reply(identity, "err", {"error": f"malformed message: {exc}", "type": "OffloadError"})
+            return
+        if kind == "layer":
+            self._layer(header)
+            return
+        seq = header.get("seq")
+        try:
+            if kind == "connect":
+                result = self._connect(identity, header)
+            elif kind == "disconnect":
+                peer = self._peers.pop(header.get("client"), None)
+                if peer is not None:
+                    self._close_peer(peer)
+                return
+            elif kind == "call":
+                result, out_tensors = self.service.control(header["op"], header.get("args", {}), tensors)
+                self._reply(identity, "ok", {"seq": seq, "result": result}, out_tensors)
+                return
+            else:
+                raise OffloadError(f"unknown message kind {kind!r}")
+        except Exception as exc:  # every failure goes back to the caller, the loop keeps serving
+            self._reply(identity, "err", {"seq": seq, "error": str(exc), "type": type(exc).__name__})
+            return
+        self._reply(identity, "ok", {"seq": seq, "result": result})
+
+    def _connect(self, identity: bytes, header: dict) -> dict:
+        layout = RowLayout.from_json(header["layout"])
+        max_rows = int(header["max_rows"])
+        if not 1 <= max_rows <= 65536:
+            raise OffloadError(f"connect: max_rows must lie in [1, 65536], got {max_rows}")
+        old = self._peers.pop(header["client"], None)
+        if old is not None:
+            self._close_peer(old)
+        peer, reply = self._open_peer(identity, header, layout, max_rows)
+        self._peers[header["client"]] = peer
+        return reply
+
+    def _layer(self, header: dict) -> None:
+        peer = self._peers.get(header.get("client"))
+        if peer is None:
+            return  # a doorbell from a client that never connected: nobody to answer
+        step_id, layer, rows = int(header["step_id"]), int(header["layer"]), int(header["rows"])
+        answer = {"step_id": step_id, "layer": layer, "rows": rows}
+        try:
+            if not 0 <= rows <= peer.max_rows:
+                raise OffloadError(f"layer {layer}: {rows} rows exceed max_rows {peer.max_rows}")
+            self._run_layer(peer, step_id, layer, rows)
+        except Exception as exc:
+            self._reply(peer.reply_to, "layer_err", {**answer, "error": str(exc), "type": type(exc).__name__})
+            return
+        self.layers_served += 1
+        self._reply(peer.reply_to, "layer_done", answer)
+
+    def _reply(self, identity: bytes, kind: str, header: dict, tensors=None) -> None:
+        try:
+            self._router.send_multipart([identity, *encode(kind, header, tensors)], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # the client is gone; it will time out on its side
