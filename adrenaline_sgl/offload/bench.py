@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", choices=sorted(MODELS), default="tiny-random", help="which Llama to drive")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="model and KV dtype")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="model device")
-    p.add_argument("--transport", choices=("inproc", "mooncake"), default="inproc", help="client-executor transport")
+    p.add_argument("--transport", choices=("inproc", "mooncake", "cuda_ipc"), default="inproc",
+                   help="client-executor transport (mooncake, cuda_ipc: the executor in a second process)")
     p.add_argument("--attention", choices=ATTENTION_CHOICES, default="auto", help="decode attention kernel")
     p.add_argument("--local", type=_int_in("local", 0, 4096), default=8, help="M: rows attended locally")
     p.add_argument("--offloaded", type=_int_list, default=[0, 8], help="N values, comma-separated (0 = baseline)")
@@ -98,8 +99,10 @@ def measure(args: argparse.Namespace, loaded, offloaded_rows: int) -> dict:
                 from .process import ExecutorProcess
 
                 proc = stack.enter_context(ExecutorProcess(cfg.num_hidden_layers, layout.num_kv_heads, head_dim,
-                                                           num_slots, args.dtype, args.attention))
-                channel = create_channel("mooncake", address=proc.address, layout=layout, max_rows=offloaded_rows)
+                                                           num_slots, args.dtype, args.attention,
+                                                           transport=args.transport))
+                channel = create_channel(args.transport, address=proc.address, layout=layout,
+                                         max_rows=offloaded_rows)
             client = OffloadClient(channel, layout, cfg.num_hidden_layers, ClientConfig(layer_timeout_s=60.0))
             stack.callback(client.close)
         marks: list[float] = []

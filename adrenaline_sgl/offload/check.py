@@ -75,7 +75,8 @@ def _seconds(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m adrenaline_sgl.offload.check", description=__doc__.split("\n")[0])
-    p.add_argument("--transport", choices=("inproc", "mooncake"), default="inproc", help="client-executor transport")
+    p.add_argument("--transport", choices=("inproc", "mooncake", "cuda_ipc"), default="inproc",
+                   help="client-executor transport (mooncake, cuda_ipc: the executor in a second process)")
     p.add_argument("--offload-fraction", type=_fraction, default=0.5, help="share of requests offloaded, in [0, 1]")
     p.add_argument("--prompts", type=_int_in("prompts", 1, 8), default=8, help="number of chat prompts, 1..8")
     p.add_argument("--max-new-tokens", type=_int_in("max-new-tokens", 1, 4096), default=32, help="tokens per request")
@@ -93,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_check(args: argparse.Namespace) -> dict:
-    if args.kill_executor_at_step is not None and args.transport != "mooncake":
-        raise SystemExit("--kill-executor-at-step needs --transport mooncake (the executor in its own process)")
+    if args.kill_executor_at_step is not None and args.transport == "inproc":
+        raise SystemExit("--kill-executor-at-step needs --transport mooncake or cuda_ipc (a second process)")
     loaded = load_model(args.model, args.dtype, args.device)
     model, cfg = loaded.model, loaded.model.config
     prompts = loaded.prompts(args.prompts)
@@ -117,8 +118,9 @@ def run_check(args: argparse.Namespace) -> dict:
             from .process import ExecutorProcess
 
             proc = stack.enter_context(ExecutorProcess(cfg.num_hidden_layers, layout.num_kv_heads, head_dim,
-                                                       num_slots, args.dtype, args.attention))
-            channel = create_channel("mooncake", address=proc.address, layout=layout, max_rows=len(prompts))
+                                                       num_slots, args.dtype, args.attention,
+                                                       transport=args.transport))
+            channel = create_channel(args.transport, address=proc.address, layout=layout, max_rows=len(prompts))
         config = ClientConfig(layer_timeout_s=args.layer_timeout_s)
         client = OffloadClient(channel, layout, cfg.num_hidden_layers, config)
         stack.callback(client.close)

@@ -18,8 +18,10 @@ class ExecutorProcess:
     """A running executor server; `address` is what `MooncakeChannel` connects to. Use as a context manager."""
 
     def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, num_slots: int, dtype: str = "float32",
-                 attention: str = "auto", start_timeout_s: float = 120.0, extra_args: list[str] | None = None):
-        cmd = [sys.executable, "-m", "adrenaline_sgl.offload.server", "--num-layers", str(num_layers),
+                 attention: str = "auto", start_timeout_s: float = 120.0, extra_args: list[str] | None = None,
+                 transport: str = "mooncake"):
+        cmd = [sys.executable, "-m", "adrenaline_sgl.offload.server", "--transport", transport,
+               "--num-layers", str(num_layers),
                "--num-kv-heads", str(num_kv_heads), "--head-dim", str(head_dim), "--num-slots", str(num_slots),
                "--dtype", dtype, "--attention", attention, "--parent-pid", str(os.getpid()), *(extra_args or [])]
         # NOTE: own session, so that stop() can end the whole process group and nothing outlives us.

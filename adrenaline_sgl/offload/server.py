@@ -1,7 +1,8 @@
-"""Run an attention executor in its own process, reachable over the `mooncake` transport.
+"""Run an attention executor in its own process, reachable over the `mooncake` or `cuda_ipc` transport.
 
     python -m adrenaline_sgl.offload.server --num-layers 30 --num-kv-heads 3 --head-dim 64 \
-        --num-slots 65536 --dtype float32 [--host 127.0.0.1 --port 0 --attention auto --parent-pid PID]
+        --num-slots 65536 --dtype float32 [--transport mooncake --host 127.0.0.1 --port 0 --attention auto
+        --parent-pid PID]
 
 Prints one JSON line `{"address": "host:port", "pid": ...}` once it serves, then answers until SIGTERM,
 SIGINT or (with --parent-pid) the parent's exit. The pool is its own (adoption by copy).
@@ -22,6 +23,7 @@ from .attention import ATTENTION_CHOICES
 from .executor import AttentionExecutor
 from .pool import KVPool
 from .service import ExecutorService
+from .transports.base import SERVER_TRANSPORTS
 from .wire import dtype_from_name
 
 
@@ -44,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32", help="KV dtype")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="pool device")
     p.add_argument("--attention", choices=ATTENTION_CHOICES, default="auto", help="decode attention kernel")
+    p.add_argument("--transport", choices=SERVER_TRANSPORTS, default="mooncake", help="how layer data moves")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (control and doorbells)")
     p.add_argument("--port", type=int, default=0, help="port to bind; 0 picks a free one")
     p.add_argument("--threads", type=_positive("threads", 1024), default=1,
@@ -64,13 +67,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not 0 <= args.port <= 65535:
         raise SystemExit(f"--port must lie in [0, 65535], got {args.port}")
-    from .transports.mooncake_server import MooncakeServer
-
     torch.set_num_threads(args.threads)
-
     pool = KVPool.standalone(args.num_layers, args.num_slots, args.num_kv_heads, args.head_dim,
                              dtype_from_name(args.dtype), args.device)
-    server = MooncakeServer(ExecutorService(AttentionExecutor(pool, args.attention)), args.host, args.port)
+    service = ExecutorService(AttentionExecutor(pool, args.attention))
+    if args.transport == "cuda_ipc":
+        from .transports.cuda_ipc import CudaIpcServer
+
+        server = CudaIpcServer(service, args.host, args.port)
+    else:
+        from .transports.mooncake_server import MooncakeServer
+
+        server = MooncakeServer(service, args.host, args.port)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -52,7 +52,15 @@ def _mooncake(**kwargs) -> Channel:
     return MooncakeChannel(**kwargs)
 
 
-TRANSPORTS: dict[str, Callable[..., Channel]] = {"inproc": _inproc, "mooncake": _mooncake}
+def _cuda_ipc(**kwargs) -> Channel:
+    from .cuda_ipc import CudaIpcChannel
+
+    return CudaIpcChannel(**kwargs)
+
+
+TRANSPORTS: dict[str, Callable[..., Channel]] = {"inproc": _inproc, "mooncake": _mooncake, "cuda_ipc": _cuda_ipc}
+# The executor-process end of each cross-process transport (`python -m adrenaline_sgl.offload.server`).
+SERVER_TRANSPORTS = ("mooncake", "cuda_ipc")
 
 
 def create_channel(transport: str, **kwargs) -> Channel:

@@ -42,6 +42,7 @@ class MooncakeChannel(RouterChannel):
         register(self._engine, self._send_buf)
         register(self._engine, self._recv_buf)
         self._send_error: str | None = None
+        self._device = torch.device("cpu")
         self._jobs: queue.Queue = queue.Queue()
         reply = self._connect({"session": self._session, "reply_addr": self._recv_buf.data_ptr()}, connect_timeout_s)
         self._peer_session = reply["session"]
@@ -51,12 +52,14 @@ class MooncakeChannel(RouterChannel):
 
     def send_layer(self, step_id: int, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         self._check_rows(layer, q.shape[0])
+        self._device = q.device  # replies go back where the queries came from
         nbytes = self.layout.pack_request(self._send_buf, q, k, v)
         self._jobs.put((step_id, layer, q.shape[0], nbytes))
 
     def recv_layer(self, step_id: int, layer: int, timeout_s: float) -> tuple[torch.Tensor, torch.Tensor]:
         header = self._wait_layer(step_id, layer, timeout_s)
-        return self.layout.unpack_reply(self._recv_buf, int(header["rows"]))
+        o, lse = self.layout.unpack_reply(self._recv_buf, int(header["rows"]))
+        return o.to(self._device), lse.to(self._device)
 
     def close(self) -> None:
         self._jobs.put(_STOP)

@@ -44,7 +44,8 @@ class MooncakeServer(RouterServer):
         return peer, {"session": self._session, "req_addr": req_buf.data_ptr()}
 
     def _run_layer(self, peer: _Peer, step_id: int, layer: int, rows: int) -> None:
-        q, k, v = peer.layout.unpack_request(peer.req_buf, rows)
+        device = self.service.executor.pool.device  # host staging; the pool may sit on a GPU
+        q, k, v = (t.to(device) for t in peer.layout.unpack_request(peer.req_buf, rows))
         o, lse = self.service.layer(step_id, layer, q, k, v)
         nbytes = peer.layout.pack_reply(peer.reply_buf, o, lse)
         rc = self._engine.batch_transfer_sync_write(peer.session, [peer.reply_buf.data_ptr()], [peer.reply_addr],
