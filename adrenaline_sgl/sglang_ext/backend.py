@@ -112,6 +112,7 @@ class AdrenalineAttnBackend(AttentionBackend):
         message = f"adrenaline executor {group.executor} failed: {err}"
         logger.error("%s; aborting %d request(s): %s", message, len(group.rids), ", ".join(group.rids))
         self.offload.fail([self._pool_rows[i] for i in group.rows.tolist()], message)
+        self.offload.drop_client(group.executor)  # a later request reconnects (the executor may be back)
         self._live = [(g, c) for g, c in self._live if g is not group]
         self._dead.append(group.rows)
 

@@ -106,6 +106,17 @@ class DecodeOffload:
                 found = self._clients[executor] = self._connect(executor)
             return found
 
+    def drop_client(self, executor: str) -> None:
+        """Forget a failed executor's client (a channel that timed out stays broken); the next request to
+        that executor connects afresh."""
+        with self._lock:
+            client = self._clients.pop(executor, None)
+        if client is not None:
+            try:
+                client.close()
+            except Exception as err:  # closing a broken channel must not fail the step
+                logger.warning("closing the client of %s failed: %s", executor, err)
+
     def split(self, req_pool_indices: torch.Tensor) -> RowSplit:
         """Split a decode batch `[B]` of `req_to_token` rows into local rows and per-executor groups."""
         local: list[int] = []

@@ -87,3 +87,58 @@ def test_mixed_batch_matches_local_decoding(tmp_path):
         decode_log = (running.folder / "decode-0.log").read_text()
     assert decode_log.count("no local KV") >= 1  # some rows of the concurrent batch were offloaded
     assert mixed == local
+
+
+def test_executor_stalling_mid_decode_aborts_only_that_request(tmp_path):
+    """SIGSTOP the prefill (and its executor) while an offloaded request decodes: after the layer timeout the
+    request ends with the executor's error, decode stays up, and after SIGCONT the next request answers."""
+    import json
+    import os
+    import signal
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from adrenaline_sgl.configs import cluster
+    from adrenaline_sgl.launch import start_cluster
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cfg_dict = offload_config(tmp_path / "runs", port)
+    cfg_dict["decode"]["extra_args"] += ["--adrenaline-remote-timeout-s", "2"]
+    config = tmp_path / "stall.yaml"
+    config.write_text(yaml.safe_dump(cfg_dict))
+    with start_cluster(cluster.load(str(config))) as running:
+        url = running.proxy_url
+        outcome = {}
+
+        def long_request():
+            body = json.dumps({"text": "Count from one to one hundred:",
+                               "sampling_params": {"temperature": 0, "max_new_tokens": 400,
+                                                   "ignore_eos": True}}).encode()  # fmt: skip
+            req = urllib.request.Request(url + "/generate", data=body, headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=300) as resp:
+                    outcome["body"] = json.loads(resp.read())
+            except urllib.error.HTTPError as err:
+                outcome["error"] = (err.code, err.read().decode())
+
+        worker = threading.Thread(target=long_request)
+        worker.start()
+        prefill_log = running.folder / "prefill-0.log"
+        for _ in range(600):  # wait until the executor holds it, i.e. the handoff is done and decode steps run
+            if "for the executor" in prefill_log.read_text():
+                break
+            threading.Event().wait(0.1)
+        threading.Event().wait(1.0)
+        prefill_group = running.pid("prefill-0")
+        os.killpg(prefill_group, signal.SIGSTOP)
+        try:
+            worker.join(timeout=120)
+        finally:
+            os.killpg(prefill_group, signal.SIGCONT)
+        assert not worker.is_alive()
+        text = json.dumps(outcome)
+        assert "failed" in text and "adrenaline executor" in text, text  # the executor's error, not a hang
+        assert _generate(url, "The capital of France is")  # decode survived; the pair serves again
