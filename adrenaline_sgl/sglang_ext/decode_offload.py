@@ -59,6 +59,7 @@ class DecodeOffload:
         self._by_row: dict[int, OffloadedReq] = {}
         self._clients: dict[str, OffloadClient] = {}
         self._failed: dict[int, str] = {}  # row -> why its executor failed (the scheduler aborts the request)
+        self._pending_release: dict[str, list[str]] = {}  # executor -> ids to release once it answers again
         self._lock = threading.Lock()
 
     # ---- admission and release (scheduler thread) ----
@@ -73,7 +74,11 @@ class DecodeOffload:
         with self._lock:
             found = self._by_row.pop(int(req_pool_idx), None)
             failed = self._failed.pop(int(req_pool_idx), None)
-        if found is not None and release and failed is None:
+        if found is not None and release and failed is not None:
+            # NOTE: not now: connecting to a dead executor would block this scheduler for the connect timeout.
+            with self._lock:
+                self._pending_release.setdefault(found.executor, []).append(found.rid)
+        elif found is not None and release:
             try:
                 self.client(found.executor).release(found.rid)
                 logger.info("adrenaline: released %s on %s", found.rid, found.executor)
@@ -104,7 +109,16 @@ class DecodeOffload:
             found = self._clients.get(executor)
             if found is None:
                 found = self._clients[executor] = self._connect(executor)
-            return found
+                pending = self._pending_release.pop(executor, [])
+            else:
+                pending = []
+        for rid in pending:  # requests aborted while it was failing: their KV on prefill is freed now
+            try:
+                found.release(rid)
+                logger.info("adrenaline: released %s on %s (after its failure)", rid, executor)
+            except OffloadError as err:
+                logger.warning("release of %s on %s failed: %s", rid, executor, err)
+        return found
 
     def drop_client(self, executor: str) -> None:
         """Forget a failed executor's client (a channel that timed out stays broken); the next request to

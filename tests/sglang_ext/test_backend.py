@@ -214,6 +214,10 @@ def test_silent_executor_takes_out_only_its_rows_instead_of_hanging():
         world.service.layer = lambda *a: (_ for _ in ()).throw(AssertionError("called a failed executor"))
         out2, ref2, _, _ = world.step(torch.Generator().manual_seed(2))  # next step: no remote call at all
         torch.testing.assert_close(out2[:, [0, 2, 3]], ref2[:, [0, 2, 3]])
+        # the aborted request's release waits until the executor is reached again (never blocks the step)
+        assert world.offload.unmark(2) is not None and "r1" in world.service.executor.rids
+        world.offload.client("inproc")  # the next request to that executor reconnects ...
+        assert "r1" not in world.service.executor.rids  # ... and the pending release goes first
     finally:
         world.close()
 

@@ -142,3 +142,10 @@ def test_executor_stalling_mid_decode_aborts_only_that_request(tmp_path):
         text = json.dumps(outcome)
         assert "failed" in text and "adrenaline executor" in text, text  # the executor's error, not a hang
         assert _generate(url, "The capital of France is")  # decode survived; the pair serves again
+        stalled = [line.split("room-")[1].split()[0] for line in (running.folder / "decode-0.log").read_text()
+                   .splitlines() if "adrenaline executor" in line and "failed" in line][0]  # fmt: skip
+        for _ in range(10):  # the aborted request's KV on prefill is released once the executor answers
+            if f"released KV of room-{stalled}" in prefill_log.read_text():
+                break
+            _generate(url, "Hi")  # wakes the idle prefill scheduler, which frees on its next pass
+        assert f"released KV of room-{stalled}" in prefill_log.read_text()
