@@ -4,7 +4,7 @@ Per decode step (`init_forward_metadata`): split the batch into local rows and p
 (`DecodeOffload.split`), build the wrapped backend's metadata for the local rows only (a sub-ForwardBatch),
 and open the step on every executor (`begin_step`, off the per-layer path).
 
-Per layer (`forward_decode`), Adrenaline's overlap (paper section 4.1):
+Per layer (`forward_decode`), Adrenaline's overlap (technique 1b, 1c in ../shared/design/adrenaline.md):
     1. submit q, k, v of each group's rows to its executor      (one message, returns at once)
     2. local attention of the other rows in the wrapped backend  (writes only THEIR new k, v locally)
     3. wait for each executor's (o, lse) and scatter o into the output rows
