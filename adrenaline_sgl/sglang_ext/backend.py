@@ -93,8 +93,9 @@ class AdrenalineAttnBackend(AttentionBackend):
     def _begin_step(self, split: RowSplit) -> None:
         """Open the step on each executor; a failing one takes only its own rows out (see `_fail`)."""
         for group in split.groups:
-            client = self.offload.client(group.executor)
+            client = None
             try:
+                client = self.offload.client(group.executor)  # connects on first use
                 client.begin_step(group.rids)
             except OffloadError as err:
                 self._fail(group, client, err, opened=False)
@@ -104,7 +105,7 @@ class AdrenalineAttnBackend(AttentionBackend):
     def _fail(self, group, client, err: OffloadError, opened: bool = True) -> None:
         """Changes nothing for the other rows: this group's requests get zeros now, are marked failed (the
         scheduler hook aborts them with this message) and never go to that executor again."""
-        if opened:
+        if opened and client is not None:
             try:
                 client.abort_step()
             except OffloadError:
@@ -231,7 +232,12 @@ def client_factory(model_runner, args):
     def connect(executor: str) -> OffloadClient:
         if args.transport == "inproc":
             raise OffloadError(f"transport inproc cannot reach executor {executor!r} from a server; use mooncake")
-        channel = create_channel(args.transport, address=executor, layout=layout)
+        try:
+            channel = create_channel(args.transport, address=executor, layout=layout)
+        except OffloadError:
+            raise
+        except Exception as err:  # a transport that fails to connect still fails as an offload error
+            raise OffloadError(f"connecting to executor {executor}: {err}") from err
         return OffloadClient(channel, layout, num_layers, client_cfg)
 
     return connect

@@ -60,6 +60,9 @@ class DecodeOffload:
         self._clients: dict[str, OffloadClient] = {}
         self._failed: dict[int, str] = {}  # row -> why its executor failed (the scheduler aborts the request)
         self._pending_release: dict[str, list[str]] = {}  # executor -> ids to release once it answers again
+        # NOTE: closed clients stay referenced: a channel whose transfer thread is stuck keeps its buffers
+        # registered with Mooncake, and freeing them would let a new channel reuse (overlap) those addresses.
+        self._retired: list[OffloadClient] = []
         self._lock = threading.Lock()
 
     # ---- admission and release (scheduler thread) ----
@@ -125,6 +128,8 @@ class DecodeOffload:
         that executor connects afresh."""
         with self._lock:
             client = self._clients.pop(executor, None)
+            if client is not None:
+                self._retired.append(client)
         if client is not None:
             try:
                 client.close()

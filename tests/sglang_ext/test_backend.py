@@ -222,6 +222,22 @@ def test_silent_executor_takes_out_only_its_rows_instead_of_hanging():
         world.close()
 
 
+def test_unreachable_executor_at_connect_takes_out_only_its_rows():
+    world = World({1, 3})
+    try:
+        def refuse(addr):
+            raise OffloadError(f"executor at {addr}: connection refused")
+
+        world.offload._clients.clear()  # the next step connects afresh ...
+        world.offload._connect = refuse  # ... and the executor is gone
+        out, ref, _, _ = world.step(torch.Generator().manual_seed(1))
+        torch.testing.assert_close(out[:, [0, 2]], ref[:, [0, 2]])
+        assert torch.count_nonzero(out[:, [1, 3]]) == 0
+        assert sorted(world.offload.failed()) == [2, 4] and "connection refused" in world.offload.failed()[2]
+    finally:
+        world.close()
+
+
 def test_failed_requests_are_aborted_by_the_scheduler_hook():
     from sglang.srt.managers.schedule_batch import FINISH_ABORT
 
