@@ -93,6 +93,20 @@ def apply_common(cfg: dict, args: argparse.Namespace) -> dict:
     return cfg
 
 
+def start_simulated(fig: str, fig_dir: Path, doc: str, argv: list[str] | None) -> tuple[argparse.Namespace, dict, Path]:
+    """The start of every simulation-only figure: parse the common flags, refuse MODE=real with one
+    line, resolve the config and write it beside the results. Returns (args, cfg, results folder)."""
+    args = base_parser(fig, doc.splitlines()[0]).parse_args(argv)
+    if args.mode == "real":
+        from experiments import real  # lazy: real imports this module
+
+        raise real.unsupported(fig)
+    cfg = apply_common(load_config(fig_dir), args)
+    out = results_dir(fig)
+    write_resolved(out, cfg, args.mode)
+    return args, cfg, out
+
+
 def write_resolved(out: Path, cfg: dict, mode: str) -> None:
     """`config.resolved.yaml`: what this run actually used."""
     doc = {"mode": mode, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), **cfg}

@@ -16,7 +16,7 @@ from adrenaline_sgl.scheduler.cost_model import OpCost, get_predictor
 from adrenaline_sgl.sim import metrics
 from adrenaline_sgl.sim.records import DECODE, PREFILL
 
-from .. import common, real, sim_runs
+from .. import common, sim_runs
 
 HERE = Path(__file__).resolve().parent
 FIG = "fig1"
@@ -36,13 +36,7 @@ def _pct(costs: list[OpCost]) -> tuple[float, float]:
 
 @common.guarded
 def main(argv: list[str] | None = None) -> int:
-    ap = common.base_parser(FIG, __doc__.splitlines()[0])
-    args = ap.parse_args(argv)
-    if args.mode == "real":
-        raise real.unsupported(FIG)
-    cfg = common.apply_common(common.load_config(HERE), args)
-    out = common.results_dir(FIG)
-    common.write_resolved(out, cfg, args.mode)
+    args, cfg, out = common.start_simulated(FIG, HERE, __doc__, argv)
     common.write_meta(out, args.mode, gpu=cfg["gpu"], model=cfg["model"])
     pred = get_predictor("roofline", cfg["gpu"], cfg["model"])
 

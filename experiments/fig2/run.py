@@ -13,7 +13,7 @@ from pathlib import Path
 from adrenaline_sgl.scheduler.calibration import PAPER_KERNELS, predict_point
 from adrenaline_sgl.scheduler.cost_model import get_predictor
 
-from .. import common, real
+from .. import common
 
 HERE = Path(__file__).resolve().parent
 FIG = "fig2"
@@ -23,13 +23,7 @@ OPS = ("qkv", "attn", "o_proj", "ffn")
 
 @common.guarded
 def main(argv: list[str] | None = None) -> int:
-    ap = common.base_parser(FIG, __doc__.splitlines()[0])
-    args = ap.parse_args(argv)
-    if args.mode == "real":
-        raise real.unsupported(FIG)
-    cfg = common.apply_common(common.load_config(HERE), args)
-    out = common.results_dir(FIG)
-    common.write_resolved(out, cfg, args.mode)
+    args, cfg, out = common.start_simulated(FIG, HERE, __doc__, argv)
     common.write_meta(out, args.mode, gpu=cfg["gpu"], model=cfg["model"])
     pred = get_predictor("roofline", cfg["gpu"], cfg["model"])
     rows = []

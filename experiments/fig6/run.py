@@ -15,7 +15,7 @@ import numpy as np
 from adrenaline_sgl.sim import metrics
 from adrenaline_sgl.sim.records import PREFILL
 
-from .. import common, real, sim_runs
+from .. import common, sim_runs
 
 HERE = Path(__file__).resolve().parent
 FIG = "fig6"
@@ -28,13 +28,7 @@ def system_of(ratio: float) -> str:
 
 @common.guarded
 def main(argv: list[str] | None = None) -> int:
-    ap = common.base_parser(FIG, __doc__.splitlines()[0])
-    args = ap.parse_args(argv)
-    if args.mode == "real":
-        raise real.unsupported(FIG)
-    cfg = common.apply_common(common.load_config(HERE), args)
-    out = common.results_dir(FIG)
-    common.write_resolved(out, cfg, args.mode)
+    args, cfg, out = common.start_simulated(FIG, HERE, __doc__, argv)
     common.write_meta(out, args.mode, gpu=cfg["gpu"], workload=cfg["workload"])
     points = [(m, float(r)) for m in cfg["models"] for r in cfg["offload_ratios"]]
     for model in cfg["models"]:

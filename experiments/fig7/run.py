@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .. import common, real, sim_runs
+from .. import common, sim_runs
 
 HERE = Path(__file__).resolve().parent
 FIG = "fig7"
@@ -19,13 +19,7 @@ COMMON_ARGS = True  # takes experiments.common's flags (experiments/run.py passe
 
 @common.guarded
 def main(argv: list[str] | None = None) -> int:
-    ap = common.base_parser(FIG, __doc__.splitlines()[0])
-    args = ap.parse_args(argv)
-    if args.mode == "real":
-        raise real.unsupported(FIG)
-    cfg = common.apply_common(common.load_config(HERE), args)
-    out = common.results_dir(FIG)
-    common.write_resolved(out, cfg, args.mode)
+    args, cfg, out = common.start_simulated(FIG, HERE, __doc__, argv)
     common.write_meta(out, args.mode, gpu=cfg["gpu"], tpot_slo_ms=cfg["tpot_slo_ms"],
                       ttft_slo_s=cfg["ttft_slo_s"])
     points = [(m, w, s) for m in cfg["models"] for w in cfg["workloads"] for s in cfg["systems"]]
