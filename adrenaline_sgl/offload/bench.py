@@ -25,6 +25,7 @@ import torch
 
 from .attention import ATTENTION_CHOICES
 from .check import percentile
+from .cli_args import int_in
 from .client import ClientConfig, OffloadClient
 from .executor import AttentionExecutor
 from .harness import DecodeHarness
@@ -45,15 +46,6 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
-def _int_in(name: str, lo: int, hi: int):
-    def parse(text: str) -> int:
-        value = int(text)
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"--{name} must lie in [{lo}, {hi}], got {value}")
-        return value
-
-    return parse
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m adrenaline_sgl.offload.bench", description=__doc__.split("\n")[0])
@@ -63,11 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transport", choices=("inproc", "mooncake", "cuda_ipc"), default="inproc",
                    help="client-executor transport (mooncake, cuda_ipc: the executor in a second process)")
     p.add_argument("--attention", choices=ATTENTION_CHOICES, default="auto", help="decode attention kernel")
-    p.add_argument("--local", type=_int_in("local", 0, 4096), default=8, help="M: rows attended locally")
+    p.add_argument("--local", type=int_in("local", 0, 4096), default=8, help="M: rows attended locally")
     p.add_argument("--offloaded", type=_int_list, default=[0, 8], help="N values, comma-separated (0 = baseline)")
-    p.add_argument("--context", type=_int_in("context", 1, 32768), default=64, help="prompt tokens per request")
-    p.add_argument("--steps", type=_int_in("steps", 1, 10000), default=8, help="timed decode steps")
-    p.add_argument("--warmup", type=_int_in("warmup", 0, 1000), default=2, help="untimed decode steps first")
+    p.add_argument("--context", type=int_in("context", 1, 32768), default=64, help="prompt tokens per request")
+    p.add_argument("--steps", type=int_in("steps", 1, 10000), default=8, help="timed decode steps")
+    p.add_argument("--warmup", type=int_in("warmup", 0, 1000), default=2, help="untimed decode steps first")
     p.add_argument("--out", type=Path, required=True, help="output folder (bench.csv, bench.meta.json)")
     return p
 

@@ -23,6 +23,7 @@ from contextlib import ExitStack
 import torch
 
 from .attention import ATTENTION_CHOICES
+from .cli_args import int_in
 from .client import ClientConfig, OffloadClient
 from .errors import OffloadError
 from .executor import AttentionExecutor
@@ -56,15 +57,6 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _int_in(name: str, lo: int, hi: int):
-    def parse(text: str) -> int:
-        value = int(text)
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"--{name} must lie in [{lo}, {hi}], got {value}")
-        return value
-
-    return parse
-
 
 def _seconds(text: str) -> float:
     value = float(text)
@@ -78,15 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transport", choices=("inproc", "mooncake", "cuda_ipc"), default="inproc",
                    help="client-executor transport (mooncake, cuda_ipc: the executor in a second process)")
     p.add_argument("--offload-fraction", type=_fraction, default=0.5, help="share of requests offloaded, in [0, 1]")
-    p.add_argument("--prompts", type=_int_in("prompts", 1, 8), default=8, help="number of chat prompts, 1..8")
-    p.add_argument("--max-new-tokens", type=_int_in("max-new-tokens", 1, 4096), default=32, help="tokens per request")
+    p.add_argument("--prompts", type=int_in("prompts", 1, 8), default=8, help="number of chat prompts, 1..8")
+    p.add_argument("--max-new-tokens", type=int_in("max-new-tokens", 1, 4096), default=32, help="tokens per request")
     p.add_argument("--model", choices=sorted(MODELS), default="smollm2", help="which Llama to drive")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="model and KV dtype")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="model device")
     p.add_argument("--attention", choices=ATTENTION_CHOICES, default="auto",
                    help="decode attention on both sides (auto: triton on a GPU, reference on CPU)")
     p.add_argument("--layer-timeout-s", type=_seconds, default=30.0, help="per-layer wait timeout, seconds")
-    p.add_argument("--kill-executor-at-step", type=_int_in("kill-executor-at-step", 0, 4096), default=None,
+    p.add_argument("--kill-executor-at-step", type=int_in("kill-executor-at-step", 0, 4096), default=None,
                    help="fault check (mooncake): SIGKILL the executor before this decode step; then the local "
                         "requests must still match the baseline and every offloaded one still decoding must fail")
     p.add_argument("--progress", action="store_true", help="show a progress bar per run")

@@ -20,6 +20,7 @@ import threading
 import torch
 
 from .attention import ATTENTION_CHOICES
+from .cli_args import int_in
 from .executor import AttentionExecutor
 from .pool import KVPool
 from .service import ExecutorService
@@ -27,29 +28,19 @@ from .transports.base import SERVER_TRANSPORTS
 from .wire import dtype_from_name
 
 
-def _positive(name: str, hi: int):
-    def parse(text: str) -> int:
-        value = int(text)
-        if not 1 <= value <= hi:
-            raise argparse.ArgumentTypeError(f"--{name} must lie in [1, {hi}], got {value}")
-        return value
-
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m adrenaline_sgl.offload.server", description=__doc__.split("\n")[0])
-    p.add_argument("--num-layers", type=_positive("num-layers", 1024), required=True, help="model layers")
-    p.add_argument("--num-kv-heads", type=_positive("num-kv-heads", 1024), required=True, help="KV heads (Hkv)")
-    p.add_argument("--head-dim", type=_positive("head-dim", 1024), required=True, help="head dimension (D)")
-    p.add_argument("--num-slots", type=_positive("num-slots", 1 << 26), default=65536, help="KV pool size in tokens")
+    p.add_argument("--num-layers", type=int_in("num-layers", 1, 1024), required=True, help="model layers")
+    p.add_argument("--num-kv-heads", type=int_in("num-kv-heads", 1, 1024), required=True, help="KV heads (Hkv)")
+    p.add_argument("--head-dim", type=int_in("head-dim", 1, 1024), required=True, help="head dimension (D)")
+    p.add_argument("--num-slots", type=int_in("num-slots", 1, 1 << 26), default=65536, help="KV pool size in tokens")
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32", help="KV dtype")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="pool device")
     p.add_argument("--attention", choices=ATTENTION_CHOICES, default="auto", help="decode attention kernel")
     p.add_argument("--transport", choices=SERVER_TRANSPORTS, default="mooncake", help="how layer data moves")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (control and doorbells)")
     p.add_argument("--port", type=int, default=0, help="port to bind; 0 picks a free one")
-    p.add_argument("--threads", type=_positive("threads", 1024), default=1,
+    p.add_argument("--threads", type=int_in("threads", 1, 1024), default=1,
                    help="torch CPU threads of this process (1: the executor's ops are small and cores are shared)")
     p.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
     return p
