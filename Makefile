@@ -35,8 +35,16 @@ e2e: setup
 demo: setup
 	$(PY) -m adrenaline_sgl.launch --config adrenaline_sgl/configs/cpu_demo.yaml
 
+# The check passes when the answer contains Paris AND the logs show the request decoded offloaded: admitted
+# on decode without local KV, and its KV released on prefill after executor layer calls (> 0).
+DEMO_CHECK_DIR ?= $(RESULTS_DIR)/demo-check
 demo-check: setup
-	$(PY) -m adrenaline_sgl.launch --config adrenaline_sgl/configs/cpu_demo.yaml --check
+	@rm -rf $(DEMO_CHECK_DIR)
+	$(PY) -m adrenaline_sgl.launch --config adrenaline_sgl/configs/cpu_demo.yaml --check --run-dir $(DEMO_CHECK_DIR)
+	@grep -h "adrenaline: admitted .* offloaded to" $(DEMO_CHECK_DIR)/*/decode-0.log \
+	  && grep -hE "adrenaline: released KV of .* layer calls so far: [1-9]" $(DEMO_CHECK_DIR)/*/prefill-0.log \
+	  && echo "demo-check: offload verified (decode admitted it offloaded, the prefill executor served its layers)" \
+	  || { echo "demo-check: FAIL: no offloaded request in $(DEMO_CHECK_DIR)/*/{decode,prefill}-0.log"; exit 1; }
 
 bench-kernels: setup
 	$(PY) -m adrenaline_kernels.bench --out $(RESULTS_DIR)/kernels/bench.csv

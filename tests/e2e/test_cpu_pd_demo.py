@@ -21,7 +21,7 @@ from adrenaline_sgl.configs.commands import port_is_free
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
-CPU_DEMO = ROOT / "adrenaline_sgl" / "configs" / "cpu_demo.yaml"
+CPU_DEMO = ROOT / "adrenaline_sgl" / "configs" / "cpu_demo_pd.yaml"  # stock PD, no plugin
 LAUNCH_TIMEOUT_S = 900
 
 
