@@ -84,6 +84,11 @@ class AdrenalineArgs:
         "Decode: seconds to wait for the executor's reply of one layer before failing the step (> 0).",
         default=5.0,
     )
+    enable_fault_injection: bool = _opt(
+        "Prefill, tests only: serve POST /adrenaline/executor/stop (loopback clients only), which stops this "
+        "instance's executor thread while SGLang keeps serving, to test decode's handling of a dead executor.",
+        default=False,
+    )
 
     def __post_init__(self):
         if self.role not in ROLES:
@@ -127,6 +132,10 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     """Add the `Adrenaline offloading` group to SGLang's server parser (dest `adrenaline_<field>`)."""
     group = parser.add_argument_group("Adrenaline offloading (adrenaline_sgl plugin)")
     for f in dataclasses.fields(AdrenalineArgs):
+        if isinstance(f.default, bool):  # a switch: present = True
+            group.add_argument(_flag(f.name), dest="adrenaline_" + f.name, action="store_true",
+                               help=f.metadata["help"] + " Default: off.")  # fmt: skip
+            continue
         group.add_argument(
             _flag(f.name),
             dest="adrenaline_" + f.name,

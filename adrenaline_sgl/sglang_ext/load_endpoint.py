@@ -28,6 +28,12 @@ LOADS_TIMEOUT_S = 2.0
 
 async def executor_stats(host: str, port: int, timeout_s: float = HEALTH_TIMEOUT_S) -> dict | None:
     """The executor's `stats` (AttentionExecutor.stats as a dict), or None when it does not answer in time."""
+    ok, result = await executor_call(host, port, "stats", timeout_s)
+    return result if ok else None
+
+
+async def executor_call(host: str, port: int, op: str, timeout_s: float) -> tuple[bool, object]:
+    """One control `op` on the executor: (True, result), or (False, why) on an error reply or no reply."""
     import zmq
     import zmq.asyncio
 
@@ -37,13 +43,13 @@ async def executor_stats(host: str, port: int, timeout_s: float = HEALTH_TIMEOUT
     sock.setsockopt(zmq.LINGER, 0)
     try:
         sock.connect(f"tcp://{host}:{port}")
-        await sock.send_multipart(encode("call", {"op": "stats", "args": {}, "seq": 1}))
+        await sock.send_multipart(encode("call", {"op": op, "args": {}, "seq": 1}))
         if not await sock.poll(int(timeout_s * 1000), zmq.POLLIN):
-            return None
+            return False, f"no reply within {timeout_s} s"
         kind, header, _ = decode(await sock.recv_multipart())
-        return header.get("result") if kind == "ok" else None
-    except (zmq.ZMQError, ValueError):
-        return None
+        return (True, header.get("result")) if kind == "ok" else (False, header.get("error", kind))
+    except (zmq.ZMQError, ValueError) as err:
+        return False, str(err)
     finally:
         sock.close(linger=0)
 
@@ -85,6 +91,31 @@ def make_handler(args: flags.AdrenalineArgs, get_tokenizer_manager):
     return adrenaline_load
 
 
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+FAULT_STOP_PATH = "/adrenaline/executor/stop"
+FAULT_STOP_TIMEOUT_S = 5.0
+
+
+def make_fault_stop_handler(args: flags.AdrenalineArgs):
+    """Fault injection (`--adrenaline-enable-fault-injection`, prefill): stop this instance's executor thread;
+    SGLang keeps serving. Loopback clients only (403 otherwise); 503 when the executor does not confirm."""
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
+
+    async def stop_executor(request: Request):
+        client = request.client.host if request.client else ""
+        if client not in LOOPBACK:
+            return JSONResponse({"error": f"{FAULT_STOP_PATH}: loopback clients only, not {client!r}"}, 403)
+        ok, result = await executor_call(args.executor_host, args.executor_port, "fault_stop", FAULT_STOP_TIMEOUT_S)
+        if not ok:
+            return JSONResponse({"error": f"executor at {args.executor_addr} did not stop: {result}"}, 503)
+        logger.warning("adrenaline: fault injection stopped the executor at %s", args.executor_addr)
+        return {"stopped": args.executor_addr}
+
+    stop_executor.__annotations__["request"] = Request  # a class, not the string `from __future__` leaves
+    return stop_executor
+
+
 def launch_server_hook(original, server_args, *a, **kw):
     """AROUND `http_server.launch_server`: add the route, then start SGLang's server unchanged."""
     args = flags.of(server_args)
@@ -96,4 +127,7 @@ def launch_server_hook(original, server_args, *a, **kw):
 
         http_server.app.add_api_route(LOAD_PATH, make_handler(args, tokenizer_manager), methods=["GET"])
         logger.info("adrenaline: %s serves this %s instance's load", LOAD_PATH, args.role)
+        if args.enable_fault_injection and args.role == "prefill":
+            http_server.app.add_api_route(FAULT_STOP_PATH, make_fault_stop_handler(args), methods=["POST"])
+            logger.warning("adrenaline: fault injection on: POST %s stops the executor", FAULT_STOP_PATH)
     return original(server_args, *a, **kw)

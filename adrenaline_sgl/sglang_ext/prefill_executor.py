@@ -12,16 +12,19 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
 import torch
 
-from adrenaline_sgl.offload.errors import SlotError
+from adrenaline_sgl.offload.errors import OffloadError, SlotError
 from adrenaline_sgl.offload.executor import AttentionExecutor
 from adrenaline_sgl.offload.pool import KVPool
 from adrenaline_sgl.offload.service import ExecutorService
 from adrenaline_sgl.sglang_ext.prefill_kept import KeptKV
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_RESERVE_FRACTION = 0.125
 ADOPT_WAIT_S = 2.0  # how long a decode step may wait for the prefill scheduler to hand a request over
@@ -61,6 +64,14 @@ class PrefillExecutorService(ExecutorService):
     def __init__(self, executor: AttentionExecutor, kept: KeptKV):
         super().__init__(executor)
         self.kept = kept
+        self.on_fault_stop = None  # set by HostedExecutor only with --adrenaline-enable-fault-injection
+
+    def _op_fault_stop(self, args, tensors):
+        """Fault injection: stop serving after this reply (the executor is gone, SGLang serves on)."""
+        if self.on_fault_stop is None:
+            raise OffloadError("fault_stop: fault injection is off (--adrenaline-enable-fault-injection)")
+        self.on_fault_stop()
+        return None, {}
 
     def _op_release(self, args, tensors):
         self.kept.request_release(args["rid"])
@@ -95,20 +106,39 @@ def build_prefill_executor(token_to_kv_pool_allocator, reserve_tokens: int = 0, 
 class HostedExecutor:
     """The executor's server thread in the prefill scheduler process (transport `mooncake`)."""
 
-    def __init__(self, service: PrefillExecutorService, host: str, port: int):
+    def __init__(self, service: PrefillExecutorService, host: str, port: int, fault_injection: bool = False):
         from adrenaline_sgl.offload.transports.mooncake_server import MooncakeServer
 
         self.server = MooncakeServer(service, host, port)
         self.address = self.server.address
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self.server.serve, args=(self._stop,), daemon=True,
-                                        name="adrenaline-executor")  # fmt: skip
+        self._closed = False
+        self._close_lock = threading.Lock()
+        if fault_injection:
+            service.on_fault_stop = self._stop.set
+        self._thread = threading.Thread(target=self._serve, daemon=True, name="adrenaline-executor")
         self._thread.start()
+
+    def _serve(self) -> None:
+        self.server.serve(self._stop)
+        if self.server.service.on_fault_stop is not None:  # stopped by fault injection: let go of the port too
+            logger.warning("adrenaline: executor on %s stopped by fault injection", self.address)
+            self._close_server()
+
+    def _close_server(self) -> None:
+        with self._close_lock:
+            if not self._closed:
+                self._closed = True
+                self.server.close()
+
+    @property
+    def serving(self) -> bool:
+        return self._thread.is_alive()
 
     def close(self, timeout_s: float = 5.0) -> None:
         self._stop.set()
         self._thread.join(timeout=timeout_s)
-        self.server.close()
+        self._close_server()
 
 
 def host_executor(scheduler, args) -> tuple[KeptKV, HostedExecutor | None]:
@@ -117,6 +147,6 @@ def host_executor(scheduler, args) -> tuple[KeptKV, HostedExecutor | None]:
     if args.transport == "cuda_ipc":
         raise ValueError("adrenaline transport=cuda_ipc: not served from inside SGLang yet; use mooncake")
     kept, service = build_prefill_executor(scheduler.token_to_kv_pool_allocator, args.executor_max_tokens)
-    hosted = HostedExecutor(service, args.executor_host, args.executor_port) if args.transport == "mooncake" \
-        else None  # fmt: skip
+    hosted = HostedExecutor(service, args.executor_host, args.executor_port, args.enable_fault_injection) \
+        if args.transport == "mooncake" else None  # fmt: skip
     return kept, hosted
