@@ -19,15 +19,25 @@ def _argv_value(argv, flag):
     return argv[argv.index(flag) + 1]
 
 
-@pytest.mark.parametrize("name", ["cpu_demo.yaml", "gpu_node_example.yaml"])
-def test_shipped_configs_load(name):
+@pytest.mark.parametrize("name, proxy", [("cpu_demo.yaml", "adrenaline"), ("cpu_demo_pd.yaml", "sglang-router"),
+                                         ("gpu_node_example.yaml", "sglang-router")])  # fmt: skip
+def test_shipped_configs_load(name, proxy):
     cfg = cluster.load(CONFIGS / name)
     assert cfg.prefill.count >= 1 and cfg.decode.count >= 1
-    assert cfg.proxy.kind == "sglang-router"
+    assert cfg.proxy.kind == proxy
+
+
+def test_cpu_demo_turns_on_the_plugin_on_top_of_the_stock_pd_recipe():
+    demo, stock = cluster.load(CONFIGS / "cpu_demo.yaml"), cluster.load(CONFIGS / "cpu_demo_pd.yaml")
+    assert demo.server_args == stock.server_args and demo.model == stock.model
+    assert _argv_value(list(demo.prefill.extra_args), "--adrenaline-role") == "prefill"
+    assert _argv_value(list(demo.decode.extra_args), "--adrenaline-role") == "decode"
+    assert _argv_value(list(demo.decode.extra_args), "--attention-backend") == "adrenaline"
+    assert _argv_value(list(demo.proxy.extra_args), "--policy") == "always"
 
 
 def test_cpu_demo_plan_follows_the_verified_cpu_recipe(tmp_path):
-    cfg = cluster.load(CONFIGS / "cpu_demo.yaml")
+    cfg = cluster.load(CONFIGS / "cpu_demo_pd.yaml")  # stock PD; cpu_demo.yaml adds the plugin flags on top
     assert cfg.is_local and cfg.cpu_support
     plan = build_plan(cfg, "/m", assign_ports(cfg, pick_free=True), python="py", support_dir=tmp_path)
     prefill, decode, proxy = plan
