@@ -217,6 +217,14 @@ def build_backend(model_runner, args) -> AdrenalineAttnBackend:
     return AdrenalineAttnBackend(inner, offload)
 
 
+MIN_CONNECT_TIMEOUT_S = 5.0  # a connect also registers the peer's buffers on the executor
+
+
+def connect_timeout_s(args) -> float:
+    """Seconds decode waits for an executor to accept a connection: the layer timeout, at least 5 s."""
+    return max(args.remote_timeout_s, MIN_CONNECT_TIMEOUT_S)
+
+
 def client_factory(model_runner, args):
     """`connect(executor_addr) -> OffloadClient` over `args.transport`, rows shaped like this model (TP 1)."""
     from adrenaline_sgl.offload.client import ClientConfig, OffloadClient
@@ -233,7 +241,10 @@ def client_factory(model_runner, args):
         if args.transport == "inproc":
             raise OffloadError(f"transport inproc cannot reach executor {executor!r} from a server; use mooncake")
         try:
-            channel = create_channel(args.transport, address=executor, layout=layout)
+            # NOTE: a connect runs on the decode scheduler's thread and blocks the whole batch while it waits;
+            # bounded like a layer (the transports' default is 30 s), so a dead executor costs seconds.
+            channel = create_channel(args.transport, address=executor, layout=layout,
+                                     connect_timeout_s=connect_timeout_s(args))  # fmt: skip
         except OffloadError:
             raise
         except Exception as err:  # a transport that fails to connect still fails as an offload error

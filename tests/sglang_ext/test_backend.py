@@ -291,3 +291,26 @@ def test_registry_factory_wraps_the_configured_backend():
     finally:
         decode_offload.install(None)
         world.close()
+
+
+def test_connect_to_an_executor_is_bounded_like_a_layer(monkeypatch):
+    """A connect blocks decode's scheduler: its timeout follows --adrenaline-remote-timeout-s (>= 5 s), not
+    the transport's 30 s default (the CPU e2e executor kill saw a 30 s stall of the whole batch)."""
+    from adrenaline_sgl.offload.transports import base
+    from adrenaline_sgl.sglang_ext import backend, flags
+
+    seen = {}
+
+    def fake_channel(transport, **kwargs):
+        seen.update(kwargs, transport=transport)
+        raise OffloadError("executor at x: connect: no reply")
+
+    monkeypatch.setattr(base, "create_channel", fake_channel)
+    cfg = types.SimpleNamespace(num_attention_heads=4, get_num_kv_heads=lambda tp: 2, head_dim=8,
+                                num_hidden_layers=2)  # fmt: skip
+    runner = types.SimpleNamespace(model_config=cfg, kv_cache_dtype=torch.float32)
+    for remote_s, want_s in ((2.0, 5.0), (12.0, 12.0)):
+        connect = backend.client_factory(runner, flags.AdrenalineArgs(role="decode", remote_timeout_s=remote_s))
+        with pytest.raises(OffloadError, match="no reply"):
+            connect("127.0.0.1:1")
+        assert seen["transport"] == "mooncake" and seen["connect_timeout_s"] == want_s
