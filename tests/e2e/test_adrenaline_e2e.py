@@ -6,7 +6,7 @@ float32, a 2 s layer timeout on decode and fault injection on prefill. The launc
 prefill and decode instances, so every policy sees the same servers and the same weights.
 
 NOTE fp32: offloaded rows are attended by the executor's kernel, local rows by SGLang's torch_native
-backend; in bf16 their roundings differ enough to flip a greedy argmax now and then over 32 tokens. In fp32
+backend; in bf16 their roundings differ and may flip a greedy argmax over 32 tokens (not measured). In fp32
 the token ids match exactly, which is what the equality test asserts.
 
 Order matters: the stall (SIGSTOP) and the executor kill come last; the kill leaves the executor dead.
