@@ -8,10 +8,16 @@
   counted as used by SGLang, so admission sees the memory the executor may need.
 - `release(rid)` from decode (over the transport) does not free anything on the transport's thread: it
   asks `KeptKV` to free at the scheduler's next pass, where the executor and SGLang both let go.
+- Colocation: `--adrenaline-executor-sm-share` picks the executor's SM partition
+  (`adrenaline_sgl.colocation.executor_partitioner`: green contexts on a GPU, none on CPU). The executor's
+  server thread runs on the partition's stream and plans the decode kernel with the partition's real SM
+  count. NOTE: the stream is entered on the server thread only; prompt KV written by the prefill forward is
+  complete before adoption (the first token was read back to the host before the inflight queue runs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -88,8 +94,10 @@ class PrefillExecutorService(ExecutorService):
         return super()._op_begin_step(args, tensors)
 
 
-def build_prefill_executor(token_to_kv_pool_allocator, reserve_tokens: int = 0, attention: str = "auto"):
-    """(KeptKV with an executor, its service) over the allocator's KV pool; reserves the executor's slots."""
+def build_prefill_executor(token_to_kv_pool_allocator, reserve_tokens: int = 0, attention: str = "auto",
+                           num_sms: int | None = None):
+    """(KeptKV with an executor, its service) over the allocator's KV pool; reserves the executor's slots.
+    `num_sms`: the SMs of the executor's partition, for the kernel's split heuristic (None: whole GPU)."""
     pool = token_to_kv_pool_allocator.get_kvcache()
     total = token_to_kv_pool_allocator.available_size()
     reserve = reserve_tokens or max(1, int(total * DEFAULT_RESERVE_FRACTION))
@@ -97,7 +105,7 @@ def build_prefill_executor(token_to_kv_pool_allocator, reserve_tokens: int = 0, 
     if slots is None:
         raise ValueError(f"adrenaline executor_max_tokens={reserve}: the KV pool has only {total} free slots")
     shared = KVPool(list(pool.k_buffer), list(pool.v_buffer), ReservedSlots(slots))
-    executor = AttentionExecutor(shared, attention=attention)
+    executor = AttentionExecutor(shared, attention=attention, num_sms=num_sms)
     bytes_per_token = sum(b[0].numel() * b.element_size() for b in [*pool.k_buffer, *pool.v_buffer])
     kept = KeptKV(bytes_per_token, executor, allocator=token_to_kv_pool_allocator, reserved_tokens=reserve)
     return kept, PrefillExecutorService(executor, kept)
@@ -106,9 +114,11 @@ def build_prefill_executor(token_to_kv_pool_allocator, reserve_tokens: int = 0, 
 class HostedExecutor:
     """The executor's server thread in the prefill scheduler process (transport `mooncake`)."""
 
-    def __init__(self, service: PrefillExecutorService, host: str, port: int, fault_injection: bool = False):
+    def __init__(self, service: PrefillExecutorService, host: str, port: int, fault_injection: bool = False,
+                 stream=None):
         from adrenaline_sgl.offload.transports.mooncake_server import MooncakeServer
 
+        self.stream = stream  # the executor partition's CUDA stream; None: the thread's current stream
         self.server = MooncakeServer(service, host, port)
         self.address = self.server.address
         self._stop = threading.Event()
@@ -120,7 +130,9 @@ class HostedExecutor:
         self._thread.start()
 
     def _serve(self) -> None:
-        self.server.serve(self._stop)
+        on_stream = torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
+        with on_stream:  # every kernel the executor launches from this thread goes to its partition
+            self.server.serve(self._stop)
         if self.server.service.on_fault_stop is not None:  # stopped by fault injection: let go of the port too
             logger.warning("adrenaline: executor on %s stopped by fault injection", self.address)
             self._close_server()
@@ -146,7 +158,20 @@ def host_executor(scheduler, args) -> tuple[KeptKV, HostedExecutor | None]:
     with `inproc` nothing listens (tests attach an `InprocChannel` to `kept`'s service themselves)."""
     if args.transport == "cuda_ipc":
         raise ValueError("adrenaline transport=cuda_ipc: not served from inside SGLang yet; use mooncake")
-    kept, service = build_prefill_executor(scheduler.token_to_kv_pool_allocator, args.executor_max_tokens)
-    hosted = HostedExecutor(service, args.executor_host, args.executor_port, args.enable_fault_injection) \
-        if args.transport == "mooncake" else None  # fmt: skip
+    allocator = scheduler.token_to_kv_pool_allocator
+    part = executor_partition(args, allocator.get_kvcache().k_buffer[0].device)
+    kept, service = build_prefill_executor(allocator, args.executor_max_tokens, num_sms=part.num_sms)
+    service.partitioner = part  # keep the partition (its streams, contexts) alive as long as the executor
+    hosted = HostedExecutor(service, args.executor_host, args.executor_port, args.enable_fault_injection,
+                            stream=part.stream) if args.transport == "mooncake" else None  # fmt: skip
     return kept, hosted
+
+
+def executor_partition(args, device):
+    """The executor's SM partition from `--adrenaline-executor-sm-share` (1.0: the whole GPU, unpartitioned)."""
+    from adrenaline_sgl.colocation import executor_partitioner
+
+    part = executor_partitioner(args.executor_sm_share, str(device))
+    logger.info("adrenaline: executor partition %s on %s: share %.2f, %s SMs", part.name, device,
+                args.executor_sm_share, part.num_sms if part.num_sms is not None else "all")
+    return part

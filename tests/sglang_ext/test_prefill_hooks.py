@@ -370,3 +370,31 @@ def test_begin_step_waits_briefly_for_the_scheduler_to_adopt(sgl_context, hooked
                 service.control("begin_step", {"rids": ["never"]}, {})
         finally:
             prefill_executor.ADOPT_WAIT_S = saved
+
+
+def test_executor_sm_share_reaches_the_partitioner_and_the_kernel_plan(sgl_context, monkeypatch):
+    """--adrenaline-executor-sm-share -> the colocation partitioner -> the executor's kernel num_sms."""
+    from adrenaline_sgl import colocation
+    from adrenaline_sgl.colocation.fake import FakePartitioner
+    from adrenaline_sgl.sglang_ext import prefill_executor
+
+    opened = []
+
+    def fake_executor_partitioner(sm_share, device):
+        opened.append((sm_share, device))
+        return FakePartitioner(device).open(sm_share)  # H100-shaped: 132 SMs, Hopper granularity of 8
+
+    monkeypatch.setattr(colocation, "executor_partitioner", fake_executor_partitioner)
+    args = types.SimpleNamespace(transport="inproc", executor_sm_share=0.25, executor_max_tokens=8)
+    with sgl_context():
+        kept, hosted = prefill_executor.host_executor(FakePrefillScheduler("prefill"), args)
+    assert hosted is None  # inproc: nothing listens
+    assert opened == [(0.25, "cpu")]
+    assert kept.executor.num_sms == 32  # 0.25 x 132 = 33 SMs, rounded to Hopper's multiple of 8
+
+
+def test_executor_partition_on_cpu_is_unpartitioned():
+    from adrenaline_sgl.sglang_ext.prefill_executor import executor_partition
+
+    part = executor_partition(types.SimpleNamespace(executor_sm_share=0.5), torch.device("cpu"))
+    assert (part.name, part.stream, part.num_sms) == ("none", None, None)
