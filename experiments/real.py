@@ -7,7 +7,8 @@ Interface (documented in experiments/README.md):
   `$ADRENALINE_URL` (default http://127.0.0.1:30050); both must serve `$ADRENALINE_MODEL_PATH` (the model
   directory the benchmark's tokenizer is read from);
 - per (system, rate) it runs `python -m sglang.benchmark.serving --backend sglang --base-url URL
-  --dataset-name sharegpt|random-ids --num-prompts N --request-rate R --seed S --output-file F` and maps
+  --dataset-name sharegpt|random-ids --num-prompts N --request-rate R --seed S --output-file F` (through
+  `adrenaline_sgl.support.run_with_stub`, which makes torchvision importable on CPU machines) and maps
   its JSON line to the same CSV columns as the simulator (TTFT, mean and P99 TPOT, output throughput).
 Before anything runs, each URL must answer GET /health within 3 s, else one line says which is missing.
 """
@@ -61,7 +62,9 @@ def bench_command(url: str, workload: str, rate: float, num_prompts: int, seed: 
     model = os.environ.get("ADRENALINE_MODEL_PATH")
     if not model:
         raise ExperimentError("MODE=real needs ADRENALINE_MODEL_PATH (the served model's directory, for the tokenizer)")
-    cmd = [sys.executable, "-m", "sglang.benchmark.serving", "--backend", "sglang", "--base-url", url,
+    # run_with_stub: the benchmark imports sglang, which needs torchvision importable (a stand-in on CPU).
+    cmd = [sys.executable, "-m", "adrenaline_sgl.support.run_with_stub", "sglang.benchmark.serving",
+           "--backend", "sglang", "--base-url", url,
            "--model", model, "--tokenizer", model, "--num-prompts", str(num_prompts),
            "--request-rate", str(rate), "--seed", str(seed), "--output-file", str(out_file)]  # fmt: skip
     if workload == "sharegpt" and dataset_path:
@@ -92,11 +95,12 @@ def parse_bench_line(line: str) -> dict[str, float]:
 def run_bench(cmd: list[str], out_file: Path) -> dict[str, float]:
     """Run one benchmark point (with a timeout) and parse its last JSON line."""
     try:
-        subprocess.run(cmd, check=True, timeout=BENCH_TIMEOUT_S, stdout=subprocess.DEVNULL)
+        done = subprocess.run(cmd, timeout=BENCH_TIMEOUT_S, stdout=subprocess.PIPE, text=True)
     except subprocess.TimeoutExpired:
         raise ExperimentError(f"bench_serving did not finish within {BENCH_TIMEOUT_S:.0f} s") from None
-    except subprocess.CalledProcessError as err:
-        raise ExperimentError(f"bench_serving failed with exit status {err.returncode}") from None
+    if done.returncode != 0:  # it explains itself on stdout (e.g. "Server ... is not ready"): keep its last line
+        last = next((ln.strip() for ln in reversed(done.stdout.splitlines()) if ln.strip()), "no output")
+        raise ExperimentError(f"bench_serving failed with exit status {done.returncode}: {last}")
     lines = [ln for ln in out_file.read_text().splitlines() if ln.strip()]
     if not lines:
         raise ExperimentError(f"bench_serving wrote nothing to {out_file}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 
 import pytest
 
@@ -38,7 +39,7 @@ def test_bench_line_maps_to_the_e2e_columns():
 def test_bench_command(tmp_path, monkeypatch):
     monkeypatch.setenv("ADRENALINE_MODEL_PATH", "models/llama")
     cmd = real.bench_command("http://h:1", "sharegpt", 2.5, 100, 0, tmp_path / "o.jsonl")
-    assert cmd[1:3] == ["-m", "sglang.benchmark.serving"]
+    assert cmd[1:4] == ["-m", "adrenaline_sgl.support.run_with_stub", "sglang.benchmark.serving"]
     assert cmd[cmd.index("--request-rate") + 1] == "2.5" and cmd[cmd.index("--dataset-name") + 1] == "random-ids"
     cmd = real.bench_command("http://h:1", "sharegpt", 1.0, 10, 0, tmp_path / "o.jsonl", dataset_path="sg.json")
     assert cmd[cmd.index("--dataset-path") + 1] == "sg.json"
@@ -52,3 +53,9 @@ def test_unknown_mode_is_a_one_line_error(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("MODE", "gpu")
     assert runner.main(["fig1", "--quick"]) == 2
     assert capsys.readouterr().err.strip() == "error: MODE='gpu' is unknown; valid: sim, real"
+
+
+def test_failed_benchmark_says_why(tmp_path):
+    cmd = [sys.executable, "-c", "print('progress'); print('Server at X is not ready. Exiting.'); raise SystemExit(3)"]
+    with pytest.raises(real.ExperimentError, match="exit status 3: Server at X is not ready. Exiting."):
+        real.run_bench(cmd, tmp_path / "o.jsonl")
