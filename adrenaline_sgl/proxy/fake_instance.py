@@ -26,6 +26,8 @@ class StandIn:
             app.router.add_post(path, self._generate)
         if self.load is not None:
             app.router.add_get("/adrenaline/load", self._load)
+        for path in ("/v1/models", "/get_server_info"):  # read-only info, each answer names this instance
+            app.router.add_get(path, self._info)
         # handler_cancellation: a client that gives up (the proxy timing out) cancels the handler, as in SGLang.
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
         await self._runner.setup()
@@ -39,6 +41,9 @@ class StandIn:
 
     async def _load(self, _request):
         return web.json_response(self.load)
+
+    async def _info(self, request: web.Request):
+        return web.json_response({"instance": self.name, "path": request.path})
 
     async def _generate(self, request: web.Request):
         body = await request.json()

@@ -26,6 +26,10 @@ from adrenaline_sgl.proxy.metrics import CONTENT_TYPE, ProxyMetrics
 logger = logging.getLogger(__name__)
 
 ENDPOINTS = ("generate", "v1/chat/completions", "v1/completions")
+# Read-only GETs forwarded like SGLang's mini load balancer: model info from the first prefill instance,
+# server info from the first decode instance.
+READ_ONLY_GETS = {"v1/models": "prefill", "model_info": "prefill", "get_model_info": "prefill",
+                  "get_server_info": "decode", "server_info": "decode"}
 
 
 class UpstreamError(Exception):
@@ -68,6 +72,8 @@ class Proxy:
             app.router.add_post("/" + endpoint, self._handler(endpoint))
         app.router.add_get("/health", self.health)
         app.router.add_get("/adrenaline/status", self.status)
+        for path, role in READ_ONLY_GETS.items():
+            app.router.add_get("/" + path, self._passthrough(path, role))
         if self.cfg.metrics_port is None:
             app.router.add_get("/metrics", self.metrics_handler)
         return app
@@ -119,6 +125,21 @@ class Proxy:
             for url, p in self.poller.snapshot().items()
         }
         return web.json_response({"policy": self.cfg.policy, "instances": instances})
+
+    def _passthrough(self, path: str, role: str):
+        """GET `path` from one instance as SGLang's mini load balancer does (clients such as
+        `sglang.benchmark.serving` poll /v1/models before they start)."""
+
+        async def handle(_request: web.Request) -> web.Response:
+            url = self.cfg.prefill[0][0] if role == "prefill" else self.cfg.decode[0]
+            try:
+                async with self.session.get(f"{url}/{path}") as resp:
+                    return web.Response(status=resp.status, body=await resp.read(),
+                                        content_type=resp.content_type)  # fmt: skip
+            except (TimeoutError, aiohttp.ClientError) as err:
+                return error_response(502, "upstream_unreachable", f"{url}/{path} unreachable: {err}")
+
+        return handle
 
     # ---- the request path ------------------------------------------------------------------------------
     def _handler(self, endpoint: str):

@@ -250,3 +250,30 @@ def test_separate_metrics_port_reports_executor_memory_and_rtt():
                 assert resp.status == 404
 
     run(body())
+
+
+def test_read_only_gets_are_forwarded_like_mini_lb():
+    """sglang.benchmark.serving polls /v1/models before it starts; model info comes from prefill, server info
+    from decode, and an unknown GET is a 404, not a forward."""
+
+    async def body():
+        async with Stack() as s:
+            for path, instance in (("/v1/models", "prefill"), ("/get_server_info", "decode")):
+                async with s.http.get(s.proxy.url + path) as resp:
+                    assert resp.status == 200
+                    assert await resp.json() == {"instance": instance, "path": path}
+            async with s.http.get(s.proxy.url + "/flush_everything") as resp:
+                assert resp.status == 404
+
+    run(body())
+
+
+def test_read_only_get_with_an_unreachable_instance_is_a_502_json_error():
+    async def body():
+        dead = f"http://127.0.0.1:{_closed_port()}"
+        async with Stack(decode_url=dead) as s:
+            async with s.http.get(s.proxy.url + "/get_server_info") as resp:
+                out = await resp.json()
+                assert resp.status == 502 and out["error"]["type"] == "upstream_unreachable"
+
+    run(body())
