@@ -56,12 +56,18 @@ def check_servers(systems: list[str], timeout_s: float = HEALTH_TIMEOUT_S) -> di
     return urls
 
 
-def bench_command(url: str, workload: str, rate: float, num_prompts: int, seed: int, out_file: Path,
-                  dataset_path: str | None = None) -> list[str]:
-    """The sglang.benchmark.serving command line for one (server, rate) point."""
+def model_path() -> str:
+    """The served model's directory ($ADRENALINE_MODEL_PATH): the benchmark's tokenizer, and the CSVs' model."""
     model = os.environ.get("ADRENALINE_MODEL_PATH")
     if not model:
         raise ExperimentError("MODE=real needs ADRENALINE_MODEL_PATH (the served model's directory, for the tokenizer)")
+    return model
+
+
+def bench_command(url: str, workload: str, rate: float, num_prompts: int, seed: int, out_file: Path,
+                  dataset_path: str | None = None) -> list[str]:
+    """The sglang.benchmark.serving command line for one (server, rate) point."""
+    model = model_path()
     # run_with_stub: the benchmark imports sglang, which needs torchvision importable (a stand-in on CPU).
     cmd = [sys.executable, "-m", "adrenaline_sgl.support.run_with_stub", "sglang.benchmark.serving",
            "--backend", "sglang", "--base-url", url,

@@ -49,7 +49,9 @@ def _real_rows(cfg: dict, out: Path) -> list:
             cmd = real.bench_command(urls[system], cfg["workload"], float(rate), int(cfg["num_requests"]),
                                      int(cfg["seed"]), jsonl, (cfg.get("dataset_paths") or {}).get(cfg["workload"]))
             m = real.run_bench(cmd, jsonl)
-            rows.append([system, cfg["model"], cfg["workload"], float(rate)] + [m[c] for c in E2E_COLUMNS[4:]])
+            # the model column names what the live servers serve, not the simulator config's model
+            rows.append([system, Path(real.model_path()).name, cfg["workload"], float(rate)]
+                        + [m[c] for c in E2E_COLUMNS[4:]])
     return rows
 
 
