@@ -34,20 +34,9 @@ SLOTS, LAYERS, HKV, D = 64, 2, 2, 8
 
 
 @pytest.fixture(scope="module")
-def sgl_context(tmp_path_factory):
+def sgl_context(tmp_path_factory, tiny_llama_context):
     """A published-like runtime context (prefill mode) from a weightless tiny Llama config."""
-    from sglang.srt.runtime_context import SpawnRanks, create_context, use_context
-    from sglang.srt.server_args import prepare_server_args
-    from transformers import LlamaConfig
-
-    model_dir = tmp_path_factory.mktemp("tiny_llama_prefill")
-    LlamaConfig(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=HKV,
-                num_hidden_layers=LAYERS, vocab_size=128, max_position_embeddings=64,
-                architectures=["LlamaForCausalLM"]).save_pretrained(model_dir)  # fmt: skip
-    server_args = prepare_server_args(["--model-path", str(model_dir), "--device", "cpu",
-                                       "--disaggregation-mode", "prefill"])  # fmt: skip
-    ctx = create_context(server_args, role="scheduler", ranks=SpawnRanks(world_rank=0))
-    return lambda: use_context(ctx)
+    return tiny_llama_context(tmp_path_factory, "prefill", HKV, LAYERS)
 
 
 @pytest.fixture
