@@ -17,37 +17,19 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass
 
 from adrenaline_sgl.colocation.profiles import AttentionPoint, PrefillPoint, Profile, write_profile
+from adrenaline_sgl.scheduler.specs import GPUSpec, ModelSpec, get_gpu, get_model
 
 NAME = "modelled-a100-llama2-7b"
 SHARES = tuple(i / 16 for i in range(1, 17))  # 1/16 .. the whole device
 TOKENS = (512, 1024, 2048, 4096)
 
 
-@dataclass(frozen=True)
-class GPUModel:
-    name: str
-    total_sms: int
-    peak_tflops: float  # dense fp16/bf16 tensor core
-    hbm_gbs: float  # HBM peak
-    mfu: float  # fraction of peak a prefill GEMM reaches at full device (paper: 67-69% from 1024 tokens)
-
-
-@dataclass(frozen=True)
-class LlamaShape:
-    hidden: int = 4096
-    heads: int = 32
-    kv_heads: int = 32
-    head_dim: int = 128
-    ffn: int = 11008
-    layers: int = 32
-    dtype_bytes: int = 2
-
-
-A100 = GPUModel("NVIDIA A100-SXM4-80GB (model)", 108, 312.0, 2039.0, 0.67)
-LLAMA2_7B = LlamaShape()
+A100 = get_gpu("a100-80g")
+A100_LABEL = "NVIDIA A100-SXM4-80GB (model)"  # the provenance's gpu name (this is a model of the card)
+PREFILL_MFU = 0.67  # fraction of peak a prefill GEMM reaches at full device (paper: 67-69% from 1024 tokens)
+LLAMA2_7B = get_model("llama2-7b")
 CALIBRATION = ((0.2, 0.60), (1.0, 0.91))  # (SM share, fraction of HBM peak), paper, A100
 
 
@@ -74,44 +56,46 @@ def bandwidth_fraction(sm_share: float, points=CALIBRATION) -> float:
     return f_max * (1 - math.exp(-sm_share / tau))
 
 
-def prefill_layer_ms(tokens: int, sm_share: float, gpu: GPUModel = A100, m: LlamaShape = LLAMA2_7B) -> float:
+def prefill_layer_ms(tokens: int, sm_share: float, gpu: GPUSpec = A100, m: ModelSpec = LLAMA2_7B,
+                     mfu: float = PREFILL_MFU) -> float:
     """Roofline time (ms) of one Llama layer's prefill over `tokens` tokens on `sm_share` of the SMs."""
-    t, h, b = tokens, m.hidden, m.dtype_bytes
-    qkv_out = (m.heads + 2 * m.kv_heads) * m.head_dim
-    gemms = [(h, qkv_out), (m.heads * m.head_dim, h), (h, 2 * m.ffn), (m.ffn, h)]  # (in, out) of each GEMM
+    t, h, b, ffn = tokens, m.hidden_size, m.bytes_per_param, m.intermediate_size
+    gemms = [(h, m.qkv_out_dim), (m.q_dim, h), (h, 2 * ffn), (ffn, h)]  # (in, out) of each GEMM
     ops = [(2 * t * i * o, b * (i * o + t * (i + o))) for i, o in gemms]  # (flops, bytes)
-    attn_flops = 2 * 2 * m.heads * m.head_dim * t * t / 2  # QK^T and PV, causal half
-    ops.append((attn_flops, b * t * (2 * m.heads + 2 * m.kv_heads) * m.head_dim))
-    flops_per_ms = sm_share * gpu.peak_tflops * gpu.mfu * 1e9
+    attn_flops = 2 * 2 * m.q_dim * t * t / 2  # QK^T and PV, causal half
+    ops.append((attn_flops, b * t * (2 * m.q_dim + 2 * m.kv_dim)))
+    flops_per_ms = sm_share * gpu.peak_tflops * mfu * 1e9
     bytes_per_ms = bandwidth_fraction(sm_share) * gpu.hbm_gbs * 1e6
     return sum(max(f / flops_per_ms, by / bytes_per_ms) for f, by in ops)
 
 
-def attention_point(sm_share: float, batch: int, context: int, gpu: GPUModel = A100, m: LlamaShape = LLAMA2_7B):
+def attention_point(sm_share: float, batch: int, context: int, gpu: GPUSpec = A100, m: ModelSpec = LLAMA2_7B):
     gbs = bandwidth_fraction(sm_share) * gpu.hbm_gbs
-    kv_bytes = 2 * batch * context * m.kv_heads * m.head_dim * m.dtype_bytes
-    num_sms = max(1, round(sm_share * gpu.total_sms))
-    return AttentionPoint(sm_share, num_sms, gpu.total_sms, batch, context, kv_bytes / gbs / 1e6, gbs, gpu.hbm_gbs)
+    kv_bytes = batch * context * m.kv_bytes_per_token_layer
+    num_sms = max(1, round(sm_share * gpu.num_sms))
+    return AttentionPoint(sm_share, num_sms, gpu.num_sms, batch, context, kv_bytes / gbs / 1e6, gbs, gpu.hbm_gbs)
 
 
-def modelled_profile(gpu: GPUModel = A100, m: LlamaShape = LLAMA2_7B, batch: int = 64, context: int = 1024) -> Profile:
+def modelled_profile(gpu: GPUSpec = A100, m: ModelSpec = LLAMA2_7B, batch: int = 64, context: int = 1024,
+                     label: str = A100_LABEL, mfu: float = PREFILL_MFU) -> Profile:
     f_max, tau = fit_bandwidth_curve()
     provenance = {
         "source": "modelled",
         "title": "modelled, not measured",
-        "gpu": gpu.name,
-        "total_sms": str(gpu.total_sms),
+        "gpu": label,
+        "total_sms": str(gpu.num_sms),
         "compute_capability": "8.0",
         "model": "Llama-2-7B shape (hidden 4096, 32 heads, head_dim 128, ffn 11008), fp16",
         "attention": f"f(s)=f_max*(1-exp(-s/tau)) of HBM peak, f_max={f_max:.4f} tau={tau:.4f}, fitted to "
         f"paper A100 points {CALIBRATION}",
-        "prefill": f"per-operator roofline, peak {gpu.peak_tflops} TFLOP/s x mfu {gpu.mfu}, HBM {gpu.hbm_gbs} GB/s "
+        "prefill": f"per-operator roofline, peak {gpu.peak_tflops} TFLOP/s x mfu {mfu}, HBM {gpu.hbm_gbs} GB/s "
         "x f(s); contention not modelled",
         "reference": "ref_gbs is the HBM peak (the paper reports % of HBM bandwidth), not a measured copy",
         "command": "python -m adrenaline_sgl.colocation.modelled --out adrenaline_sgl/colocation/profiles/" + NAME,
     }
     prefill = tuple(
-        PrefillPoint(s, max(1, round(s * gpu.total_sms)), gpu.total_sms, t, m.layers, m.layers * prefill_layer_ms(t, s))
+        PrefillPoint(s, max(1, round(s * gpu.num_sms)), gpu.num_sms, t, m.num_layers,
+                     m.num_layers * prefill_layer_ms(t, s, gpu, m, mfu))
         for t in TOKENS
         for s in SHARES
     )
