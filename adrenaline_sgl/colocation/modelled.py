@@ -24,8 +24,6 @@ from adrenaline_sgl.scheduler.specs import GPUSpec, ModelSpec, get_gpu, get_mode
 NAME = "modelled-a100-llama2-7b"
 SHARES = tuple(i / 16 for i in range(1, 17))  # 1/16 .. the whole device
 TOKENS = (512, 1024, 2048, 4096)
-
-
 A100 = get_gpu("a100-80g")
 A100_LABEL = "NVIDIA A100-SXM4-80GB (model)"  # the provenance's gpu name (this is a model of the card)
 PREFILL_MFU = 0.67  # fraction of peak a prefill GEMM reaches at full device (paper: 67-69% from 1024 tokens)
