@@ -1,4 +1,5 @@
-"""Decode hooks: admit an offloaded request without prompt KV; tell its executor when it ends.
+"""Decode hooks: admit an offloaded request without prompt KV; tell its executor when it ends. Its decode
+steps take no local KV slot either (`decode_alloc`, registered from `hooks()` here).
 
 AROUND hooks, inert unless the instance runs with `--adrenaline-role decode`, its attention backend is
 `adrenaline` (which installs the process's `DecodeOffload`) and the request is offloaded.
@@ -10,7 +11,7 @@ import logging
 
 import torch
 
-from adrenaline_sgl.sglang_ext import decode_offload, flags, marks
+from adrenaline_sgl.sglang_ext import decode_alloc, decode_offload, flags, marks
 
 logger = logging.getLogger(__name__)
 
@@ -66,16 +67,23 @@ def required_tokens_hook(original, self, req):
 
 
 def before_release(req) -> None:
-    """Called by the release hook before SGLang frees a request: for an offloaded one, its prompt range is
-    marked tree-protected (`cache_protected_len`) so SGLang frees only the slots it really allocated here.
+    """Called by the release hook before SGLang frees a request (finish, abort, retraction): for an offloaded
+    one, the padding prefix of its row (the prompt, plus every decode step `decode_alloc` padded) is marked
+    tree-protected (`cache_protected_len`) so SGLang frees only slots really allocated here. A row that is
+    padding throughout also has its allocated length clamped to SGLang's owned length, so the
+    "overallocated" tail `[owned_kv_len, kv_allocated_len)` that `release_kv_cache` frees (a stop before the
+    last committed token) is empty too: slot 0 is never freed, nothing is freed twice.
     NOTE: set at release, not at admission: `pop_preallocated` resets `cache_protected_len` after `_pre_alloc`."""
     offload = decode_offload.current()
-    row = req.kv.req_pool_idx
-    if offload is None or row is None:
+    kv = req.kv
+    if offload is None or kv.req_pool_idx is None:
         return
-    found = offload.lookup(row)
-    if found is not None and found.rid == marks.offload_id(req):
-        req.kv.cache_protected_len = max(req.kv.cache_protected_len, found.prompt_tokens)
+    found = offload.lookup(kv.req_pool_idx)
+    if found is None or found.rid != marks.offload_id(req):
+        return
+    kv.cache_protected_len = max(kv.cache_protected_len, found.prompt_tokens)
+    if kv.cache_protected_len >= kv.kv_allocated_len:  # no local slot in the row
+        kv.kv_allocated_len = kv.cache_protected_len = min(kv.kv_allocated_len, req.owned_kv_len())
 
 
 def after_release(row: int | None, rid: str) -> None:
@@ -119,9 +127,11 @@ def run_batch_hook(original, self, *args, **kwargs):
 
 
 def hooks(hook_type) -> list[tuple[str, object, object]]:
+    """These hooks and the per-step allocation hooks (`decode_alloc`)."""
     around = hook_type.AROUND
     return [
         (PRE_ALLOC, pre_alloc_hook, around),
         (REQUIRED_TOKENS, required_tokens_hook, around),
         (RUN_BATCH, run_batch_hook, around),
+        *decode_alloc.hooks(hook_type),
     ]
