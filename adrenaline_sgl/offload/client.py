@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,12 +32,17 @@ class ClientConfig:
     control_timeout_s: float = field(
         default=60.0, metadata={"help": "seconds a bulk control call (hello, adopt_copy, release, stats) may take"}
     )
+    round_trip_window: int = field(
+        default=16384, metadata={"help": "per-layer round trips kept (the oldest are dropped), 1..1000000"}
+    )
 
     def __post_init__(self):
         for name in ("layer_timeout_s", "control_timeout_s"):
             value = getattr(self, name)
             if not 0 < value <= 3600:
                 raise ValueError(f"{name} must lie in (0, 3600] seconds, got {value}")
+        if not 1 <= self.round_trip_window <= 1_000_000:
+            raise ValueError(f"round_trip_window must lie in [1, 1000000] round trips, got {self.round_trip_window}")
 
 
 class OffloadClient:
@@ -46,7 +53,11 @@ class OffloadClient:
         self.layout = layout
         self.num_layers = num_layers
         self.config = config or ClientConfig()
-        self.round_trip_ms: list[float] = []  # one entry per layer: submit() to wait() returning
+        # One entry per layer, submit() to wait() returning, the last `round_trip_window` only; the end times
+        # (time.monotonic) in a parallel deque for `recent_round_trips_ms`. Appended by the forward thread.
+        self.round_trip_ms: deque[float] = deque(maxlen=self.config.round_trip_window)
+        self._round_trip_end_s: deque[float] = deque(maxlen=self.config.round_trip_window)
+        self._round_trip_lock = threading.Lock()
         self._step_id: int | None = None
         self._rids: tuple[str, ...] = ()
         self._pending: tuple[int, float] | None = None  # (layer, submit time)
@@ -87,6 +98,20 @@ class OffloadClient:
     def stats(self) -> dict[str, Any]:
         return self._call("stats", {})[0]
 
+    def recent_round_trips_ms(self, window_s: float | None = None) -> list[float]:
+        """A copy of the per-layer round trips (ms) that ended in the last `window_s` seconds (None: all kept),
+        oldest first; safe to call from any thread while the forward thread appends."""
+        now_s = time.monotonic()
+        with self._round_trip_lock:
+            # NOTE: paired from the newest end: a caller may have cleared `round_trip_ms` (bench.py does),
+            # leaving older end times unpaired; the newest of both deques always belong together.
+            recent = []
+            for ms, end_s in zip(reversed(self.round_trip_ms), reversed(self._round_trip_end_s), strict=False):
+                if window_s is not None and now_s - end_s > window_s:
+                    break  # end times only grow: everything older is outside the window too
+                recent.append(ms)
+        return recent[::-1]
+
     def close(self) -> None:
         self.channel.close()
 
@@ -116,7 +141,10 @@ class OffloadClient:
             raise OffloadError(f"executor at {self.address}, layer {layer}: {exc}") from exc
         finally:
             self._pending = None
-        self.round_trip_ms.append((time.perf_counter() - start) * 1e3)
+        elapsed_ms = (time.perf_counter() - start) * 1e3
+        with self._round_trip_lock:
+            self.round_trip_ms.append(elapsed_ms)
+            self._round_trip_end_s.append(time.monotonic())
         return o, lse
 
     def _call(self, op: str, args: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None,

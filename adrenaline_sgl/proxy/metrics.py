@@ -34,6 +34,19 @@ class ProxyMetrics:
         self.offload_rtt_ms = Gauge("adrenaline_offload_round_trip_ms",
                                     "Decode's mean per-layer round trip to the executor (last window).",
                                     ["instance"], registry=r)  # fmt: skip
+        self.offload_rtt_p99_ms = Gauge("adrenaline_offload_round_trip_p99_ms",
+                                        "Decode's 99th percentile per-layer round trip to the executor (last window).",
+                                        ["instance"], registry=r)  # fmt: skip
+        self.decode_offloaded = Gauge("adrenaline_decode_offloaded_requests",
+                                      "Offloaded requests running on a decode instance (its own count).",
+                                      ["instance"], registry=r)  # fmt: skip
+        self.decode_offload_failed = Gauge("adrenaline_decode_offload_failed_requests",
+                                           "Offloaded requests on a decode instance whose executor failed.",
+                                           ["instance"], registry=r)  # fmt: skip
+        self.offload_stats_ok = Gauge("adrenaline_decode_offload_stats_ok",
+                                      "1 when decode's scheduler answered with its offload statistics in time; "
+                                      "0: the decode offload gauges read 0 (unknown).", ["instance"],
+                                      registry=r)  # fmt: skip
         self._routed = 0
         self._offloaded = 0
 
@@ -53,6 +66,10 @@ class ProxyMetrics:
                 self.executor_kv_tokens.labels(instance=url).set(item.report.executor_kv_tokens)
             if item.report.role == "decode":
                 self.offload_rtt_ms.labels(instance=url).set(item.report.offload_rtt_ms)
+                self.offload_rtt_p99_ms.labels(instance=url).set(item.report.offload_rtt_p99_ms)
+                self.decode_offloaded.labels(instance=url).set(item.report.offloaded_reqs)
+                self.decode_offload_failed.labels(instance=url).set(item.report.offload_failed_reqs)
+                self.offload_stats_ok.labels(instance=url).set(int(item.report.offload_stats_ok))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -157,10 +157,18 @@ class DecodeOffload:
         )
         return RowSplit(torch.tensor(local, dtype=torch.int64), groups, torch.tensor(dead, dtype=torch.int64))
 
-    def round_trip_ms(self) -> float:
-        """Mean per-layer round trip over every client's last 1000 layers (0 when none yet)."""
-        samples = [ms for c in self._clients.values() for ms in c.round_trip_ms[-1000:]]
-        return sum(samples) / len(samples) if samples else 0.0
+    def recent_round_trips_ms(self, window_s: float | None = None) -> list[float]:
+        """Every connected client's per-layer round trips (ms) of the last `window_s` seconds (any thread)."""
+        with self._lock:
+            clients = list(self._clients.values())
+        return [ms for c in clients for ms in c.recent_round_trips_ms(window_s)]
+
+    def counts(self) -> dict[str, int]:
+        """`offloaded`: admitted offloaded requests not yet finished, failed ones excluded; `failed`: those
+        whose executor failed (being aborted); `executors`: connected clients. Any thread."""
+        with self._lock:
+            failed = sum(1 for row in self._by_row if row in self._failed)
+            return {"offloaded": len(self._by_row) - failed, "failed": failed, "executors": len(self._clients)}
 
     def close(self) -> None:
         for c in self._clients.values():

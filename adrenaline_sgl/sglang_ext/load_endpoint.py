@@ -7,8 +7,9 @@ executor address, and SGLang has no route for the Adrenaline parts.
 
 Sources: queue lengths and KV usage from SGLang's own `tokenizer_manager.get_loads()` (what `/v1/loads`
 serves); on prefill, the executor's own `stats` answer over its control socket (ZMQ, the executor
-protocol's `call`; timeout `HEALTH_TIMEOUT_S`): healthy when it answers, and the KV it holds.
-NOTE: the decode round trip lives in the decode scheduler process and reads 0 here for now.
+protocol's `call`; timeout `HEALTH_TIMEOUT_S`): healthy when it answers, and the KV it holds; on decode, the
+scheduler's offload statistics (round trips, offloaded requests) through SGLang's `get_internal_state`
+(`decode_stats.py`; timeout `decode_stats.FETCH_TIMEOUT_S`, after which `offload_stats_ok` is False).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from adrenaline_sgl.sglang_ext import flags
+from adrenaline_sgl.sglang_ext import decode_stats, flags
 from adrenaline_sgl.sglang_ext.load_report import LOAD_PATH, LoadReport
 
 logger = logging.getLogger(__name__)
@@ -54,8 +55,10 @@ async def executor_call(host: str, port: int, op: str, timeout_s: float) -> tupl
         sock.close(linger=0)
 
 
-def report_from_loads(args: flags.AdrenalineArgs, loads: list[dict], executor: dict | None) -> LoadReport:
-    """Sum SGLang's per-DP-rank load dicts (`LoadSnapshot.to_dict`) into one report for this instance."""
+def report_from_loads(args: flags.AdrenalineArgs, loads: list[dict], executor: dict | None,
+                      decode: decode_stats.DecodeStats | None = None) -> LoadReport:
+    """Sum SGLang's per-DP-rank load dicts (`LoadSnapshot.to_dict`) into one report for this instance, with the
+    prefill's `executor` stats or the decode scheduler's offload stats (None: did not answer)."""
     running = sum(int(d.get("num_running_reqs", 0)) for d in loads)
     waiting = sum(int(d.get("num_waiting_reqs", 0)) for d in loads)
     total = sum(int(d.get("max_total_num_tokens", 0)) for d in loads)
@@ -71,22 +74,39 @@ def report_from_loads(args: flags.AdrenalineArgs, loads: list[dict], executor: d
         executor_kv_tokens=int(executor.get("tokens_held", 0)) if executor else 0,
         executor_kv_bytes=int(executor.get("tokens_held", 0)) * int(executor.get("bytes_per_slot", 0)) if executor
         else 0,
-        offloaded_reqs=int(executor.get("requests", 0)) if executor else 0,
+        offloaded_reqs=int(executor.get("requests", 0)) if executor else decode.offloaded_reqs if decode else 0,
+        offload_rtt_ms=decode.rtt_mean_ms if decode else 0.0,
+        offload_stats_ok=decode is not None,
+        offload_rtt_p50_ms=decode.rtt_p50_ms if decode else 0.0,
+        offload_rtt_p99_ms=decode.rtt_p99_ms if decode else 0.0,
+        offload_rtt_samples=decode.rtt_samples if decode else 0,
+        offload_failed_reqs=decode.failed_reqs if decode else 0,
     )
 
 
-def make_handler(args: flags.AdrenalineArgs, get_tokenizer_manager):
-    async def adrenaline_load():
-        tokenizer_manager = get_tokenizer_manager()
+async def _none() -> None:
+    return None
+
+
+def make_handler(args: flags.AdrenalineArgs, get_tokenizer_manager,
+                 stats_timeout_s: float = decode_stats.FETCH_TIMEOUT_S):
+    async def loads_of(tokenizer_manager) -> list[dict]:
         try:
             snapshots = await asyncio.wait_for(tokenizer_manager.get_loads(include=["core"], dp_rank=None),
                                                LOADS_TIMEOUT_S)  # fmt: skip
-            loads = [s.to_dict({"core"}) if hasattr(s, "to_dict") else dict(s) for s in snapshots]
+            return [s.to_dict({"core"}) if hasattr(s, "to_dict") else dict(s) for s in snapshots]
         except (TimeoutError, ValueError) as err:
             logger.warning("adrenaline load: get_loads failed: %s", err)
-            loads = []
-        stats = await executor_stats(args.executor_host, args.executor_port) if args.role == "prefill" else None
-        return report_from_loads(args, loads, stats).to_dict()
+            return []
+
+    async def adrenaline_load():
+        tokenizer_manager = get_tokenizer_manager()
+        loads, executor, decode = await asyncio.gather(
+            loads_of(tokenizer_manager),
+            executor_stats(args.executor_host, args.executor_port) if args.role == "prefill" else _none(),
+            decode_stats.fetch(tokenizer_manager, stats_timeout_s) if args.role == "decode" else _none(),
+        )
+        return report_from_loads(args, loads, executor, decode).to_dict()
 
     return adrenaline_load
 

@@ -26,6 +26,13 @@ class LoadReport:
     executor_kv_bytes: int = 0  # prefill: bytes of that KV
     offloaded_reqs: int = 0  # prefill: requests whose KV the executor holds; decode: running offloaded
     offload_rtt_ms: float = 0.0  # decode: mean per-layer round trip to the executor, last window (0 = none)
+    # decode, from its scheduler (`decode_stats.py`); False: it did not answer in time (or an older plugin), so
+    # offloaded_reqs and the offload_rtt_* fields read 0 and mean "unknown"
+    offload_stats_ok: bool = False
+    offload_rtt_p50_ms: float = 0.0  # decode: median per-layer round trip, same window
+    offload_rtt_p99_ms: float = 0.0  # decode: 99th percentile per-layer round trip, same window
+    offload_rtt_samples: int = 0  # decode: per-layer round trips in the window
+    offload_failed_reqs: int = 0  # decode: offloaded requests whose executor failed (being aborted)
 
     def __post_init__(self):
         if self.role not in ("prefill", "decode", "none"):
@@ -33,7 +40,8 @@ class LoadReport:
         if not 0.0 <= self.token_usage <= 1.0:
             raise ValueError(f"load report token_usage={self.token_usage}: expected 0..1")
         for name in ("num_running_reqs", "num_waiting_reqs", "max_total_tokens", "executor_kv_tokens",
-                     "executor_kv_bytes", "offloaded_reqs"):  # fmt: skip
+                     "executor_kv_bytes", "offloaded_reqs", "offload_rtt_ms", "offload_rtt_p50_ms",
+                     "offload_rtt_p99_ms", "offload_rtt_samples", "offload_failed_reqs"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"load report {name}={getattr(self, name)}: expected >= 0")
 

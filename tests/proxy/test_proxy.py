@@ -252,6 +252,29 @@ def test_separate_metrics_port_reports_executor_memory_and_rtt():
     run(body())
 
 
+def test_metrics_expose_decodes_own_offload_stats_and_their_staleness():
+    fresh = {**decode_load(rtt_ms=1.5), "offload_stats_ok": True, "offload_rtt_p50_ms": 1.25,
+             "offload_rtt_p99_ms": 4.5, "offload_rtt_samples": 300, "offloaded_reqs": 3, "offload_failed_reqs": 1}
+
+    async def body():
+        async with Stack(d_load=fresh) as s:
+            async with s.http.get(s.proxy.url + "/metrics") as resp:
+                text = await resp.text()
+            for name, value in (("offload_round_trip_ms", 1.5), ("offload_round_trip_p99_ms", 4.5),
+                                ("decode_offloaded_requests", 3.0), ("decode_offload_failed_requests", 1.0),
+                                ("decode_offload_stats_ok", 1.0)):  # fmt: skip
+                assert f'adrenaline_{name}{{instance="{s.decode.url}"}} {value}' in text, name
+            s.decode.load = decode_load()  # an older plugin, or its scheduler did not answer: stats unknown
+            await s.proxy.poller.pull_once(s.http)
+            async with s.http.get(s.proxy.url + "/metrics") as resp:
+                text = await resp.text()
+            assert f'adrenaline_decode_offload_stats_ok{{instance="{s.decode.url}"}} 0.0' in text
+            assert f'adrenaline_offload_round_trip_p99_ms{{instance="{s.decode.url}"}} 0.0' in text
+            assert f'adrenaline_decode_offloaded_requests{{instance="{s.prefill.url}"}}' not in text  # decode only
+
+    run(body())
+
+
 def test_read_only_gets_are_forwarded_like_mini_lb():
     """sglang.benchmark.serving polls /v1/models before it starts; model info comes from prefill, server info
     from decode, and an unknown GET is a 404, not a forward."""

@@ -102,6 +102,10 @@ def test_make_policy_names_the_field_on_bad_input():
 
 def test_load_report_rejects_bad_values_and_ignores_unknown_keys():
     assert LoadReport.from_dict({"role": "decode", "future_field": 1}).role == "decode"
+    old = LoadReport.from_dict({"role": "decode", "offload_rtt_ms": 0.0})  # a plugin before the decode stats
+    assert old.offload_stats_ok is False and old.offload_rtt_p99_ms == 0.0 and old.offloaded_reqs == 0
+    with pytest.raises(ValueError, match="offload_rtt_p99_ms"):
+        LoadReport.from_dict({"role": "decode", "offload_rtt_p99_ms": -1.0})
     with pytest.raises(ValueError, match="token_usage"):
         LoadReport.from_dict({"role": "decode", "token_usage": 2})
     with pytest.raises(ValueError, match="role"):

@@ -1,12 +1,15 @@
 """`/adrenaline/load`: SGLang's load snapshots summed into the report the proxy parses."""
 
+import asyncio
 import socket
+import time
 
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sglang.srt.managers.load_snapshot import LoadSnapshot
 
 from adrenaline_sgl.sglang_ext import flags
+from adrenaline_sgl.sglang_ext.decode_stats import DecodeStats
 from adrenaline_sgl.sglang_ext.load_endpoint import make_handler, report_from_loads
 from adrenaline_sgl.sglang_ext.load_report import LOAD_PATH, LoadReport
 
@@ -19,9 +22,22 @@ class FakeTokenizerManager:
         return self.snapshots
 
 
-def _client(args, snapshots):
+class DecodeTokenizerManager(FakeTokenizerManager):
+    """Answers `get_internal_state` (one dict per DP rank) after `delay_s`, as the decode scheduler would."""
+
+    def __init__(self, snapshots, states, delay_s=0.0):
+        super().__init__(snapshots)
+        self.states, self.delay_s = states, delay_s
+
+    async def get_internal_state(self):
+        await asyncio.sleep(self.delay_s)
+        return self.states
+
+
+def _client(args, snapshots, manager=None, **handler_kw):
     app = FastAPI()
-    app.add_api_route(LOAD_PATH, make_handler(args, lambda: FakeTokenizerManager(snapshots)), methods=["GET"])
+    manager = manager or FakeTokenizerManager(snapshots)
+    app.add_api_route(LOAD_PATH, make_handler(args, lambda: manager, **handler_kw), methods=["GET"])
     return TestClient(app)
 
 
@@ -91,3 +107,33 @@ def test_dead_executor_is_reported_unhealthy():
 def test_decode_report_names_no_executor():
     report = report_from_loads(flags.AdrenalineArgs(role="decode"), [{"num_running_reqs": 3}], False)
     assert report.role == "decode" and report.executor_addr == "" and report.num_running_reqs == 3
+
+
+DECODE_SNAPSHOT = LoadSnapshot(dp_rank=0, num_running_reqs=3, num_used_tokens=10, max_total_num_tokens=100)
+
+
+def test_decode_report_carries_the_schedulers_offload_stats():
+    stats = DecodeStats(rtt_samples=60, rtt_mean_ms=2.5, rtt_p50_ms=2.0, rtt_p99_ms=9.0, offloaded_reqs=2,
+                        failed_reqs=1, executors=1)  # fmt: skip
+    manager = DecodeTokenizerManager([DECODE_SNAPSHOT], [{"world_size": 1, "adrenaline": stats.to_dict()}])
+    report = LoadReport.from_dict(_client(flags.AdrenalineArgs(role="decode"), [], manager).get(LOAD_PATH).json())
+    assert report == LoadReport(role="decode", num_running_reqs=3, token_usage=0.1, max_total_tokens=100,
+                                offloaded_reqs=2, offload_rtt_ms=2.5, offload_stats_ok=True, offload_rtt_p50_ms=2.0,
+                                offload_rtt_p99_ms=9.0, offload_rtt_samples=60, offload_failed_reqs=1)  # fmt: skip
+
+
+def test_decode_report_degrades_when_the_scheduler_does_not_answer_in_time():
+    stats = DecodeStats(rtt_samples=1, rtt_mean_ms=2.5, offloaded_reqs=2)
+    manager = DecodeTokenizerManager([DECODE_SNAPSHOT], [{"adrenaline": stats.to_dict()}], delay_s=30.0)
+    t0 = time.monotonic()
+    body = _client(flags.AdrenalineArgs(role="decode"), [], manager, stats_timeout_s=0.2).get(LOAD_PATH).json()
+    assert time.monotonic() - t0 < 5.0  # the timeout, not the scheduler's 30 s
+    report = LoadReport.from_dict(body)
+    assert report.offload_stats_ok is False and report.offload_rtt_ms == 0.0 and report.offloaded_reqs == 0
+    assert report.num_running_reqs == 3  # SGLang's own load still reported
+
+
+def test_decode_report_without_our_key_is_unknown_not_zero_load():
+    manager = DecodeTokenizerManager([DECODE_SNAPSHOT], [{"world_size": 1}])  # the hook did not run there
+    body = _client(flags.AdrenalineArgs(role="decode"), [], manager).get(LOAD_PATH).json()
+    assert body["offload_stats_ok"] is False and body["offload_rtt_ms"] == 0.0
