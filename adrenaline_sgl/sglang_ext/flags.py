@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 ROLES = ("none", "prefill", "decode")
 TRANSPORTS = ("inproc", "mooncake", "cuda_ipc")
 POLICY_WORDS = ("never", "always", "auto")
+# "auto": green contexts on a GPU, none elsewhere (= adrenaline_sgl.colocation.executor_partitioner; import-free)
+EXECUTOR_PARTITIONERS = ("auto", "green_context", "mps", "none")
+MAX_REPLAN_INTERVAL_S = 3600.0
 ATTR_NAME = "_adrenaline"  # attribute on sglang's ServerArgs record
 
 
@@ -90,6 +95,33 @@ class AdrenalineArgs:
         default=False,
     )
 
+    executor_partitioner: str = _opt(
+        "Prefill: how the executor's SM share is enforced: green_context (in-process, re-partitioned live), mps "
+        "(the process must run as an MPS client; a new plan needs a restart), none (not enforced), auto "
+        "(green_context on a GPU, none elsewhere).",
+        default="auto",
+    )
+    ttft_slo_ms: float | None = _opt(
+        "Prefill: mean TTFT target in ms (> 0). Set, the executor's SM share follows load: every "
+        "--adrenaline-replan-interval-s the planner gives prefill the smallest share that meets it. Unset: the "
+        "share stays at --adrenaline-executor-sm-share.",
+        default=None,
+    )
+    colocation_profile: str = _opt(
+        "Prefill, with --adrenaline-ttft-slo-ms: colocation profile folder (prefill.csv, attention.csv) the "
+        "planner predicts with. Empty: the committed default (a measured one for this GPU where there is one).",
+        default="",
+    )
+    replan_interval_s: float = _opt(
+        f"Prefill, with --adrenaline-ttft-slo-ms: seconds between re-plans, (0, {MAX_REPLAN_INTERVAL_S:g}].",
+        default=1.0,
+    )
+    arrival_window_s: float = _opt(
+        "Prefill, with --adrenaline-ttft-slo-ms: sliding window in seconds over which the prompt tokens "
+        f"arriving at this instance are averaged into tokens/s, (0, {MAX_REPLAN_INTERVAL_S:g}].",
+        default=10.0,
+    )
+
     def __post_init__(self):
         if self.role not in ROLES:
             raise ValueError(f"adrenaline role={self.role!r}: expected one of {', '.join(ROLES)}")
@@ -111,6 +143,26 @@ class AdrenalineArgs:
             )
         if not self.remote_timeout_s > 0:
             raise ValueError(f"adrenaline remote_timeout_s={self.remote_timeout_s}: expected > 0")
+        self._check_colocation()
+
+    def _check_colocation(self) -> None:
+        if self.executor_partitioner not in EXECUTOR_PARTITIONERS:
+            raise ValueError(f"adrenaline executor_partitioner={self.executor_partitioner!r}: expected one of "
+                             f"{', '.join(EXECUTOR_PARTITIONERS)}")
+        slo = self.ttft_slo_ms
+        if slo is not None and (isinstance(slo, bool) or not isinstance(slo, int | float) or not math.isfinite(slo)
+                                or slo <= 0):  # fmt: skip
+            raise ValueError(f"adrenaline ttft_slo_ms={slo!r}: expected a number of ms > 0 (or unset)")
+        if slo is not None and self.executor_sm_share == 1.0:
+            raise ValueError("adrenaline ttft_slo_ms needs executor_sm_share < 1 (the starting split; 1 means "
+                             "the whole GPU, unpartitioned)")
+        for name in ("replan_interval_s", "arrival_window_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0 < value <= MAX_REPLAN_INTERVAL_S):
+                raise ValueError(f"adrenaline {name}={value}: expected 0 < seconds <= {MAX_REPLAN_INTERVAL_S:g}")
+        if self.colocation_profile and not Path(self.colocation_profile).is_dir():
+            raise ValueError(f"adrenaline colocation_profile={self.colocation_profile!r}: not a folder (expected "
+                             "one with prefill.csv and attention.csv, or empty for the committed default)")
 
     @property
     def enabled(self) -> bool:
@@ -121,7 +173,8 @@ class AdrenalineArgs:
         return f"{self.executor_host}:{self.executor_port}"
 
 
-_CHOICES = {"role": ROLES, "transport": TRANSPORTS}
+_CHOICES = {"role": ROLES, "transport": TRANSPORTS, "executor_partitioner": EXECUTOR_PARTITIONERS}
+_TYPES = {"ttft_slo_ms": float}  # fields whose default (None) does not give the type
 
 
 def _flag(name: str) -> str:
@@ -139,7 +192,7 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
         group.add_argument(
             _flag(f.name),
             dest="adrenaline_" + f.name,
-            type=type(f.default),
+            type=_TYPES.get(f.name, type(f.default)),
             default=f.default,
             choices=_CHOICES.get(f.name),
             help=f.metadata["help"] + f" Default: {f.default}.",

@@ -55,6 +55,16 @@ async def executor_call(host: str, port: int, op: str, timeout_s: float) -> tupl
         sock.close(linger=0)
 
 
+def colocation_report(executor: dict | None) -> dict:
+    """The LoadReport colocation fields from the executor's `stats` (its "colocation" part, prefill_colocation)."""
+    coloc = (executor or {}).get("colocation") or {}
+    plan = coloc.get("plan") or {}
+    ttft = float(plan.get("predicted_ttft_ms", 0.0))
+    return {"executor_sm_share": float(coloc.get("executor_sm_share") or 0.0),
+            "colocation_ttft_ms": -1.0 if ttft == float("inf") else ttft,
+            "colocation_slo_met": bool(plan.get("slo_met", True))}
+
+
 def report_from_loads(args: flags.AdrenalineArgs, loads: list[dict], executor: dict | None,
                       decode: decode_stats.DecodeStats | None = None) -> LoadReport:
     """Sum SGLang's per-DP-rank load dicts (`LoadSnapshot.to_dict`) into one report for this instance, with the
@@ -74,6 +84,7 @@ def report_from_loads(args: flags.AdrenalineArgs, loads: list[dict], executor: d
         executor_kv_tokens=int(executor.get("tokens_held", 0)) if executor else 0,
         executor_kv_bytes=int(executor.get("tokens_held", 0)) * int(executor.get("bytes_per_slot", 0)) if executor
         else 0,
+        **colocation_report(executor),
         offloaded_reqs=int(executor.get("requests", 0)) if executor else decode.offloaded_reqs if decode else 0,
         offload_rtt_ms=decode.rtt_mean_ms if decode else 0.0,
         offload_stats_ok=decode is not None,

@@ -24,6 +24,11 @@ class LoadReport:
     executor_healthy: bool = False  # prefill: the executor answers; False makes the proxy decode locally
     executor_kv_tokens: int = 0  # prefill: KV tokens held for offloaded requests
     executor_kv_bytes: int = 0  # prefill: bytes of that KV
+    executor_sm_share: float = 0.0  # prefill: the executor's current SM share (0 = not known: no partition here)
+    # prefill, SM planner (--adrenaline-ttft-slo-ms): predicted mean TTFT of its last plan (0 = no planner, -1 =
+    # prefill cannot keep up at any split) and whether that meets the SLO (True without a planner)
+    colocation_ttft_ms: float = 0.0
+    colocation_slo_met: bool = True
     offloaded_reqs: int = 0  # prefill: requests whose KV the executor holds; decode: running offloaded
     offload_rtt_ms: float = 0.0  # decode: mean per-layer round trip to the executor, last window (0 = none)
     # decode, from its scheduler (`decode_stats.py`); False: it did not answer in time (or an older plugin), so
@@ -39,6 +44,8 @@ class LoadReport:
             raise ValueError(f"load report role={self.role!r}: expected prefill, decode or none")
         if not 0.0 <= self.token_usage <= 1.0:
             raise ValueError(f"load report token_usage={self.token_usage}: expected 0..1")
+        if not 0.0 <= self.executor_sm_share <= 1.0:
+            raise ValueError(f"load report executor_sm_share={self.executor_sm_share}: expected 0..1")
         for name in ("num_running_reqs", "num_waiting_reqs", "max_total_tokens", "executor_kv_tokens",
                      "executor_kv_bytes", "offloaded_reqs", "offload_rtt_ms", "offload_rtt_p50_ms",
                      "offload_rtt_p99_ms", "offload_rtt_samples", "offload_failed_reqs"):  # fmt: skip

@@ -8,19 +8,26 @@
   counted as used by SGLang, so admission sees the memory the executor may need.
 - `release(rid)` from decode (over the transport) does not free anything on the transport's thread: it
   asks `KeptKV` to free at the scheduler's next pass, where the executor and SGLang both let go.
-- Colocation: `--adrenaline-executor-sm-share` picks the executor's SM partition
-  (`adrenaline_sgl.colocation.executor_partitioner`: green contexts on a GPU, none on CPU). The executor's
-  server thread runs on the partition's stream and plans the decode kernel with the partition's real SM
-  count. NOTE: the stream is entered on the server thread only; prompt KV written by the prefill forward is
+- Colocation: `--adrenaline-executor-sm-share` and `--adrenaline-executor-partitioner` pick the executor's SM
+  partition (`adrenaline_sgl.colocation.executor_partitioner`: green contexts on a GPU, none on CPU). The
+  executor's server thread runs on the partition's stream and plans the decode kernel with the partition's
+  real SM count. With `--adrenaline-ttft-slo-ms` the share follows load (`prefill_colocation.py`): a new
+  partition is taken at `begin_step` (a step boundary), on the server thread: new stream, new `num_sms`.
+  NOTE: the stream is entered on the server thread only; prompt KV written by the prefill forward is
   complete before adoption (the first token was read back to the host before the inflight queue runs).
+- Transports: the server class comes from `SERVERS` by `--adrenaline-transport` (`mooncake`, `cuda_ipc`);
+  `cuda_ipc` needs the KV pool on a CUDA GPU and says so at start-up; `inproc` serves nothing (tests attach
+  an `InprocChannel` to the service).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -28,6 +35,12 @@ from adrenaline_sgl.offload.errors import OffloadError, SlotError
 from adrenaline_sgl.offload.executor import AttentionExecutor
 from adrenaline_sgl.offload.pool import KVPool
 from adrenaline_sgl.offload.service import ExecutorService
+from adrenaline_sgl.sglang_ext.prefill_colocation import (
+    COLOCATION_ATTR,
+    PrefillColocation,
+    executor_partition,
+    make_colocation,
+)
 from adrenaline_sgl.sglang_ext.prefill_kept import KeptKV
 
 logger = logging.getLogger(__name__)
@@ -71,6 +84,8 @@ class PrefillExecutorService(ExecutorService):
         super().__init__(executor)
         self.kept = kept
         self.on_fault_stop = None  # set by HostedExecutor only with --adrenaline-enable-fault-injection
+        self.colocation: PrefillColocation | None = None  # the executor's partition (and its re-planning)
+        self.on_new_partition: Callable | None = None  # HostedExecutor: move its thread to the new stream
 
     def _op_fault_stop(self, args, tensors):
         """Fault injection: stop serving after this reply (the executor is gone, SGLang serves on)."""
@@ -91,7 +106,24 @@ class PrefillExecutorService(ExecutorService):
         while any(rid not in known for rid in args["rids"]) and time.monotonic() < deadline:
             time.sleep(0.002)
             known = set(self.executor.rids)
+        self._step_boundary()
         return super()._op_begin_step(args, tensors)
+
+    def _step_boundary(self) -> None:
+        """Between steps: take a re-planned partition (its SM count for this step's kernel plan, its stream)."""
+        part = self.colocation.at_step_boundary() if self.colocation is not None else None
+        if part is None:
+            return
+        self.executor.num_sms = part.executor_sms
+        if self.on_new_partition is not None:
+            self.on_new_partition(part)
+        logger.info("adrenaline: executor moved to its new partition: %s SMs", part.executor_sms or "all")
+
+    def _op_stats(self, args, tensors):
+        stats = dataclasses.asdict(self.executor.stats())
+        if self.colocation is not None:
+            stats["colocation"] = self.colocation.stats()
+        return stats, {}
 
 
 def build_prefill_executor(token_to_kv_pool_allocator, reserve_tokens: int = 0, attention: str = "auto",
@@ -111,27 +143,77 @@ def build_prefill_executor(token_to_kv_pool_allocator, reserve_tokens: int = 0, 
     return kept, PrefillExecutorService(executor, kept)
 
 
+def _mooncake_server():
+    from adrenaline_sgl.offload.transports.mooncake_server import MooncakeServer
+
+    return MooncakeServer
+
+
+def _cuda_ipc_server():
+    from adrenaline_sgl.offload.transports.cuda_ipc import CudaIpcServer
+
+    return CudaIpcServer
+
+
+# The executor end of each transport a prefill instance serves (lazy: cuda_ipc never imported for mooncake).
+SERVERS: dict[str, Callable[[], type]] = {"mooncake": _mooncake_server, "cuda_ipc": _cuda_ipc_server}
+
+
+def server_class(transport: str) -> type:
+    if transport not in SERVERS:
+        raise ValueError(f"adrenaline transport={transport!r}: a prefill instance serves {', '.join(SERVERS)}")
+    return SERVERS[transport]()
+
+
+def check_transport_here(transport: str, device) -> None:
+    """A transport this instance cannot serve fails here, at start-up, in one line (not in the server thread)."""
+    if transport == "cuda_ipc" and (torch.device(device).type != "cuda" or not torch.cuda.is_available()):
+        raise ValueError(f"adrenaline transport=cuda_ipc: needs the prefill KV pool on a CUDA GPU, this instance's "
+                         f"is on {device} (torch.cuda.is_available()={torch.cuda.is_available()}); use mooncake")
+
+
+def stream_context(stream):
+    """Run the thread's kernels on `stream` (None: the thread's current stream)."""
+    return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
+
+
+def switch_stream(stream) -> None:
+    """Make `stream` this thread's current stream (between steps; the `stream_context` exit restores)."""
+    if stream is not None:
+        torch.cuda.set_stream(stream)
+
+
 class HostedExecutor:
-    """The executor's server thread in the prefill scheduler process (transport `mooncake`)."""
+    """The executor's server thread in the prefill scheduler process (transport `mooncake` or `cuda_ipc`)."""
 
     def __init__(self, service: PrefillExecutorService, host: str, port: int, fault_injection: bool = False,
-                 stream=None):
-        from adrenaline_sgl.offload.transports.mooncake_server import MooncakeServer
-
+                 stream=None, transport: str = "mooncake"):
         self.stream = stream  # the executor partition's CUDA stream; None: the thread's current stream
-        self.server = MooncakeServer(service, host, port)
+        self.server = server_class(transport)(service, host, port)
+        self._use_layer_stream(stream)
         self.address = self.server.address
         self._stop = threading.Event()
         self._closed = False
         self._close_lock = threading.Lock()
         if fault_injection:
             service.on_fault_stop = self._stop.set
+        service.on_new_partition = self._on_new_partition
         self._thread = threading.Thread(target=self._serve, daemon=True, name="adrenaline-executor")
         self._thread.start()
 
+    def _use_layer_stream(self, stream) -> None:
+        # NOTE: CudaIpcServer runs each layer on its own `_stream`; hosted, the layers belong on the partition's.
+        if stream is not None and hasattr(self.server, "_stream"):
+            self.server._stream = stream
+
+    def _on_new_partition(self, part) -> None:
+        """On the server thread, between steps (PrefillExecutorService._step_boundary)."""
+        self.stream = part.stream
+        switch_stream(part.stream)
+        self._use_layer_stream(part.stream)
+
     def _serve(self) -> None:
-        on_stream = torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
-        with on_stream:  # every kernel the executor launches from this thread goes to its partition
+        with stream_context(self.stream):  # every kernel the executor launches from this thread goes to its partition
             self.server.serve(self._stop)
         if self.server.service.on_fault_stop is not None:  # stopped by fault injection: let go of the port too
             logger.warning("adrenaline: executor on %s stopped by fault injection", self.address)
@@ -154,24 +236,30 @@ class HostedExecutor:
 
 
 def host_executor(scheduler, args) -> tuple[KeptKV, HostedExecutor | None]:
-    """Build the executor over `scheduler`'s pool and serve it on `args.executor_addr` (mooncake);
-    with `inproc` nothing listens (tests attach an `InprocChannel` to `kept`'s service themselves)."""
-    if args.transport == "cuda_ipc":
-        raise ValueError("adrenaline transport=cuda_ipc: not served from inside SGLang yet; use mooncake")
+    """Build the executor over `scheduler`'s pool, on its SM partition (re-planned with a TTFT SLO), and serve it
+    on `args.executor_addr` (`mooncake`, `cuda_ipc`); with `inproc` nothing listens (tests attach an
+    `InprocChannel` to `kept`'s service themselves)."""
     allocator = scheduler.token_to_kv_pool_allocator
-    part = executor_partition(args, allocator.get_kvcache().k_buffer[0].device)
-    kept, service = build_prefill_executor(allocator, args.executor_max_tokens, num_sms=part.num_sms)
-    service.partitioner = part  # keep the partition (its streams, contexts) alive as long as the executor
-    hosted = HostedExecutor(service, args.executor_host, args.executor_port, args.enable_fault_injection,
-                            stream=part.stream) if args.transport == "mooncake" else None  # fmt: skip
+    k_buffers = allocator.get_kvcache().k_buffer
+    device = k_buffers[0].device
+    if args.transport != "inproc":
+        check_transport_here(args.transport, device)
+    coloc = make_colocation(args, str(device), getattr(scheduler, "server_args", None), len(k_buffers))
+    try:
+        kept, service = build_prefill_executor(allocator, args.executor_max_tokens, num_sms=coloc.partitioner.num_sms)
+        service.colocation = coloc  # keeps the partition (its streams, contexts) alive as long as the executor
+        hosted = None
+        if args.transport != "inproc":
+            hosted = HostedExecutor(service, args.executor_host, args.executor_port,
+                                    getattr(args, "enable_fault_injection", False), stream=coloc.partitioner.stream,
+                                    transport=args.transport)  # fmt: skip
+    except BaseException:
+        coloc.close()
+        raise
+    if coloc.replanning:
+        setattr(scheduler, COLOCATION_ATTR, coloc)
     return kept, hosted
 
 
-def executor_partition(args, device):
-    """The executor's SM partition from `--adrenaline-executor-sm-share` (1.0: the whole GPU, unpartitioned)."""
-    from adrenaline_sgl.colocation import executor_partitioner
-
-    part = executor_partitioner(args.executor_sm_share, str(device))
-    logger.info("adrenaline: executor partition %s on %s: share %.2f, %s SMs", part.name, device,
-                args.executor_sm_share, part.num_sms if part.num_sms is not None else "all")
-    return part
+__all__ = ["HostedExecutor", "PrefillExecutorService", "ReservedSlots", "build_prefill_executor", "executor_partition",
+           "host_executor", "server_class"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 
 from adrenaline_sgl.sglang_ext import decode_hooks, flags, marks
+from adrenaline_sgl.sglang_ext.prefill_colocation import COLOCATION_ATTR
 from adrenaline_sgl.sglang_ext.prefill_kept import KeptKV, held_by_adrenaline
 
 _MIXIN = "sglang.srt.disaggregation.prefill.SchedulerDisaggregationPrefillMixin"
@@ -21,6 +22,7 @@ _OBSERVER = "sglang.srt.managers.scheduler_components.pool_stats_observer.Schedu
 HELD_TOKENS = f"{_OBSERVER}.session_held_tokens"
 HELD_REQS = f"{_OBSERVER}.session_held_req_count"
 INIT_DISAGG = "sglang.srt.managers.scheduler.Scheduler.init_disaggregation"
+ADD_TO_QUEUE = "sglang.srt.managers.scheduler.Scheduler._add_request_to_queue"
 SERVER_ATTR = "_adrenaline_executor"
 STORE_ATTR = "_adrenaline_kept"
 
@@ -65,6 +67,9 @@ def inflight_hook(original, self, rids_to_check=None):
     store = kept_store(self)
     if store is None:
         return original(self, rids_to_check)
+    coloc = getattr(self, COLOCATION_ATTR, None)
+    if coloc is not None:
+        coloc.tick()  # every loop pass; re-plans the executor's SM share once per interval (O(1) otherwise)
     store.drain()
     args = flags.of(self.server_args)
     marked = [req for req in self.disagg_prefill_inflight_queue if marks.is_offloaded(req, args)]
@@ -101,6 +106,17 @@ def send_kv_chunk_hook(original, self, req, last_chunk=False, end_idx=None):
         return original(self, req, last_chunk=last_chunk, end_idx=end_idx)
     finally:
         del sender.send  # the sender's own method again
+
+
+def add_request_hook(original, self, req, *args, **kwargs):
+    """Changes: nothing in SGLang. On a prefill instance re-planning its executor's SM share
+    (`--adrenaline-ttft-slo-ms`), the prompt tokens of each request it admits go into the arrival window.
+    Why: the planner needs the prompt tokens/s arriving here (paper technique 2), measured on this thread."""
+    result = original(self, req, *args, **kwargs)
+    coloc = getattr(self, COLOCATION_ATTR, None)
+    if coloc is not None:
+        coloc.on_admit(len(req.origin_input_ids))
+    return result
 
 
 def transfer_failure_hook(original, self, req):
@@ -154,6 +170,7 @@ def hooks(hook_type) -> list[tuple[str, object, object]]:
     return [
         (INIT_DISAGG, init_disaggregation_hook, around),
         (INFLIGHT, inflight_hook, around),
+        (ADD_TO_QUEUE, add_request_hook, around),
         (TRANSFER_FAILURE, transfer_failure_hook, around),
         (SEND_KV_CHUNK, send_kv_chunk_hook, around),
         (RELEASE_KV, release_kv_hook, around),

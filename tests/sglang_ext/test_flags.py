@@ -94,3 +94,47 @@ def test_of_a_record_without_our_attribute_is_disabled():
         pass
 
     assert flags.of(Record()) == flags.AdrenalineArgs()
+
+
+def test_colocation_flags_parse_and_default_to_a_fixed_share():
+    assert flags.AdrenalineArgs().ttft_slo_ms is None  # unset: today's fixed --adrenaline-executor-sm-share
+    args = _parse(
+        [
+            "--adrenaline-role", "prefill",
+            "--adrenaline-executor-partitioner", "mps",
+            "--adrenaline-ttft-slo-ms", "250",
+            "--adrenaline-colocation-profile", ".",
+            "--adrenaline-replan-interval-s", "0.5",
+            "--adrenaline-arrival-window-s", "30",
+        ]
+    )  # fmt: skip
+    assert (args.executor_partitioner, args.ttft_slo_ms, args.colocation_profile) == ("mps", 250.0, ".")
+    assert (args.replan_interval_s, args.arrival_window_s) == (0.5, 30.0)
+    assert _parse([]).ttft_slo_ms is None and _parse([]).executor_partitioner == "auto"
+
+
+def test_unknown_partitioner_is_rejected_by_the_parser(capsys):
+    with pytest.raises(SystemExit):
+        _parse(["--adrenaline-executor-partitioner", "fake"])
+    assert "--adrenaline-executor-partitioner" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"executor_partitioner": "fake"}, "executor_partitioner"),
+        ({"ttft_slo_ms": 0.0}, "ttft_slo_ms"),
+        ({"ttft_slo_ms": -5.0}, "ttft_slo_ms"),
+        ({"ttft_slo_ms": float("nan")}, "ttft_slo_ms"),
+        ({"ttft_slo_ms": float("inf")}, "ttft_slo_ms"),
+        ({"ttft_slo_ms": 100.0, "executor_sm_share": 1.0}, "executor_sm_share"),
+        ({"replan_interval_s": 0.0}, "replan_interval_s"),
+        ({"replan_interval_s": 1e6}, "replan_interval_s"),
+        ({"arrival_window_s": -1.0}, "arrival_window_s"),
+        ({"colocation_profile": "no/such/profile"}, "colocation_profile"),
+    ],
+)
+def test_bad_colocation_values_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field) as err:
+        flags.AdrenalineArgs(**kwargs)
+    assert "\n" not in str(err.value)
