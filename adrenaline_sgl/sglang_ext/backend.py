@@ -16,12 +16,13 @@ A failing executor (timeout, refused, gone) takes out only its own rows: they ge
 in `DecodeOffload`, and the scheduler hook (`decode_hooks.run_batch_hook`) aborts those requests with the
 executor's error (HTTP 503); every other row of the batch decodes on. Nothing waits past the timeout.
 
-CUDA graphs: not captured with offload. A per-layer network/IPC round trip cannot be recorded in a graph,
-and SGLang's breakable decode graph would need our eager section between every pair of layers, which
-leaves little to capture; a two-dimensional (local batch x offloaded batch) graph grid is the upgrade path.
-So an offloading decode instance runs decode eagerly (`--cuda-graph-backend-decode disabled`);
-`init_cuda_graph_state` refuses with that message instead of capturing something wrong. Extend/prefill
-batches and decode steps without offloaded rows go to the wrapped backend unchanged.
+CUDA graphs: SGLang's breakable decode graph (`--cuda-graph-backend-decode breakable`). Steps 1 and 3 are
+eager graph breaks (`@eager_on_graph`: `_send`, `_receive`) that read the step's rows and clients when they
+run; step 2 is the wrapped backend's attention over the whole padded graph batch, captured, with offloaded
+rows given padding metadata by `init_forward_metadata_out_graph` (eager, once per step before replay, where
+the split and `begin_step` happen). The full graph backend is refused. Details: backend_graph.py.
+
+Extend/prefill batches and decode steps without offloaded rows go to the wrapped backend unchanged.
 """
 
 from __future__ import annotations
@@ -31,8 +32,13 @@ import logging
 
 import torch
 from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
+from sglang.srt.model_executor.runner_backend_utils.breakable_cuda_graph import (
+    eager_on_graph,
+    is_in_breakable_cuda_graph,
+)
 
 from adrenaline_sgl.offload.errors import OffloadError
+from adrenaline_sgl.sglang_ext.backend_graph import padded_like_view, real_batch_size, refuse_unless_breakable
 from adrenaline_sgl.sglang_ext.decode_offload import DecodeOffload, RowSplit
 
 logger = logging.getLogger(__name__)
@@ -76,8 +82,12 @@ class AdrenalineAttnBackend(AttentionBackend):
         self._pool_rows: list[int] = []  # req_to_token row of each batch position
 
     # ---- per step ----
-    def init_forward_metadata(self, forward_batch):
+    def _new_step(self) -> None:
         self._split, self._local_batch, self._live, self._dead = None, None, [], []
+
+    def init_forward_metadata(self, forward_batch):
+        """Eager steps: the wrapped backend plans the local rows only (a sub-batch)."""
+        self._new_step()
         if forward_batch.forward_mode.is_decode():
             split = self.offload.split(forward_batch.req_pool_indices)
             if split.num_offloaded:
@@ -102,6 +112,29 @@ class AdrenalineAttnBackend(AttentionBackend):
                 continue
             self._live.append((group, client))
 
+    def init_forward_metadata_out_graph(self, forward_batch, in_capture: bool = False):
+        """Graph steps (eager, before each capture and replay): the wrapped backend plans the whole padded graph
+        batch, offloaded rows planned as padding; the split and `begin_step` as in `init_forward_metadata`."""
+        self._new_step()
+        if not forward_batch.forward_mode.is_decode():
+            return self.inner.init_forward_metadata_out_graph(forward_batch, in_capture)
+        if in_capture:  # the capture batch is a dummy: nothing offloaded, but the breaks get recorded
+            refuse_unless_breakable(is_in_breakable_cuda_graph())
+            return self.inner.init_forward_metadata_out_graph(forward_batch, in_capture)
+        num_real = real_batch_size(forward_batch)
+        split = self.offload.split(forward_batch.req_pool_indices[:num_real])
+        if not split.num_offloaded:
+            return self.inner.init_forward_metadata_out_graph(forward_batch)
+        remote = torch.cat([*(g.rows for g in split.groups), split.dead_rows])  # [N] batch positions
+        fill = self.inner.get_cuda_graph_seq_len_fill_value()
+        self.inner.init_forward_metadata_out_graph(padded_like_view(forward_batch, remote, fill))
+        self._pool_rows = forward_batch.req_pool_indices[:num_real].tolist()
+        self._split = split
+        self._begin_step(split)
+
+    def init_forward_metadata_in_graph(self, forward_batch):
+        return self.inner.init_forward_metadata_in_graph(forward_batch)
+
     def _fail(self, group, client, err: OffloadError, opened: bool = True) -> None:
         """Changes nothing for the other rows: this group's requests get zeros now, are marked failed (the
         scheduler hook aborts them with this message) and never go to that executor again."""
@@ -119,27 +152,51 @@ class AdrenalineAttnBackend(AttentionBackend):
 
     # ---- per layer ----
     def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
+        if is_in_breakable_cuda_graph():  # warm-up and capture; replay runs the captured segments and the breaks
+            self._send(q, k, v, layer)  # eager break
+            out = self.inner.forward_decode(q, k, v, layer, forward_batch, save_kv_cache=save_kv_cache, **kwargs)
+            self._receive(out, layer)  # eager break
+            return out
         split = self._split
         if split is None:
             return self.inner.forward_decode(q, k, v, layer, forward_batch, save_kv_cache=save_kv_cache, **kwargs)
+        self._send(q, k, v, layer)  # 1. one message per executor, returns at once
+        # 2. local attention meanwhile; only local rows' new k, v are written to the local pool
         num_heads, head_dim, v_dim = layer.tp_q_head_num, layer.qk_head_dim, layer.v_head_dim
         q3 = q.reshape(-1, num_heads, head_dim)  # [B, Hq, D]
-        k3 = k.reshape(q3.shape[0], layer.tp_k_head_num, head_dim)  # [B, Hkv, D]
-        v3 = v.reshape(q3.shape[0], layer.tp_v_head_num, v_dim)  # [B, Hkv, Dv]
-        # 1. send: one message per executor, returns at once
+        out = q.new_empty(q3.shape[0], num_heads * v_dim)  # [B, Hq * Dv]
+        if split.local_rows.numel():
+            rows = split.local_rows
+            k3 = k.reshape(q3.shape[0], layer.tp_k_head_num, head_dim)  # [B, Hkv, D]
+            v3 = v.reshape(q3.shape[0], layer.tp_v_head_num, v_dim)  # [B, Hkv, Dv]
+            out[rows] = self.inner.forward_decode(q3[rows].reshape(rows.numel(), -1), k3[rows], v3[rows], layer,
+                                                  self._local_batch, save_kv_cache=save_kv_cache, **kwargs)
+        self._receive(out, layer)  # 3. wait and scatter
+        return out
+
+    # NOTE: in a breakable graph these two run on every replay with their capture-time arguments (the graph's
+    # static q, k, v and output buffers, the same layer); the step's rows and clients are read from `self`.
+    @eager_on_graph
+    def _send(self, q, k, v, layer) -> None:
+        """Submit the offloaded rows of q `[B, Hq * D]`, k, v `[B, Hkv, D]` to their executors."""
+        if self._split is None:
+            return
+        q3 = q.reshape(-1, layer.tp_q_head_num, layer.qk_head_dim)  # [B, Hq, D]
+        k3 = k.reshape(q3.shape[0], layer.tp_k_head_num, layer.qk_head_dim)  # [B, Hkv, D]
+        v3 = v.reshape(q3.shape[0], layer.tp_v_head_num, layer.v_head_dim)  # [B, Hkv, Dv]
         for group, client in list(self._live):
             try:
                 client.submit(layer.layer_id, q3[group.rows], k3[group.rows], v3[group.rows])
             except OffloadError as err:
                 self._fail(group, client, err)
-        # 2. local attention meanwhile; only local rows' new k, v are written to the local pool
-        out = q.new_empty(q3.shape[0], num_heads * v_dim)  # [B, Hq * Dv]
-        if split.local_rows.numel():
-            rows = split.local_rows
-            out[rows] = self.inner.forward_decode(q3[rows].reshape(rows.numel(), -1), k3[rows], v3[rows], layer,
-                                                  self._local_batch, save_kv_cache=save_kv_cache, **kwargs)
-        # 3. receive and scatter
-        out3 = out.view(-1, num_heads, v_dim)  # [B, Hq, Dv]
+
+    @eager_on_graph
+    def _receive(self, out, layer) -> None:
+        """Wait for each executor's (o, lse) and write o into its rows of out `[B, Hq * Dv]` (in place)."""
+        split = self._split
+        if split is None:
+            return
+        out3 = out.view(-1, layer.tp_q_head_num, layer.v_head_dim)  # [B, Hq, Dv]
         for group, client in list(self._live):
             try:
                 o, _lse = client.wait()  # o [N, Hq, Dv], lse [N, Hq] (whole KV remote: nothing to merge)
@@ -149,7 +206,6 @@ class AdrenalineAttnBackend(AttentionBackend):
             out3[group.rows] = o.to(out3.dtype)
         for rows in (split.dead_rows, *self._dead):  # failed executors' rows: aborted by the scheduler
             out3[rows] = 0
-        return out
 
     # ---- everything else is the wrapped backend's ----
     def forward_extend(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
@@ -159,13 +215,18 @@ class AdrenalineAttnBackend(AttentionBackend):
         return self.inner.forward_mixed(q, k, v, layer, forward_batch, save_kv_cache=save_kv_cache)
 
     def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int):
-        raise RuntimeError(
-            "adrenaline attention backend: decode CUDA graphs cannot contain the per-layer remote call; start the "
-            "decode instance with --cuda-graph-backend-decode disabled (see docs/sglang.md)"
-        )
+        """Decode graphs: only SGLang's breakable graph can keep the remote call eager (backend_graph.py)."""
+        refuse_unless_breakable()
+        self.inner.init_cuda_graph_state(max_bs, max_num_tokens)
 
     def get_cuda_graph_seq_len_fill_value(self):
         return self.inner.get_cuda_graph_seq_len_fill_value()
+
+    def on_after_cuda_graph_warmup(self):
+        return self.inner.on_after_cuda_graph_warmup()
+
+    def shared_read_ends(self, fm):
+        return self.inner.shared_read_ends(fm)
 
     def support_triton(self):
         return self.inner.support_triton()

@@ -261,15 +261,6 @@ def test_failed_requests_are_aborted_by_the_scheduler_hook():
     assert offload.unmark(5) is not None and offload.failed() == {}  # released without calling the dead executor
 
 
-def test_cuda_graph_capture_is_refused_with_the_flag_to_use():
-    world = World(set())
-    try:
-        with pytest.raises(RuntimeError, match="--cuda-graph-backend-decode disabled"):
-            world.wrapped.init_cuda_graph_state(8, 8)
-    finally:
-        world.close()
-
-
 def test_registry_factory_wraps_the_configured_backend():
     from adrenaline_sgl.sglang_ext import decode_offload, flags
     from adrenaline_sgl.sglang_ext.backend import build_backend
