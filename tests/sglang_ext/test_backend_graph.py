@@ -342,6 +342,21 @@ def test_a_failing_executor_in_a_replay_takes_out_only_its_rows(tmp_path):
             world.close()
 
 
+def test_padded_like_view_plans_rows_as_padding_and_leaves_the_static_batch_alone():
+    from adrenaline_sgl.sglang_ext.backend_graph import padded_like_view, real_batch_size
+
+    fb = ForwardBatch(forward_mode=ForwardMode.DECODE, batch_size=4, input_ids=torch.zeros(4, dtype=torch.int64),
+                      req_pool_indices=torch.tensor([3, 5, 6, 0]), seq_lens=torch.tensor([7, 9, 4, 1]),
+                      out_cache_loc=torch.tensor([11, 0, 12, 0]), seq_lens_sum=21,
+                      seq_lens_cpu=torch.tensor([7, 9, 4, 1]))  # fmt: skip
+    view = padded_like_view(fb, torch.tensor([1]), seq_len_fill=1)
+    assert view.req_pool_indices.tolist() == [3, 0, 6, 0] and view.seq_lens.tolist() == [7, 1, 4, 1]
+    assert view.seq_lens_cpu.tolist() == [7, 1, 4, 1] and view.seq_lens_sum == 13
+    assert view.out_cache_loc is fb.out_cache_loc  # the KV write target stays the graph's buffer
+    assert fb.req_pool_indices.tolist() == [3, 5, 6, 0] and fb.seq_lens.tolist() == [7, 9, 4, 1]
+    assert real_batch_size(fb) == 4 and real_batch_size(types.SimpleNamespace(batch_size=4, num_padding=1)) == 3
+
+
 def test_full_decode_graph_is_refused_naming_breakable_and_disabled(tmp_path):
     with context(("--cuda-graph-backend-decode", "full"), tmp_dir=tmp_path) as model_config:
         world = World(model_config)
