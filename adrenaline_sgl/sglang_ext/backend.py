@@ -22,7 +22,8 @@ run; step 2 is the wrapped backend's attention over the whole padded graph batch
 rows given padding metadata by `init_forward_metadata_out_graph` (eager, once per step before replay, where
 the split and `begin_step` happen). The full graph backend is refused. Details: backend_graph.py.
 
-Extend/prefill batches and decode steps without offloaded rows go to the wrapped backend unchanged.
+Extend/prefill batches and decode steps without offloaded rows go to the wrapped backend unchanged (in a
+graph, between the two breaks of each layer, which then return at once).
 """
 
 from __future__ import annotations
