@@ -214,6 +214,40 @@ def _settle(running, proxies) -> None:
               poke=lambda: generate(proxies["never"], "Hi", 1), what="earlier KV freed on prefill")  # fmt: skip
 
 
+def _proxy_gauge(running, name: str, instance: str) -> float | None:
+    """One gauge of the launcher's proxy `/metrics` (its Prometheus port) for `instance`, None when absent."""
+    argv = running.spec("proxy").argv
+    url = f"http://{argv[argv.index('--prometheus-host') + 1]}:{argv[argv.index('--prometheus-port') + 1]}/metrics"
+    text = requests.get(url, timeout=10).text
+    found = re.search(rf'^{name}{{instance="{re.escape(instance)}"}} (\S+)$', text, re.MULTILINE)
+    return float(found.group(1)) if found else None
+
+
+def test_decode_load_reports_its_real_round_trip_and_running_offloaded_requests(stack):
+    """Decode's `/adrenaline/load` carries its scheduler's offload statistics (`decode_stats.py`), and the proxy
+    exports them. Round trips here are CPU loopback Mooncake TCP on a shared 2-core box: not performance."""
+    running, proxies = stack
+    decode_url = running.spec("decode-0").url
+    body = {"text": "Count from one to one thousand:", "stream": True,
+            "sampling_params": {"temperature": 0, "max_new_tokens": 600, "ignore_eos": True}}  # fmt: skip
+    with requests.post(proxies["always"] + "/generate", json=body, timeout=REQUEST_TIMEOUT_S, stream=True) as reply:
+        assert reply.status_code == 200, reply.text
+        chunks = reply.iter_lines()
+        next(chunks)  # decoding, offloaded
+        _wait_for(lambda: load(running, "decode-0")["offloaded_reqs"] == 1, 30, what="decode counts it offloaded")
+        _wait_for(lambda: load(running, "decode-0")["offload_rtt_ms"] > 0, 30, what="decode reports a round trip")
+        report = load(running, "decode-0")
+        assert report["offload_stats_ok"] is True and report["offload_rtt_samples"] > 0, report
+        assert 0 < report["offload_rtt_p50_ms"] <= report["offload_rtt_p99_ms"], report
+        _wait_for(lambda: (_proxy_gauge(running, "adrenaline_offload_round_trip_ms", decode_url) or 0) > 0, 30,
+                  what="the proxy exports decode's round trip")  # fmt: skip
+        assert _proxy_gauge(running, "adrenaline_decode_offload_stats_ok", decode_url) == 1.0
+    print(f"decode per-layer round trip (CPU loopback Mooncake TCP, not performance): "
+          f"p50 {report['offload_rtt_p50_ms']:.2f} ms, mean {report['offload_rtt_ms']:.2f} ms, "
+          f"p99 {report['offload_rtt_p99_ms']:.2f} ms over {report['offload_rtt_samples']} layers; "
+          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+
+
 def test_aborted_offloaded_request_frees_its_kv_on_prefill(stack):
     running, proxies = stack
     _settle(running, proxies)
