@@ -217,11 +217,11 @@ class PrefillColocation:
         self.manager.close()
 
 
-def batch_tokens_of(server_args, default: int = 2048) -> int:
-    """Prompt tokens in one prefill batch: SGLang's chunked prefill size and max prefill tokens (the smaller
-    positive one; `default` where neither is set, e.g. stand-in records)."""
-    sizes = [int(v) for v in (getattr(server_args, "chunked_prefill_size", None),
-                              getattr(server_args, "max_prefill_tokens", None)) if v is not None and int(v) > 0]
+def batch_tokens_of(scheduler, default: int = 2048) -> int:
+    """Prompt tokens in one prefill batch: the scheduler's effective chunked prefill size (None: off) and max
+    prefill tokens, the smaller positive one; `default` where neither is set (stand-in schedulers)."""
+    sizes = [int(v) for v in (getattr(scheduler, "chunked_prefill_size", None),
+                              getattr(scheduler, "max_prefill_tokens", None)) if v is not None and int(v) > 0]
     return min(sizes) if sizes else default
 
 
@@ -240,7 +240,7 @@ def executor_partition(args, device) -> SMPartitioner:
     return part
 
 
-def make_colocation(args, device: str, server_args=None, num_layers: int | None = None) -> PrefillColocation:
+def make_colocation(args, device: str, scheduler=None, num_layers: int | None = None) -> PrefillColocation:
     """From the `--adrenaline-*` flags: the executor's partitioner at `executor_sm_share`, and a planner when
     `ttft_slo_ms` is set. `args` may be a stand-in lacking the colocation fields (defaults then)."""
     part = executor_partition(args, device)
@@ -256,7 +256,7 @@ def make_colocation(args, device: str, server_args=None, num_layers: int | None 
     except BaseException:
         part.close()
         raise
-    coloc = PrefillColocation(part, planner, batch_tokens_of(server_args),
+    coloc = PrefillColocation(part, planner, batch_tokens_of(scheduler),
                               getattr(args, "replan_interval_s", 1.0), getattr(args, "arrival_window_s", 10.0))
     logger.info("adrenaline colocation: re-planning every %g s for a mean TTFT of %g ms: profile %s (%s), "
                 "planning %s (%s, %d SMs), batch %d tokens, %s partitioner", coloc.interval_s, slo, profile.name,

@@ -244,7 +244,7 @@ def host_executor(scheduler, args) -> tuple[KeptKV, HostedExecutor | None]:
     device = k_buffers[0].device
     if args.transport != "inproc":
         check_transport_here(args.transport, device)
-    coloc = make_colocation(args, str(device), getattr(scheduler, "server_args", None), len(k_buffers))
+    coloc = make_colocation(args, str(device), scheduler, len(k_buffers))
     try:
         kept, service = build_prefill_executor(allocator, args.executor_max_tokens, num_sms=coloc.partitioner.num_sms)
         service.colocation = coloc  # keeps the partition (its streams, contexts) alive as long as the executor

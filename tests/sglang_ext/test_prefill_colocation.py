@@ -74,7 +74,9 @@ def _scheduler(args: flags.AdrenalineArgs):
     kv = MHATokenToKVPool(SLOTS, page_size=1, dtype=torch.float32, head_num=HKV, head_dim=D, layer_num=LAYERS,
                           device="cpu", enable_memory_saver=False)  # fmt: skip
     return types.SimpleNamespace(
-        server_args=types.SimpleNamespace(_adrenaline=args, chunked_prefill_size=2048, max_prefill_tokens=16384),
+        server_args=types.SimpleNamespace(_adrenaline=args),
+        chunked_prefill_size=2048,  # SGLang's effective values live on the scheduler (None: chunking off)
+        max_prefill_tokens=16384,
         token_to_kv_pool_allocator=TokenToKVPoolAllocator(SLOTS, torch.float32, "cpu", kv, need_sort=False),
         disagg_prefill_inflight_queue=[],
     )
@@ -166,7 +168,7 @@ def test_arrival_window_rejects_bad_settings(kwargs):
 def test_batch_tokens_come_from_sglangs_prefill_limits():
     ns = types.SimpleNamespace
     assert prefill_colocation.batch_tokens_of(ns(chunked_prefill_size=4096, max_prefill_tokens=16384)) == 4096
-    assert prefill_colocation.batch_tokens_of(ns(chunked_prefill_size=-1, max_prefill_tokens=8192)) == 8192
+    assert prefill_colocation.batch_tokens_of(ns(chunked_prefill_size=None, max_prefill_tokens=8192)) == 8192
     assert prefill_colocation.batch_tokens_of(ns(), default=123) == 123
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import select
 import socket
 import subprocess
 import sys
@@ -42,7 +43,9 @@ def _scheduler(args):
     kv = MHATokenToKVPool(SLOTS, page_size=1, dtype=torch.float32, head_num=HKV, head_dim=D, layer_num=LAYERS,
                           device="cpu", enable_memory_saver=False)  # fmt: skip
     return types.SimpleNamespace(
-        server_args=types.SimpleNamespace(_adrenaline=args, chunked_prefill_size=2048, max_prefill_tokens=16384),
+        server_args=types.SimpleNamespace(_adrenaline=args),
+        chunked_prefill_size=2048,  # SGLang's effective values live on the scheduler (None: chunking off)
+        max_prefill_tokens=16384,
         token_to_kv_pool_allocator=TokenToKVPoolAllocator(SLOTS, torch.float32, "cpu", kv, need_sort=False),
         disagg_prefill_inflight_queue=[],
     )
@@ -199,6 +202,8 @@ def test_hosted_executor_serves_cuda_ipc_one_layer_from_a_client():
     proc = subprocess.Popen([sys.executable, "-c", _SERVER, str(LAYERS), str(HKV), str(D)], cwd=ROOT,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
+        ready, _, _ = select.select([proc.stdout], [], [], 120.0)
+        assert ready, "the hosted cuda_ipc executor printed no address within 120 s"
         address = json.loads(proc.stdout.readline())["address"]
         layout = RowLayout(HQ, HKV, D, torch.float32)
         client = OffloadClient(create_channel("cuda_ipc", address=address, layout=layout, max_rows=8), layout,
