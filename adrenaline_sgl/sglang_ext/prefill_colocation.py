@@ -92,6 +92,8 @@ class StepBoundaryPartitioner:
 
     def repartition(self, sm_share: float) -> Partition:
         check_share(sm_share, "executor sm_share")
+        if self.inner.name == "none":
+            return self.inner.partition  # it enforces no split: the plan is recorded only, nothing to move to
         with self._lock:
             self._requested = sm_share
         return self.inner.partition  # still the current one: the executor moves at its next step

@@ -310,8 +310,8 @@ def test_the_cpu_partitioner_plans_for_the_profiles_gpu_and_records_only(sgl_con
     assert coloc.partitioner.name == "none" and coloc.manager.planner.device.total_sms == 108  # the A100 profile
     _scheduler_pass(sched)
     assert coloc.last_plan is not None and coloc.last_plan.total_sms == 108
-    service._step_boundary()
-    assert kept.executor.num_sms is None  # none: the kernel keeps its default
+    assert service.colocation.at_step_boundary() is None  # nothing to move to: none enforces no split
+    assert kept.executor.num_sms is None  # the kernel keeps its default
     assert service.colocation.stats()["executor_sm_share"] is None
     assert any("recorded only: the none partitioner enforces no split" in r.getMessage() for r in caplog.records)
 
@@ -347,3 +347,75 @@ def test_load_report_carries_the_share_and_the_last_plan():
         "executor_sm_share": 0.0, "colocation_ttft_ms": 0.0, "colocation_slo_met": True}
     with pytest.raises(ValueError, match="executor_sm_share"):
         LoadReport(role="prefill", executor_sm_share=1.5)
+
+
+@pytest.mark.gpu
+def test_green_context_replan_moves_the_executor_thread_between_steps():
+    """On a GPU: a hosted executor (mooncake) on a green-context partition; a re-plan recorded mid-run is taken at
+    the next begin_step, whose kernel plan runs on the new partition's stream with its SM count; outputs stay
+    equal to a reference executor before and after."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (green contexts)")
+    pytest.importorskip("mooncake.engine")
+    import socket
+
+    from adrenaline_sgl.colocation.partitioner import PartitionerUnavailable, make_partitioner
+    from adrenaline_sgl.offload.client import OffloadClient
+    from adrenaline_sgl.offload.executor import AttentionExecutor
+    from adrenaline_sgl.offload.pool import KVPool
+    from adrenaline_sgl.offload.transports.base import create_channel
+    from adrenaline_sgl.offload.wire import RowLayout
+    from adrenaline_sgl.sglang_ext.prefill_colocation import PrefillColocation
+    from adrenaline_sgl.sglang_ext.prefill_kept import KeptKV
+
+    try:
+        part = make_partitioner("green_context", 0.25, "cuda:0")
+    except PartitionerUnavailable as err:
+        pytest.skip(f"no green contexts here: {err}")
+    pool = KVPool.standalone(LAYERS, 64, HKV, D, device="cuda")
+    executor = AttentionExecutor(pool, "auto", num_sms=part.num_sms)
+    service = prefill_executor.PrefillExecutorService(executor, KeptKV(pool.bytes_per_slot, executor))
+    service.colocation = PrefillColocation(part)
+    seen, ops = [], executor.ops  # (num_sms, the thread's current stream) of every per-step kernel plan
+
+    def plan(*args):
+        seen.append((args[-1], torch.cuda.current_stream().cuda_stream))
+        return ops.plan(*args)
+
+    executor.ops = AttentionOps(ops.name, ops.append_kv, plan, ops.run)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    hosted = prefill_executor.HostedExecutor(service, "127.0.0.1", port, stream=part.stream)
+    layout = RowLayout(HQ, HKV, D, torch.float32)
+    client = OffloadClient(create_channel("mooncake", address=hosted.address, layout=layout), layout, LAYERS)
+    local = AttentionExecutor(KVPool.standalone(LAYERS, 64, HKV, D, device="cuda"), "reference")
+    g = torch.Generator().manual_seed(0)
+    try:
+        k, v = torch.randn(LAYERS, 5, HKV, D, generator=g), torch.randn(LAYERS, 5, HKV, D, generator=g)
+        client.adopt_copy("a", k, v)
+        local.adopt_copy("a", k.cuda(), v.cuda())
+
+        def one_step():
+            client.begin_step(["a"])
+            local.begin_step(["a"])
+            for layer in range(LAYERS):
+                q, k_new, v_new = (torch.randn(1, h, D, generator=g) for h in (HQ, HKV, HKV))
+                client.submit(layer, q, k_new, v_new)
+                o, lse = client.wait()
+                o_ref, lse_ref = local.step(layer, ["a"], q.cuda(), k_new.cuda(), v_new.cuda())
+                torch.testing.assert_close(o.cpu(), o_ref.cpu(), atol=1e-4, rtol=1e-4)
+                torch.testing.assert_close(lse.cpu(), lse_ref.cpu(), atol=1e-4, rtol=1e-4)
+
+        one_step()
+        first = (part.num_sms, part.stream.cuda_stream)
+        assert seen == [first]
+        service.colocation.boundary.repartition(0.5)  # what ColocationManager.on_load does with a new plan
+        assert part.num_sms == first[0]  # nothing moves before the executor's next step
+        one_step()
+        assert part.num_sms > first[0] and seen[-1] == (part.num_sms, part.stream.cuda_stream) != first
+        assert client.stats()["colocation"]["executor_sms"] == part.num_sms
+    finally:
+        client.close()
+        hosted.close()
+        part.close()
