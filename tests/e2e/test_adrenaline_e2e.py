@@ -131,6 +131,14 @@ def load(running, name: str) -> dict:
     return reply.json()
 
 
+def decode_kv_used(running) -> tuple[int, int]:
+    """(KV tokens in use, running requests) on decode, from SGLang's own `/v1/loads` (scheduler snapshot)."""
+    reply = requests.get(running.spec("decode-0").url + "/v1/loads?include=core", timeout=10)
+    reply.raise_for_status()
+    loads = reply.json()["loads"]
+    return sum(d["num_used_tokens"] for d in loads), sum(d["num_running_reqs"] for d in loads)
+
+
 def log_count(running, name: str, pattern: str) -> int:
     return len(re.findall(pattern, (running.folder / f"{name}.log").read_text(errors="replace")))
 
@@ -260,6 +268,10 @@ def test_aborted_offloaded_request_frees_its_kv_on_prefill(stack):
         _wait_for(lambda: load(running, "prefill-0")["offloaded_reqs"] == 1, 30, what="executor holds the request")
         held = load(running, "prefill-0")["executor_kv_tokens"]
         assert held > 5, held  # the prompt's KV plus decoded tokens, on prefill
+        streamed = sum(1 for _, line in zip(range(40), chunks, strict=False) if line)  # ~20 more decode steps
+        used, running_reqs = decode_kv_used(running)
+        # decode holds none of its KV: no prompt KV at admission and no local slot per decode step
+        assert running_reqs == 1 and used == 0, (running_reqs, used, streamed)
     # closing the stream: the proxy drops its decode connection, SGLang aborts the request, decode tells the
     # executor, prefill frees at its scheduler's next pass (a small local request wakes an idle scheduler)
     freed_s = _wait_for(lambda: load(running, "prefill-0")["executor_kv_tokens"] == 0, 60,
