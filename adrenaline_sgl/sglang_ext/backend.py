@@ -287,6 +287,14 @@ def connect_timeout_s(args) -> float:
     return max(args.remote_timeout_s, MIN_CONNECT_TIMEOUT_S)
 
 
+def max_offload_rows(model_runner) -> int:
+    """Rows one decode step can send to one executor: the instance's request slots (`req_to_token` rows)."""
+    pool = getattr(model_runner, "req_to_token_pool", None)
+    if pool is None:
+        raise ValueError("adrenaline backend: the model runner has no req_to_token_pool to size offload buffers")
+    return max(1, int(pool.size))
+
+
 def client_factory(model_runner, args):
     """`connect(executor_addr) -> OffloadClient` over `args.transport`, rows shaped like this model (TP 1)."""
     from adrenaline_sgl.offload.client import ClientConfig, OffloadClient
@@ -305,7 +313,10 @@ def client_factory(model_runner, args):
         try:
             # NOTE: a connect runs on the decode scheduler's thread and blocks the whole batch while it waits;
             # bounded like a layer (the transports' default is 30 s), so a dead executor costs seconds.
+            # Every running request of this instance may go to one executor in one step: buffers for all of
+            # them (the transports' default, 256 rows, failed the offloaded rows of larger decode batches).
             channel = create_channel(args.transport, address=executor, layout=layout,
+                                     max_rows=max_offload_rows(model_runner),
                                      connect_timeout_s=connect_timeout_s(args))  # fmt: skip
         except OffloadError:
             raise

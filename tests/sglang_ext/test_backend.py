@@ -299,9 +299,11 @@ def test_connect_to_an_executor_is_bounded_like_a_layer(monkeypatch):
     monkeypatch.setattr(base, "create_channel", fake_channel)
     cfg = types.SimpleNamespace(num_attention_heads=4, get_num_kv_heads=lambda tp: 2, head_dim=8,
                                 num_hidden_layers=2)  # fmt: skip
-    runner = types.SimpleNamespace(model_config=cfg, kv_cache_dtype=torch.float32)
+    runner = types.SimpleNamespace(model_config=cfg, kv_cache_dtype=torch.float32,
+                                   req_to_token_pool=types.SimpleNamespace(size=1024))  # fmt: skip
     for remote_s, want_s in ((2.0, 5.0), (12.0, 12.0)):
         connect = backend.client_factory(runner, flags.AdrenalineArgs(role="decode", remote_timeout_s=remote_s))
         with pytest.raises(OffloadError, match="no reply"):
             connect("127.0.0.1:1")
         assert seen["transport"] == "mooncake" and seen["connect_timeout_s"] == want_s
+        assert seen["max_rows"] == 1024  # every request slot of the instance may be offloaded in one step
