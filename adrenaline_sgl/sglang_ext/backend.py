@@ -274,9 +274,25 @@ def build_backend(model_runner, args) -> AdrenalineAttnBackend:
     inner = ATTENTION_BACKENDS[args.inner_attention_backend](model_runner)
     offload = decode_offload.current()
     if offload is None:
-        offload = DecodeOffload(connect=client_factory(model_runner, args))
+        offload = DecodeOffload(connect=client_factory(model_runner, args), send_release=release_sender(args))
         decode_offload.install(offload)
     return AdrenalineAttnBackend(inner, offload)
+
+
+RELEASE_TIMEOUT_S = 2.0  # one retried release call (off the scheduler thread)
+
+
+def release_sender(args):
+    """`send(executor, rid) -> (ok, why)`: a release over the executor's control socket, without a channel
+    (`DecodeOffload` retries the releases of requests whose executor failed with it)."""
+    from adrenaline_sgl.offload import control
+
+    def send(executor: str, rid: str) -> tuple[bool, object]:
+        if args.transport == "inproc":
+            return False, "transport inproc has no control socket"
+        return control.call(executor, "release", {"rid": rid}, timeout_s=RELEASE_TIMEOUT_S)
+
+    return send
 
 
 MIN_CONNECT_TIMEOUT_S = 5.0  # a connect also registers the peer's buffers on the executor

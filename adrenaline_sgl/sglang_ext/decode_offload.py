@@ -21,6 +21,9 @@ from adrenaline_sgl.offload.errors import OffloadError
 logger = logging.getLogger(__name__)
 
 
+RELEASE_RETRY_S = 1.0  # how often decode retries the releases of requests whose executor failed
+
+
 @dataclass(frozen=True)
 class OffloadedReq:
     rid: str  # the executor's id for it (`marks.offload_id`)
@@ -54,7 +57,12 @@ class RowSplit:
 class DecodeOffload:
     """Offloaded requests by `req_to_token` row, and one `OffloadClient` per executor (made on first use)."""
 
-    def __init__(self, connect: Callable[[str], OffloadClient]):
+    def __init__(self, connect: Callable[[str], OffloadClient],
+                 send_release: Callable[[str, str], tuple[bool, object]] | None = None,
+                 release_retry_s: float = RELEASE_RETRY_S):
+        """`connect(executor)` makes a client; `send_release(executor, rid) -> (ok, why)` releases without one
+        (`offload.control.call`), retried every `release_retry_s` s for requests whose executor failed
+        (None: only a reconnect through `client()` sends them)."""
         self._connect = connect
         self._by_row: dict[int, OffloadedReq] = {}
         self._clients: dict[str, OffloadClient] = {}
@@ -64,6 +72,10 @@ class DecodeOffload:
         # registered with Mooncake, and freeing them would let a new channel reuse (overlap) those addresses.
         self._retired: list[OffloadClient] = []
         self._lock = threading.Lock()
+        self._send_release = send_release
+        self._release_retry_s = release_retry_s
+        self._retrier: threading.Thread | None = None  # runs while releases are pending
+        self._closed = threading.Event()
 
     # ---- admission and release (scheduler thread) ----
     def mark(self, req_pool_idx: int, rid: str, executor: str, prompt_tokens: int = 0) -> None:
@@ -81,12 +93,16 @@ class DecodeOffload:
             # NOTE: not now: connecting to a dead executor would block this scheduler for the connect timeout.
             with self._lock:
                 self._pending_release.setdefault(found.executor, []).append(found.rid)
+            self._start_retrier()
         elif found is not None and release:
             try:
                 self.client(found.executor).release(found.rid)
                 logger.info("adrenaline: released %s on %s", found.rid, found.executor)
-            except OffloadError as err:  # its KV stays on prefill until an abort there frees it
-                logger.warning("release of %s on %s failed: %s", found.rid, found.executor, err)
+            except OffloadError as err:  # retried in the background, as for a failed executor
+                logger.warning("release of %s on %s failed: %s; retrying", found.rid, found.executor, err)
+                with self._lock:
+                    self._pending_release.setdefault(found.executor, []).append(found.rid)
+                self._start_retrier()
         return found
 
     def lookup(self, req_pool_idx: int) -> OffloadedReq | None:
@@ -170,7 +186,45 @@ class DecodeOffload:
             failed = sum(1 for row in self._by_row if row in self._failed)
             return {"offloaded": len(self._by_row) - failed, "failed": failed, "executors": len(self._clients)}
 
+    # ---- releases of failed executors' requests (background) ----
+    def _start_retrier(self) -> None:
+        with self._lock:
+            if self._send_release is None or self._retrier is not None or self._closed.is_set():
+                return
+            self._retrier = threading.Thread(target=self._retry_releases, daemon=True,
+                                             name="adrenaline-release-retry")  # fmt: skip
+        self._retrier.start()
+
+    def _retry_releases(self) -> None:
+        """Send pending releases until each executor takes them; the thread ends when none is left.
+        Why not only at the next reconnect (`client()`): the proxy may send that executor no new request for a
+        long time (it may even consider it unhealthy), and prefill would hold the failed requests' KV meanwhile.
+        Off the scheduler thread: an executor that is still stalled costs this thread its timeout, not a step."""
+        while not self._closed.wait(self._release_retry_s):
+            with self._lock:
+                pending, self._pending_release = self._pending_release, {}
+                if not pending:
+                    self._retrier = None
+                    return
+            left: dict[str, list[str]] = {}
+            for executor, rids in pending.items():
+                for i, rid in enumerate(rids):
+                    ok, why = self._send_release(executor, rid)
+                    if not ok:  # still unreachable: this and the rest of its ids wait for the next round
+                        left[executor] = rids[i:]
+                        logger.debug("release of %s on %s not yet possible: %s", rid, executor, why)
+                        break
+                    logger.info("adrenaline: released %s on %s (after its failure, retried)", rid, executor)
+            with self._lock:
+                for executor, rids in left.items():
+                    self._pending_release[executor] = rids + self._pending_release.get(executor, [])
+
+    def pending_releases(self) -> dict[str, list[str]]:
+        with self._lock:
+            return {e: list(r) for e, r in self._pending_release.items()}
+
     def close(self) -> None:
+        self._closed.set()
         for c in self._clients.values():
             c.close()
         self._clients.clear()

@@ -34,25 +34,11 @@ async def executor_stats(host: str, port: int, timeout_s: float = HEALTH_TIMEOUT
 
 
 async def executor_call(host: str, port: int, op: str, timeout_s: float) -> tuple[bool, object]:
-    """One control `op` on the executor: (True, result), or (False, why) on an error reply or no reply."""
-    import zmq
-    import zmq.asyncio
+    """One control `op` on the executor: (True, result), or (False, why) on an error reply or no reply
+    (`offload.control.call` on a worker thread, so the event loop never waits on the socket)."""
+    from adrenaline_sgl.offload import control
 
-    from adrenaline_sgl.offload.wire import decode, encode
-
-    sock = zmq.asyncio.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        sock.connect(f"tcp://{host}:{port}")
-        await sock.send_multipart(encode("call", {"op": op, "args": {}, "seq": 1}))
-        if not await sock.poll(int(timeout_s * 1000), zmq.POLLIN):
-            return False, f"no reply within {timeout_s} s"
-        kind, header, _ = decode(await sock.recv_multipart())
-        return (True, header.get("result")) if kind == "ok" else (False, header.get("error", kind))
-    except (zmq.ZMQError, ValueError) as err:
-        return False, str(err)
-    finally:
-        sock.close(linger=0)
+    return await asyncio.to_thread(control.call, f"{host}:{port}", op, None, timeout_s)
 
 
 def colocation_report(executor: dict | None) -> dict:
