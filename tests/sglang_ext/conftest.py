@@ -26,3 +26,30 @@ def _tiny_llama_context(tmp_path_factory, mode: str, num_kv_heads: int, num_laye
 def tiny_llama_context():
     """`tiny_llama_context(tmp_path_factory, mode, num_kv_heads, num_layers)` -> a `use_context` factory."""
     return _tiny_llama_context
+
+
+def _prefill_scheduler(args, slots: int, num_layers: int, num_kv_heads: int, head_dim: int):
+    """The attributes `host_executor` and the prefill hooks read off SGLang's scheduler; the KV pool and its
+    allocator are SGLang's own (CPU, fp32, page size 1)."""
+    import types
+
+    import torch
+    from sglang.srt.mem_cache.allocator.token import TokenToKVPoolAllocator
+    from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool
+
+    kv = MHATokenToKVPool(slots, page_size=1, dtype=torch.float32, head_num=num_kv_heads, head_dim=head_dim,
+                          layer_num=num_layers, device="cpu", enable_memory_saver=False)  # fmt: skip
+    return types.SimpleNamespace(
+        server_args=types.SimpleNamespace(_adrenaline=args),
+        chunked_prefill_size=2048,  # SGLang's effective values live on the scheduler (None: chunking off)
+        max_prefill_tokens=16384,
+        token_to_kv_pool_allocator=TokenToKVPoolAllocator(slots, torch.float32, "cpu", kv, need_sort=False),
+        disagg_prefill_inflight_queue=[],
+    )
+
+
+@pytest.fixture(scope="session")
+def prefill_scheduler():
+    """`prefill_scheduler(args, slots, num_layers, num_kv_heads, head_dim)` -> a scheduler stand-in over SGLang's
+    real KV pool and allocator."""
+    return _prefill_scheduler

@@ -14,8 +14,6 @@ import types
 
 import pytest
 import torch
-from sglang.srt.mem_cache.allocator.token import TokenToKVPoolAllocator
-from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool
 
 from adrenaline_sgl import colocation
 from adrenaline_sgl.colocation.fake import FakePartitioner
@@ -69,17 +67,10 @@ def _use_fake(monkeypatch, live: bool = True) -> list[FakePartitioner]:
     return made
 
 
-def _scheduler(args: flags.AdrenalineArgs):
-    """The attributes host_executor and the prefill hooks read; the pool and allocator are SGLang's."""
-    kv = MHATokenToKVPool(SLOTS, page_size=1, dtype=torch.float32, head_num=HKV, head_dim=D, layer_num=LAYERS,
-                          device="cpu", enable_memory_saver=False)  # fmt: skip
-    return types.SimpleNamespace(
-        server_args=types.SimpleNamespace(_adrenaline=args),
-        chunked_prefill_size=2048,  # SGLang's effective values live on the scheduler (None: chunking off)
-        max_prefill_tokens=16384,
-        token_to_kv_pool_allocator=TokenToKVPoolAllocator(SLOTS, torch.float32, "cpu", kv, need_sort=False),
-        disagg_prefill_inflight_queue=[],
-    )
+@pytest.fixture
+def make_scheduler(prefill_scheduler):
+    """`make_scheduler(args)`: a scheduler stand-in over SGLang's KV pool and allocator (conftest)."""
+    return lambda args: prefill_scheduler(args, SLOTS, LAYERS, HKV, D)
 
 
 def _prefill_args(**kw) -> flags.AdrenalineArgs:
@@ -175,12 +166,13 @@ def test_batch_tokens_come_from_sglangs_prefill_limits():
 # ---- re-planning, end to end through the hooks and the executor ----
 
 
-def test_rising_load_moves_sms_to_prefill_at_the_next_step_not_mid_step(sgl_context, monkeypatch, clock, caplog):
+def test_rising_load_moves_sms_to_prefill_at_the_next_step_not_mid_step(sgl_context, monkeypatch, clock, caplog,
+                                                                        make_scheduler):
     made = _use_fake(monkeypatch)
     args = _prefill_args(ttft_slo_ms=SLO_MS, replan_interval_s=1.0, arrival_window_s=10.0)
     caplog.set_level(logging.INFO, logger="adrenaline_sgl")
     with sgl_context():
-        sched = _scheduler(args)
+        sched = make_scheduler(args)
         kept, hosted, service = _host(sched, args, monkeypatch)
     assert hosted is None  # inproc: nothing listens
     coloc, fake, executor = getattr(sched, COLOCATION_ATTR), made[0], kept.executor
@@ -251,12 +243,12 @@ def test_rising_load_moves_sms_to_prefill_at_the_next_step_not_mid_step(sgl_cont
     assert f"executor {busy.executor_sms}/132 SMs" in decided[1] and "SLO 100.0 ms met" in decided[1]
 
 
-def test_mps_keeps_a_pending_plan_and_changes_nothing(sgl_context, monkeypatch, clock, caplog):
+def test_mps_keeps_a_pending_plan_and_changes_nothing(sgl_context, monkeypatch, clock, caplog, make_scheduler):
     made = _use_fake(monkeypatch, live=False)  # like MPS: no re-partitioning inside a running process
     args = _prefill_args(ttft_slo_ms=SLO_MS)
     caplog.set_level(logging.INFO, logger="adrenaline_sgl")
     with sgl_context():
-        sched = _scheduler(args)
+        sched = make_scheduler(args)
         kept, _, service = _host(sched, args, monkeypatch)
     coloc = getattr(sched, COLOCATION_ATTR)
     client, channel = _client(service)
@@ -276,11 +268,11 @@ def test_mps_keeps_a_pending_plan_and_changes_nothing(sgl_context, monkeypatch, 
                in r.getMessage() for r in caplog.records)  # fmt: skip
 
 
-def test_without_a_ttft_slo_the_share_stays_fixed(sgl_context, monkeypatch, clock):
+def test_without_a_ttft_slo_the_share_stays_fixed(sgl_context, monkeypatch, clock, make_scheduler):
     made = _use_fake(monkeypatch)
     args = _prefill_args()  # no --adrenaline-ttft-slo-ms
     with sgl_context():
-        sched = _scheduler(args)
+        sched = make_scheduler(args)
         kept, _, service = _host(sched, args, monkeypatch)
     assert not hasattr(sched, COLOCATION_ATTR)  # the hooks have nothing to feed
     assert not service.colocation.replanning
@@ -299,12 +291,13 @@ def test_without_a_ttft_slo_the_share_stays_fixed(sgl_context, monkeypatch, cloc
         channel.close()
 
 
-def test_the_cpu_partitioner_plans_for_the_profiles_gpu_and_records_only(sgl_context, monkeypatch, clock, caplog):
+def test_the_cpu_partitioner_plans_for_the_profiles_gpu_and_records_only(sgl_context, monkeypatch, clock, caplog,
+                                                                         make_scheduler):
     """`none` on CPU knows no SM count: the planner splits the profile's GPU; nothing changes for the executor."""
     args = _prefill_args(ttft_slo_ms=SLO_MS)
     caplog.set_level(logging.INFO, logger="adrenaline_sgl")
     with sgl_context():
-        sched = _scheduler(args)
+        sched = make_scheduler(args)
         kept, _, service = _host(sched, args, monkeypatch)
     coloc = getattr(sched, COLOCATION_ATTR)
     assert coloc.partitioner.name == "none" and coloc.manager.planner.device.total_sms == 108  # the A100 profile
@@ -316,14 +309,14 @@ def test_the_cpu_partitioner_plans_for_the_profiles_gpu_and_records_only(sgl_con
     assert any("recorded only: the none partitioner enforces no split" in r.getMessage() for r in caplog.records)
 
 
-def test_a_profile_flag_pointing_at_a_committed_profile_is_used(sgl_context, monkeypatch, clock):
+def test_a_profile_flag_pointing_at_a_committed_profile_is_used(sgl_context, monkeypatch, clock, make_scheduler):
     from adrenaline_sgl.colocation.profiles import PROFILES_DIR
 
     _use_fake(monkeypatch)
     folder = next(p for p in sorted(PROFILES_DIR.iterdir()) if (p / "prefill.csv").is_file())
     args = _prefill_args(ttft_slo_ms=SLO_MS, colocation_profile=str(folder))
     with sgl_context():
-        sched = _scheduler(args)
+        sched = make_scheduler(args)
         _host(sched, args, monkeypatch)
     assert getattr(sched, COLOCATION_ATTR).manager.planner.profile.path == folder
 

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import threading
-import types
 from pathlib import Path
 
 import pytest
@@ -36,19 +35,10 @@ def sgl_context(tmp_path_factory, tiny_llama_context):
     return tiny_llama_context(tmp_path_factory, "prefill", HKV, LAYERS)
 
 
-def _scheduler(args):
-    from sglang.srt.mem_cache.allocator.token import TokenToKVPoolAllocator
-    from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool
-
-    kv = MHATokenToKVPool(SLOTS, page_size=1, dtype=torch.float32, head_num=HKV, head_dim=D, layer_num=LAYERS,
-                          device="cpu", enable_memory_saver=False)  # fmt: skip
-    return types.SimpleNamespace(
-        server_args=types.SimpleNamespace(_adrenaline=args),
-        chunked_prefill_size=2048,  # SGLang's effective values live on the scheduler (None: chunking off)
-        max_prefill_tokens=16384,
-        token_to_kv_pool_allocator=TokenToKVPoolAllocator(SLOTS, torch.float32, "cpu", kv, need_sort=False),
-        disagg_prefill_inflight_queue=[],
-    )
+@pytest.fixture
+def make_scheduler(prefill_scheduler):
+    """`make_scheduler(args)`: a scheduler stand-in over SGLang's KV pool and allocator (conftest)."""
+    return lambda args: prefill_scheduler(args, SLOTS, LAYERS, HKV, D)
 
 
 class MarkedStreams(FakePartitioner):
@@ -105,13 +95,13 @@ def test_hosted_executor_takes_its_server_from_the_registry(monkeypatch):
     assert hosted.server.closed and not hosted.serving
 
 
-def test_cuda_ipc_without_a_gpu_fails_at_start_up_in_one_line(sgl_context):
+def test_cuda_ipc_without_a_gpu_fails_at_start_up_in_one_line(sgl_context, make_scheduler):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: cuda_ipc can be served here")
     args = flags.AdrenalineArgs(role="prefill", transport="cuda_ipc", executor_port=_free_port(),
                                 executor_max_tokens=8)  # fmt: skip
     with sgl_context():
-        sched = _scheduler(args)
+        sched = make_scheduler(args)
         free = sched.token_to_kv_pool_allocator.available_size()
         threads = threading.active_count()
         with pytest.raises(ValueError, match=r"transport=cuda_ipc: needs the prefill KV pool on a CUDA GPU.*cpu") \
@@ -122,7 +112,7 @@ def test_cuda_ipc_without_a_gpu_fails_at_start_up_in_one_line(sgl_context):
     assert not hasattr(sched, prefill_hooks.SERVER_ATTR) and threading.active_count() == threads
 
 
-def test_the_server_thread_moves_to_the_new_stream_between_steps(sgl_context, monkeypatch):
+def test_the_server_thread_moves_to_the_new_stream_between_steps(sgl_context, monkeypatch, make_scheduler):
     """Over mooncake (a real HostedExecutor): the re-planned partition's stream becomes the executor thread's
     current stream at its next begin_step, on that thread."""
     pytest.importorskip("mooncake.engine")
@@ -142,7 +132,7 @@ def test_the_server_thread_moves_to_the_new_stream_between_steps(sgl_context, mo
     args = flags.AdrenalineArgs(role="prefill", transport="mooncake", executor_port=_free_port(),
                                 executor_max_tokens=8, ttft_slo_ms=100.0)  # fmt: skip
     with sgl_context():
-        sched = _scheduler(args)
+        sched = make_scheduler(args)
         prefill_hooks.init_disaggregation_hook(lambda self: None, sched)
     hosted = getattr(sched, prefill_hooks.SERVER_ATTR)
     layout = RowLayout(HQ, HKV, D, torch.float32)
