@@ -53,3 +53,25 @@ def prefill_scheduler():
     """`prefill_scheduler(args, slots, num_layers, num_kv_heads, head_dim)` -> a scheduler stand-in over SGLang's
     real KV pool and allocator."""
     return _prefill_scheduler
+
+
+class ReleasingClient:
+    """An executor client that only records the releases decode sends it."""
+
+    def __init__(self):
+        self.released: list[str] = []
+
+    def release(self, rid):
+        self.released.append(rid)
+
+
+@pytest.fixture
+def releasing_offload():
+    """(DecodeOffload installed as this process's, its one `ReleasingClient`); uninstalled afterwards."""
+    from adrenaline_sgl.sglang_ext import decode_offload
+
+    client = ReleasingClient()
+    state = decode_offload.DecodeOffload(connect=lambda addr: client)
+    decode_offload.install(state)
+    yield state, client
+    decode_offload.install(None)

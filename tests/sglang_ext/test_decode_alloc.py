@@ -29,7 +29,6 @@ from sglang.srt.sampling.sampling_params import SamplingParams
 from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
 
 from adrenaline_sgl.sglang_ext import decode_alloc, decode_hooks, decode_offload, flags, prefill_hooks
-from adrenaline_sgl.sglang_ext.decode_offload import DecodeOffload
 
 SLOTS, LAYERS, HKV, D, RESERVED, PROMPT, STEPS = 64, 2, 2, 8, 4, 5, 3
 
@@ -39,14 +38,6 @@ def sgl_context(tmp_path_factory, tiny_llama_context):
     return tiny_llama_context(tmp_path_factory, "decode", HKV, LAYERS)
 
 
-class ReleasingClient:
-    def __init__(self):
-        self.released: list[str] = []
-
-    def release(self, rid):
-        self.released.append(rid)
-
-
 def _around(monkeypatch, owner, name, hook, static=False):
     original = owner.__dict__[name].__func__ if static else getattr(owner, name)
     wrapped = _wrap_fn(original, hook, HookType.AROUND)
@@ -54,7 +45,7 @@ def _around(monkeypatch, owner, name, hook, static=False):
 
 
 @pytest.fixture
-def hooked(monkeypatch):
+def hooked(monkeypatch, releasing_offload):
     """Every decode hook installed as apply_hooks would (reversibly); yields (DecodeOffload, client, release)."""
     _around(monkeypatch, DecodePreallocQueue, "_pre_alloc", decode_hooks.pre_alloc_hook)
     _around(monkeypatch, DecodePreallocQueue, "_active_req_count", decode_alloc.active_req_count_hook)
@@ -64,11 +55,8 @@ def hooked(monkeypatch):
             static=True)  # fmt: skip
     release = _wrap_fn(sgl_common.release_kv_cache, prefill_hooks.release_kv_hook, HookType.AROUND)
     monkeypatch.setattr(sgl_common, "release_kv_cache", release)
-    client = ReleasingClient()
-    state = DecodeOffload(connect=lambda addr: client)
-    decode_offload.install(state)
+    state, client = releasing_offload
     yield state, client, release
-    decode_offload.install(None)
 
 
 def make_queue() -> DecodePreallocQueue:

@@ -24,7 +24,7 @@ from sglang.srt.plugins.hook_registry import HookType, _wrap_fn
 from sglang.srt.sampling.sampling_params import SamplingParams
 
 from adrenaline_sgl.sglang_ext import decode_hooks, decode_offload, flags, prefill_hooks
-from adrenaline_sgl.sglang_ext.decode_offload import DecodeOffload, OffloadedReq
+from adrenaline_sgl.sglang_ext.decode_offload import OffloadedReq
 
 SLOTS, LAYERS, HKV, D, RESERVED = 64, 2, 2, 8, 4
 
@@ -35,16 +35,8 @@ def sgl_context(tmp_path_factory, tiny_llama_context):
     return tiny_llama_context(tmp_path_factory, "decode", HKV, LAYERS)
 
 
-class ReleasingClient:
-    def __init__(self):
-        self.released: list[str] = []
-
-    def release(self, rid):
-        self.released.append(rid)
-
-
 @pytest.fixture
-def offload(monkeypatch):
+def offload(monkeypatch, releasing_offload):
     """Hooks installed as apply_hooks would (reversibly) and this process's DecodeOffload."""
     for name, hook in (("_pre_alloc", decode_hooks.pre_alloc_hook),
                        ("_prealloc_required_tokens", decode_hooks.required_tokens_hook)):  # fmt: skip
@@ -52,11 +44,8 @@ def offload(monkeypatch):
                                                                 HookType.AROUND))  # fmt: skip
     release = _wrap_fn(sgl_common.release_kv_cache, prefill_hooks.release_kv_hook, HookType.AROUND)
     monkeypatch.setattr(sgl_common, "release_kv_cache", release)
-    client = ReleasingClient()
-    state = DecodeOffload(connect=lambda addr: client)
-    decode_offload.install(state)
+    state, client = releasing_offload
     yield state, client, release
-    decode_offload.install(None)
 
 
 def make_queue(role: str = "decode") -> DecodePreallocQueue:
