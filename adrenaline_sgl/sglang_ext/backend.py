@@ -304,11 +304,14 @@ def connect_timeout_s(args) -> float:
 
 
 def max_offload_rows(model_runner) -> int:
-    """Rows one decode step can send to one executor: the instance's request slots (`req_to_token` rows)."""
+    """Rows one decode step can send to one executor: the instance's request slots (`req_to_token` rows), at
+    most what an executor accepts (`router.MAX_ROWS`)."""
+    from adrenaline_sgl.offload.transports.router import MAX_ROWS
+
     pool = getattr(model_runner, "req_to_token_pool", None)
     if pool is None:
         raise ValueError("adrenaline backend: the model runner has no req_to_token_pool to size offload buffers")
-    return max(1, int(pool.size))
+    return min(MAX_ROWS, max(1, int(pool.size)))
 
 
 def client_factory(model_runner, args):

@@ -307,3 +307,7 @@ def test_connect_to_an_executor_is_bounded_like_a_layer(monkeypatch):
             connect("127.0.0.1:1")
         assert seen["transport"] == "mooncake" and seen["connect_timeout_s"] == want_s
         assert seen["max_rows"] == 1024  # every request slot of the instance may be offloaded in one step
+    runner.req_to_token_pool.size = 1 << 20  # more slots than an executor sizes buffers for: capped
+    with pytest.raises(OffloadError):
+        backend.client_factory(runner, flags.AdrenalineArgs(role="decode"))("127.0.0.1:1")
+    assert seen["max_rows"] == 65536

@@ -137,6 +137,9 @@ class RouterChannel(Channel):
                 pass
 
 
+MAX_ROWS = 65536  # the most rows a client may ask the executor to size its buffers for
+
+
 class RouterServer:
     """Executor end: one ROUTER socket, single-threaded; subclasses move the layer bytes."""
 
@@ -213,8 +216,8 @@ class RouterServer:
     def _connect(self, identity: bytes, header: dict) -> dict:
         layout = RowLayout.from_json(header["layout"])
         max_rows = int(header["max_rows"])
-        if not 1 <= max_rows <= 65536:
-            raise OffloadError(f"connect: max_rows must lie in [1, 65536], got {max_rows}")
+        if not 1 <= max_rows <= MAX_ROWS:
+            raise OffloadError(f"connect: max_rows must lie in [1, {MAX_ROWS}], got {max_rows}")
         old = self._peers.pop(header["client"], None)
         if old is not None:
             self._close_peer(old)
