@@ -1,4 +1,4 @@
-"""Attention offload runtime: executor (prefill side), client (decode side), transports, decode harness.
+"""Attention offload runtime: executor (prefill side), client (decode side), transports.
 
 Public API (see docs/design.md for how the pieces fit):
     KVPool, SlotAllocator            SGLang-layout KV pools (shared with prefill, or standalone)
@@ -7,7 +7,8 @@ Public API (see docs/design.md for how the pieces fit):
     OffloadClient, ClientConfig      begin_step / submit / wait, timeouts raising OffloadError
     create_channel, TRANSPORTS       `inproc` | `mooncake` by name
     OffloadError and subclasses      PoolFullError, UnknownRequestError, SlotError
-Heavier pieces import on demand: `.harness` (transformers), `.transports.mooncake` (mooncake), `.process`.
+Heavier pieces import on demand: `.transports.mooncake` (mooncake), `.process`. The decode harness and
+the check and bench CLIs are in `adrenaline_sgl.tools`.
 """
 
 from .client import ClientConfig, OffloadClient

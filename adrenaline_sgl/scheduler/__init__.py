@@ -1,4 +1,5 @@
-"""Performance model and load-aware offloading scheduler: pure code, no I/O, no global state.
+"""Performance model and load-aware offloading scheduler: pure code, no global state; its only
+I/O is `table` reading a profile CSV.
 
 One implementation serves the SGLang proxy and the simulator (see docs/design.md, docs/simulator.md):
 
@@ -11,5 +12,6 @@ One implementation serves the SGLang proxy and the simulator (see docs/design.md
 - `bounds`: `compute_bounds(BoundsInput) -> Bounds` (OB_mem, OB_comp, OB, B_TPOT, B_max, what binds).
 - `admission`: `admit` (C1, C2), `LiveStats`, `RequestInfo`, `Decision`, and `make_policy(spec)` for
   `never`, `always`, `ratio:F`, `auto`.
-- `explain`: `python -m adrenaline_sgl.scheduler.explain --model llama2-13b --gpu a100-80g [--json]`.
+- `calibration`: the paper's A100 per-kernel data the roofline is fitted to. CLIs (explain, profiling,
+  calibration fit, Vidur check) are in `adrenaline_sgl.tools`.
 """

@@ -73,7 +73,7 @@ def bw_share(sm_share: float) -> float:
 
 
 _INF = math.inf
-# Fitted by `python -m adrenaline_sgl.scheduler.calibration --fit` (grid search, see docs/simulator.md).
+# Fitted by `python -m adrenaline_sgl.tools.calibrate --fit` (grid search, see docs/simulator.md).
 # Keys: (op, phase). misc and sampling have no per-kernel data in the paper: they borrow the memory
 # efficiency of the decode GEMMs and the compute curve of the FFN (a stated assumption).
 A100_EFFICIENCY: dict[tuple[str, str], OpEfficiency] = {

@@ -9,7 +9,7 @@ then the columns of `COLUMNS`, one measured call a row (ms = median time of one 
     # torch: 2.11.0+cu130
     # triton: 3.6.0
     # git_sha: 0123abc
-    # command: python -m adrenaline_sgl.scheduler.profile_gpu --model llama2-7b --out ...
+    # command: python -m adrenaline_sgl.tools.profile_gpu --model llama2-7b --out ...
     op,phase,num_tokens,context_tokens,num_seqs,sm_share,ms
     qkv,decode,16,0,1,1.0,0.041
 

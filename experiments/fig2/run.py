@@ -3,7 +3,8 @@
 Writes `$RESULTS_DIR/fig2/kernels.csv` (phase, op, size, source, compute_pct, hbm_bw_pct; one row per
 plotted point), `meta.csv`, `config.resolved.yaml`, then `fig2.png`.
 NOTE: the paper's per-kernel points are the data the roofline predictor was fitted to
-(adrenaline_sgl/scheduler/calibration.py), so this figure shows the fit, not an independent prediction.
+(adrenaline_sgl/scheduler/calibration.py; the fit is adrenaline_sgl/tools/calibrate.py), so this figure shows
+the fit, not an independent prediction.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Writes `$RESULTS_DIR/fig9/{attention,prefill,planner}.csv` (each with the profile's provenance as `# key:
 value` lines) from a colocation profile, then renders `fig9.png` with `plots/fig9.py`. No GPU is needed:
-the profile is read, not measured (measure one with `python -m adrenaline_sgl.colocation.profile`).
+the profile is read, not measured (measure one with `python -m adrenaline_sgl.tools.colocation_profile`).
 """
 
 from __future__ import annotations

@@ -6,8 +6,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-MODULES = ["arch", "config", "fake", "green_context", "manager", "modelled", "mps", "none", "partitioner",
-           "planner", "profile", "profiles"]  # fmt: skip
+MODULES = ["arch", "config", "fake", "green_context", "manager", "mps", "none", "partitioner", "planner", "profiles"]
 CUDA_ONLY = ("cuda", "cupy", "pynvml", "sgl_kernel", "flashinfer", "nvidia")
 
 

@@ -5,7 +5,6 @@ import math
 
 import pytest
 
-from adrenaline_sgl.colocation import modelled
 from adrenaline_sgl.colocation.profiles import (
     PROFILES_DIR,
     PrefillPoint,
@@ -15,6 +14,7 @@ from adrenaline_sgl.colocation.profiles import (
     load_profile,
     write_profile,
 )
+from adrenaline_sgl.tools import colocation_modelled as modelled
 
 from .conftest import synthetic_profile
 

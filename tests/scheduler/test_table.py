@@ -4,10 +4,10 @@ import statistics
 
 import pytest
 
-from adrenaline_sgl.scheduler import vidur
 from adrenaline_sgl.scheduler.cost_model import get_predictor
 from adrenaline_sgl.scheduler.roofline import RooflinePredictor
 from adrenaline_sgl.scheduler.table import PROVENANCE_KEYS, ProfileTable, TablePredictor, TableRow
+from adrenaline_sgl.tools import vidur_check as vidur
 
 PROV = {k: f"test-{k}" for k in PROVENANCE_KEYS} | {"gpu": "h100-sxm", "model": "llama2-7b"}
 

@@ -110,7 +110,7 @@ def test_missing_file_and_bad_configs_name_the_problem(tmp_path):
 
 
 def test_the_shared_azure_trace_is_a_workload():
-    from adrenaline_sgl.scheduler.vidur import shared_data_dir
+    from adrenaline_sgl.tools.vidur_check import shared_data_dir
 
     trace = shared_data_dir() / "traces" / "azure_conv.csv"
     if not trace.is_file():

@@ -1,6 +1,6 @@
 """The simulator's validation table: what it composes, against measurements we have.
 
-    python -m adrenaline_sgl.sim.validate        # markdown, as in docs/simulator.md (section "Validation")
+    python -m adrenaline_sgl.tools.sim_validate        # markdown, as in docs/simulator.md (section "Validation")
 
 Rows (Llama-2 7B on A100-80GB unless named):
 - decode step, non-attention part (all layers, sampling excluded): the simulator's `SimCosts` against the
@@ -10,7 +10,7 @@ Rows (Llama-2 7B on A100-80GB unless named):
   send/recv median of the same byte count (the data stop at 64 MiB = 128 tokens of 7B KV);
 - share of decode time spent in attention at batch 80: the paper's 69.5% against the model at the
   ShareGPT context of figure 1 (330 tokens) and at 1024 tokens.
-Reads ../shared/data through `adrenaline_sgl.scheduler.vidur.shared_data_dir()`; rows needing it are
+Reads ../shared/data through `adrenaline_sgl.tools.vidur_check.shared_data_dir()`; rows needing it are
 skipped (with a note) when it is absent.
 """
 
@@ -20,10 +20,9 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from adrenaline_sgl.scheduler.vidur import VIDUR_OPS, shared_data_dir, vidur_mlp_path, vidur_times
-
-from .config import ClusterConfig
-from .scheduler_costs import SchedulerCosts
+from adrenaline_sgl.sim.config import ClusterConfig
+from adrenaline_sgl.sim.scheduler_costs import SchedulerCosts
+from adrenaline_sgl.tools.vidur_check import VIDUR_OPS, shared_data_dir, vidur_mlp_path, vidur_times
 
 DECODE_BATCHES = (1, 8, 32, 64, 128, 256)
 TRANSFER_TOKENS = (1, 16, 64, 128)

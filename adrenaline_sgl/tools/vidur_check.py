@@ -11,7 +11,7 @@ Vidur does not separate prefill and decode for these ops, so each row is entered
 shared data is never copied into the repository: it is read from `shared_data_dir()`
 (`$ADRENALINE_SHARED_DATA`, default `../shared/data` relative to the repository root).
 
-    python -m adrenaline_sgl.scheduler.vidur     # the validation table of docs/simulator.md
+    python -m adrenaline_sgl.tools.vidur_check     # the validation table of docs/simulator.md
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def vidur_profile_table(gpu: str, path: Path | None = None, keep=lambda num_toke
         "torch": "unknown (Vidur public profile)",
         "triton": "n/a",
         "git_sha": "microsoft/vidur data/profiling",
-        "command": "Vidur MLP profiling with CUDA timers; converted by adrenaline_sgl.scheduler.vidur",
+        "command": "Vidur MLP profiling with CUDA timers; converted by adrenaline_sgl.tools.vidur_check",
     }
     return ProfileTable(prov, rows)
 

@@ -1,7 +1,7 @@
 """Measure the colocation profile on a GPU: prefill latency and executor decode-attention bandwidth vs SM
 share, prefill beside an executor at full load, and the device-to-device copy bandwidth as reference.
 
-    python -m adrenaline_sgl.colocation.profile --out results/colocation/h100   # on the GPU machine
+    python -m adrenaline_sgl.tools.colocation_profile --out results/colocation/h100   # on the GPU machine
 
 Needs torch and triton only (no sglang). Shares are fractions of the device's SMs, 1/16 .. 1 by default;
 each share below 1 runs in a green-context partition rounded to what the architecture allows (the
@@ -99,7 +99,7 @@ def provenance(cfg: ProfileRunConfig, info: DeviceInfo, copy_gbs: float, mode: s
         "triton": triton_version,
         "git_sha": _run_text(["git", "rev-parse", "--short", "HEAD"]),
         "date_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": "python -m adrenaline_sgl.colocation.profile " + " ".join(sys.argv[1:]),
+        "command": "python -m adrenaline_sgl.tools.colocation_profile " + " ".join(sys.argv[1:]),
         "model": f"{cfg.layers} Llama layers hidden {cfg.hidden} heads {cfg.heads}/{cfg.kv_heads} head_dim "
         f"{cfg.head_dim} ffn {cfg.ffn} {cfg.dtype}, random weights",
         "attention": f"{cfg.attention_impl} decode attention, batch {cfg.batch} x context {cfg.context}, "

@@ -3,7 +3,7 @@
 import csv
 import json
 
-from adrenaline_sgl.offload import bench
+from adrenaline_sgl.tools import offload_bench as bench
 
 
 def test_bench_writes_rows_and_meta(tmp_path):
@@ -16,4 +16,4 @@ def test_bench_writes_rows_and_meta(tmp_path):
     assert float(rows[0]["step_vs_local_only"]) == 1.0 and rows[0]["round_trip_ms_p50"] == ""
     assert float(rows[1]["round_trip_ms_p50"]) > 0
     meta = json.loads((tmp_path / "bench.meta.json").read_text())
-    assert meta["torch"] and "adrenaline_sgl.offload.bench" in meta["command"]
+    assert meta["torch"] and "adrenaline_sgl.tools.offload_bench" in meta["command"]

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .client import OffloadClient
-from .errors import OffloadError
-from .executor import AttentionExecutor
-from .pool import KVPool
+from adrenaline_sgl.offload.client import OffloadClient
+from adrenaline_sgl.offload.errors import OffloadError
+from adrenaline_sgl.offload.executor import AttentionExecutor
+from adrenaline_sgl.offload.pool import KVPool
 
 ATTN_NAME = "adrenaline_offload"
 

@@ -1,6 +1,6 @@
 """Decode-step cost of offloading: M local rows alone vs M local + N offloaded rows, per-layer round trips.
 
-    python -m adrenaline_sgl.offload.bench --model llama2-7b-random --dtype float16 --local 64 \
+    python -m adrenaline_sgl.tools.offload_bench --model llama2-7b-random --dtype float16 --local 64 \
         --offloaded 0,16,64,128 --context 1024 --transport inproc --steps 20 --out results/offload_bench
 
 For each N it runs the decode harness on M + N random prompts of `--context` tokens (the first M local, the
@@ -23,17 +23,17 @@ from pathlib import Path
 
 import torch
 
-from .attention import ATTENTION_CHOICES
-from .check import percentile
-from .cli_args import int_in
-from .client import ClientConfig, OffloadClient
-from .executor import AttentionExecutor
-from .harness import DecodeHarness
-from .models import DTYPES, MODELS, load_model
-from .pool import KVPool
-from .service import ExecutorService
-from .transports.base import create_channel
-from .wire import RowLayout
+from adrenaline_sgl.offload.attention import ATTENTION_CHOICES
+from adrenaline_sgl.offload.cli_args import int_in
+from adrenaline_sgl.offload.client import ClientConfig, OffloadClient
+from adrenaline_sgl.offload.executor import AttentionExecutor
+from adrenaline_sgl.offload.pool import KVPool
+from adrenaline_sgl.offload.service import ExecutorService
+from adrenaline_sgl.offload.transports.base import create_channel
+from adrenaline_sgl.offload.wire import RowLayout
+from adrenaline_sgl.tools.decode_harness import DecodeHarness
+from adrenaline_sgl.tools.harness_models import DTYPES, MODELS, load_model
+from adrenaline_sgl.tools.offload_check import percentile
 
 FIELDS = ["model", "dtype", "device", "transport", "attention", "local_rows", "offloaded_rows", "context",
           "steps", "step_ms_p50", "step_ms_p99", "step_vs_local_only", "round_trip_ms_p50", "round_trip_ms_p99"]
@@ -48,7 +48,7 @@ def _int_list(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m adrenaline_sgl.offload.bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m adrenaline_sgl.tools.offload_bench", description=__doc__.split("\n")[0])
     p.add_argument("--model", choices=sorted(MODELS), default="tiny-random", help="which Llama to drive")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="model and KV dtype")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="model device")
@@ -88,7 +88,7 @@ def measure(args: argparse.Namespace, loaded, offloaded_rows: int) -> dict:
                 executor = AttentionExecutor(pool, args.attention, num_q_heads=layout.num_q_heads)
                 channel = create_channel("inproc", service=ExecutorService(executor))
             else:
-                from .process import ExecutorProcess
+                from adrenaline_sgl.offload.process import ExecutorProcess
 
                 proc = stack.enter_context(ExecutorProcess(cfg.num_hidden_layers, layout.num_kv_heads, head_dim,
                                                            num_slots, args.dtype, args.attention,
@@ -126,7 +126,7 @@ def _environment(device: str) -> dict:
         sha = "unknown"
     env = {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine(),
            "node": platform.node(), "cpu_threads": torch.get_num_threads(), "git_sha": sha,
-           "command": " ".join([sys.executable, "-m", "adrenaline_sgl.offload.bench", *sys.argv[1:]])}
+           "command": " ".join([sys.executable, "-m", "adrenaline_sgl.tools.offload_bench", *sys.argv[1:]])}
     if torch.device(device).type == "cuda":
         env["gpu"] = torch.cuda.get_device_name()
         env["cuda"] = torch.version.cuda

@@ -1,6 +1,6 @@
 """Explain the offload bounds for one model on one GPU type (1 decode instance, N prefill instances).
 
-    python -m adrenaline_sgl.scheduler.explain --model llama2-13b --gpu a100-80g \\
+    python -m adrenaline_sgl.tools.explain --model llama2-13b --gpu a100-80g \\
         [--prefill-instances N] [--tpot-slo-ms X] [--executor-sm-share S] [--context-tokens C] [--json]
 
 Capacities are static (no live load): decode KV capacity = mem_fraction x HBM - weights; each prefill
@@ -35,7 +35,7 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = _OneLineParser(prog="python -m adrenaline_sgl.scheduler.explain", description=__doc__.splitlines()[0])
+    ap = _OneLineParser(prog="python -m adrenaline_sgl.tools.explain", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="llama2-13b", help="model spec name (specs.MODELS)")
     ap.add_argument("--gpu", default="a100-80g", help="GPU spec name (specs.GPUS)")
     ap.add_argument("--prefill-instances", type=int, default=1, help="prefill instances serving the decode one")

@@ -5,15 +5,17 @@ from pathlib import Path
 
 import pytest
 
-from adrenaline_sgl.scheduler import calibration, vidur
+from adrenaline_sgl.scheduler import calibration
 from adrenaline_sgl.scheduler.roofline import RooflinePredictor
+from adrenaline_sgl.tools import calibrate
+from adrenaline_sgl.tools import vidur_check as vidur
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "simulator.md"
 
 
 def _rewrite_marked(name: str, body: str) -> None:
     text = DOC.read_text()
-    new = calibration.replace_marked(text, name, body)
+    new = calibrate.replace_marked(text, name, body)
     if new != text:  # write only on change: another engineer edits the other section of this file
         DOC.write_text(new)
     assert body.strip() in DOC.read_text()
@@ -25,14 +27,14 @@ def test_paper_per_kernel_utilizations_within_stated_error():
     s = calibration.error_summary(rows)
     assert s["mean_abs_pp"] <= calibration.MAX_MEAN_ABS_ERROR_PP, s
     assert s["max_abs_pp"] <= calibration.MAX_ABS_ERROR_PP, s
-    _rewrite_marked("calibration-table", calibration.markdown_table(rows))
+    _rewrite_marked("calibration-table", calibrate.markdown_table(rows))
 
 
 def test_whole_phase_utilization_against_figure_1():
     rows = calibration.phase_rows()
     assert len(rows) == 18
     assert max(abs(r.hbm_err_pp) for r in rows) <= calibration.PHASE_MAX_HBM_ERROR_PP
-    _rewrite_marked("phase-validation", calibration.markdown_table(rows, bounds=False))
+    _rewrite_marked("phase-validation", calibrate.markdown_table(rows, bounds=False))
 
 
 def test_calibration_table_can_fail():
@@ -45,16 +47,16 @@ def test_calibration_table_can_fail():
 
 def test_replace_marked_only_touches_the_marked_region():
     text = "a\n<!-- t:begin -->\nold\n<!-- t:end -->\nb\n"
-    assert calibration.replace_marked(text, "t", "new") == "a\n<!-- t:begin -->\nnew\n<!-- t:end -->\nb\n"
+    assert calibrate.replace_marked(text, "t", "new") == "a\n<!-- t:begin -->\nnew\n<!-- t:end -->\nb\n"
     with pytest.raises(ValueError, match="markers"):
-        calibration.replace_marked("no markers", "t", "x")
+        calibrate.replace_marked("no markers", "t", "x")
 
 
 def test_fit_improves_on_a_perturbed_start(monkeypatch):
-    bad = calibration.A100_EFFICIENCY[("attn", "decode")].__class__(0.5, 0.0, 1.0, 0.6, 0.0, float("inf"), 0.3)
-    monkeypatch.setitem(calibration.A100_EFFICIENCY, ("attn", "decode"), bad)
-    start_loss = calibration._group_loss(bad, "attn-decode")
-    eff, loss = calibration.fit_group("attn-decode", rounds=3, restarts=0)
+    bad = calibrate.A100_EFFICIENCY[("attn", "decode")].__class__(0.5, 0.0, 1.0, 0.6, 0.0, float("inf"), 0.3)
+    monkeypatch.setitem(calibrate.A100_EFFICIENCY, ("attn", "decode"), bad)
+    start_loss = calibrate._group_loss(bad, "attn-decode")
+    eff, loss = calibrate.fit_group("attn-decode", rounds=3, restarts=0)
     assert loss < start_loss / 10
 
 

@@ -1,6 +1,6 @@
 """Exact-token check of the offload runtime on a real model.
 
-    python -m adrenaline_sgl.offload.check --transport {inproc,mooncake} --offload-fraction F \
+    python -m adrenaline_sgl.tools.offload_check --transport {inproc,mooncake} --offload-fraction F \
         --prompts P --max-new-tokens T [--model smollm2] [--dtype float32]
 
 Runs the decode harness twice on the same prompts, greedy: without offload, then with a fraction F of the
@@ -22,17 +22,17 @@ from contextlib import ExitStack
 
 import torch
 
-from .attention import ATTENTION_CHOICES
-from .cli_args import int_in
-from .client import ClientConfig, OffloadClient
-from .errors import OffloadError
-from .executor import AttentionExecutor
-from .harness import DecodeHarness
-from .models import DTYPES, MODELS, load_model
-from .pool import KVPool
-from .service import ExecutorService
-from .transports.base import create_channel
-from .wire import RowLayout
+from adrenaline_sgl.offload.attention import ATTENTION_CHOICES
+from adrenaline_sgl.offload.cli_args import int_in
+from adrenaline_sgl.offload.client import ClientConfig, OffloadClient
+from adrenaline_sgl.offload.errors import OffloadError
+from adrenaline_sgl.offload.executor import AttentionExecutor
+from adrenaline_sgl.offload.pool import KVPool
+from adrenaline_sgl.offload.service import ExecutorService
+from adrenaline_sgl.offload.transports.base import create_channel
+from adrenaline_sgl.offload.wire import RowLayout
+from adrenaline_sgl.tools.decode_harness import DecodeHarness
+from adrenaline_sgl.tools.harness_models import DTYPES, MODELS, load_model
 
 
 def offload_flags(fraction: float, count: int) -> list[bool]:
@@ -66,7 +66,7 @@ def _seconds(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m adrenaline_sgl.offload.check", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m adrenaline_sgl.tools.offload_check", description=__doc__.split("\n")[0])
     p.add_argument("--transport", choices=("inproc", "mooncake", "cuda_ipc"), default="inproc",
                    help="client-executor transport (mooncake, cuda_ipc: the executor in a second process)")
     p.add_argument("--offload-fraction", type=_fraction, default=0.5, help="share of requests offloaded, in [0, 1]")
@@ -107,7 +107,7 @@ def run_check(args: argparse.Namespace) -> dict:
                                      layout.dtype, args.device)
             channel = create_channel("inproc", service=ExecutorService(AttentionExecutor(pool, args.attention)))
         else:
-            from .process import ExecutorProcess
+            from adrenaline_sgl.offload.process import ExecutorProcess
 
             proc = stack.enter_context(ExecutorProcess(cfg.num_hidden_layers, layout.num_kv_heads, head_dim,
                                                        num_slots, args.dtype, args.attention,

@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from adrenaline_sgl.colocation import profile as profiler
 from adrenaline_sgl.colocation.profiles import default_profile, load_profile, write_profile
+from adrenaline_sgl.tools import colocation_profile as profiler
 
 TINY = dict(device="cpu", tokens=(8, 16), layers=1, batch=2, context=16, hidden=32, heads=4, kv_heads=2,
             head_dim=8, ffn=64, dtype="float32", reps=1, warmup=0, copy_mib=1)  # fmt: skip
@@ -19,7 +19,7 @@ def test_cpu_smoke_run_writes_both_csvs_with_provenance(tmp_path, impl):
     prof = profiler.run(cfg, progress=False)
     back = load_profile(tmp_path / "p")
     assert back.source == "cpu-smoke" and "not a GPU measurement" in back.provenance["title"]
-    assert back.provenance["command"].startswith("python -m adrenaline_sgl.colocation.profile")
+    assert back.provenance["command"].startswith("python -m adrenaline_sgl.tools.colocation_profile")
     assert len(back.prefill) == len(shares) * 2 and len(back.attention) == len(shares)
     assert [a.num_sms for a in back.attention] == ([32, 132] if impl == "torch" else [64])  # fake H100 rounding
     assert all(p.prefill_ms > 0 and math.isnan(p.prefill_contended_ms) for p in back.prefill)
@@ -37,7 +37,7 @@ def test_budget_stops_before_the_next_share(tmp_path):
 def test_smoke_profile_is_never_the_default(tmp_path):
     cfg = profiler.ProfileRunConfig(out=str(tmp_path / "smoke"), shares=(0.5,), attention_impl="torch", **TINY)
     profiler.run(cfg, progress=False)
-    from adrenaline_sgl.colocation.modelled import modelled_profile
+    from adrenaline_sgl.tools.colocation_modelled import modelled_profile
 
     write_profile(modelled_profile(), tmp_path / "modelled")
     assert default_profile(tmp_path).source == "modelled"

@@ -2,8 +2,8 @@
 
 import pytest
 
-from adrenaline_sgl.scheduler.vidur import shared_data_dir
-from adrenaline_sgl.sim import validate
+from adrenaline_sgl.tools import sim_validate as validate
+from adrenaline_sgl.tools.vidur_check import shared_data_dir
 
 
 def test_validation_against_vidur_within_stated_bounds():

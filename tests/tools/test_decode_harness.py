@@ -7,15 +7,15 @@ import time
 import pytest
 import torch
 
-from adrenaline_sgl.offload import check
 from adrenaline_sgl.offload.client import ClientConfig, OffloadClient
 from adrenaline_sgl.offload.executor import AttentionExecutor
-from adrenaline_sgl.offload.harness import DecodeHarness
-from adrenaline_sgl.offload.models import load_model
 from adrenaline_sgl.offload.pool import KVPool
 from adrenaline_sgl.offload.service import ExecutorService
 from adrenaline_sgl.offload.transports.base import create_channel
 from adrenaline_sgl.offload.wire import RowLayout
+from adrenaline_sgl.tools import offload_check as check
+from adrenaline_sgl.tools.decode_harness import DecodeHarness
+from adrenaline_sgl.tools.harness_models import load_model
 
 NEW_TOKENS = 8
 

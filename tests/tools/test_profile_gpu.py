@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from adrenaline_sgl.scheduler import profile_gpu
 from adrenaline_sgl.scheduler.table import ProfileTable, TablePredictor
+from adrenaline_sgl.tools import profile_gpu
 
 TINY = {"tokens": (1, 4, 8), "prompts": (8, 16, 24), "batches": (1, 2, 3), "contexts": (8, 16)}
 

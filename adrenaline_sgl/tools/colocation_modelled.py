@@ -9,7 +9,7 @@
   roofline slows down linearly as SMs are taken away, so this curve is pessimistic where the paper saw a
   sub-linear slowdown; contention through HBM bandwidth is not modelled (prefill_contended_ms empty).
 
-`python -m adrenaline_sgl.colocation.modelled --out DIR` writes it; the committed copy is
+`python -m adrenaline_sgl.tools.colocation_modelled --out DIR` writes it; the committed copy is
 `profiles/modelled-a100-llama2-7b/` (a test checks that it is what this code writes).
 """
 
@@ -89,7 +89,8 @@ def modelled_profile(gpu: GPUSpec = A100, m: ModelSpec = LLAMA2_7B, batch: int =
         "prefill": f"per-operator roofline, peak {gpu.peak_tflops} TFLOP/s x mfu {mfu}, HBM {gpu.hbm_gbs} GB/s "
         "x f(s); contention not modelled",
         "reference": "ref_gbs is the HBM peak (the paper reports % of HBM bandwidth), not a measured copy",
-        "command": "python -m adrenaline_sgl.colocation.modelled --out adrenaline_sgl/colocation/profiles/" + NAME,
+        "command": "python -m adrenaline_sgl.tools.colocation_modelled --out adrenaline_sgl/colocation/profiles/"
+        + NAME,
     }
     prefill = tuple(
         PrefillPoint(s, max(1, round(s * gpu.num_sms)), gpu.num_sms, t, m.num_layers,

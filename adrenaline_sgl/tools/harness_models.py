@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .prompts import CHAT_PROMPTS, chat_prompt_ids
+from adrenaline_sgl.tools.prompts import CHAT_PROMPTS, chat_prompt_ids
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

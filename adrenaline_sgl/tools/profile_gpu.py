@@ -1,6 +1,6 @@
 """Measure a profile table on the local GPU: GEMMs through torch, decode attention through our kernel.
 
-    python -m adrenaline_sgl.scheduler.profile_gpu --gpu h100-sxm --model llama2-7b --out DIR
+    python -m adrenaline_sgl.tools.profile_gpu --gpu h100-sxm --model llama2-7b --out DIR
 
 writes `DIR/<gpu>__<model>.csv` (a `table.ProfileTable` with provenance) and `DIR/<gpu>__<model>.holdout.json`
 (the table predictor's error on held-out grid points: every other point is left out, predicted from the
@@ -58,7 +58,7 @@ def provenance(gpu: str, model: str, argv: list[str] | None = None) -> dict:
         "torch": torch.__version__,
         "triton": triton_version,
         "git_sha": _cmd(["git", "rev-parse", "--short", "HEAD"]),
-        "command": "python -m adrenaline_sgl.scheduler.profile_gpu " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m adrenaline_sgl.tools.profile_gpu " + " ".join(sys.argv[1:] if argv is None else argv),
     }
 
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from adrenaline_sgl.scheduler import explain
+from adrenaline_sgl.tools import explain
 
 
 def test_json_has_the_bounds(capsys):
@@ -47,5 +47,5 @@ def test_bad_configuration_is_one_line(argv, match, capsys):
         raise SystemExit(rc)
     assert exc_info.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and err.startswith("python -m adrenaline_sgl.scheduler.explain: error:")
+    assert "\n" not in err and err.startswith("python -m adrenaline_sgl.tools.explain: error:")
     assert __import__("re").search(match, err)
