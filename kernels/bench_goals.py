@@ -18,7 +18,7 @@ BASELINE = "sglang_triton"
 
 
 def _key(r: dict) -> tuple:
-    return (r["model"], r["dtype"], r["batch"], r["ctx"])
+    return (r["model"], r["dtype"], int(r.get("page_size", 1)), r["batch"], r["ctx"])
 
 
 def check_goals(rows: list[dict]) -> dict:
@@ -35,7 +35,8 @@ def check_goals(rows: list[dict]) -> dict:
     pairs = [(ours[_key(r)], r) for r in rows if r["impl"] == BASELINE and _key(r) in ours]
     speedups = [b["time_us"] / o["time_us"] for o, b in pairs]  # > 1: ours faster
     slower = [
-        dict(model=o["model"], dtype=o["dtype"], batch=o["batch"], ctx=o["ctx"], speedup=round(s, 3))
+        dict(model=o["model"], dtype=o["dtype"], batch=o["batch"], ctx=o["ctx"], speedup=round(s, 3),
+             **({"page_size": int(o["page_size"])} if int(o.get("page_size", 1)) != 1 else {}))
         for (o, _), s in zip(pairs, speedups)
         if s < 1.0
     ]

@@ -2,7 +2,10 @@
 
 Each request's KV lives in token slots scattered across the pool (a random permutation, as a pool looks
 after many allocations and frees); kv_indptr/kv_indices are what SGLang's Triton backend builds from
-`req_to_token`.
+`req_to_token`. With `page_size` P > 1 the pool is allocated in pages of P slots, as SGLang's paged
+allocator does (`--page-size 16`): whole pages are scattered, the slots inside a page are consecutive, and
+a request's last page may be partly used. The kernels still index single tokens; only the access pattern
+changes (runs of P consecutive rows instead of single rows).
 """
 
 from __future__ import annotations
@@ -42,18 +45,36 @@ def make_decode_batch(
     num_slots: int | None = None,
     scatter: bool = True,
     seed: int = 0,
+    page_size: int = 1,
 ) -> DecodeBatch:
-    """q, k, v ~ N(0, 1). `num_slots` defaults to the total length plus 25% spare slots (at least 8), so
-    some pool rows are never read. `scatter=False` gives contiguous slots in order (a fresh pool)."""
-    total = sum(seq_lens)
+    """q, k, v ~ N(0, 1). `num_slots` defaults to the slots the requests occupy (whole pages) plus 25%
+    spare (at least 8), so some pool rows are never read. `scatter=False` gives contiguous slots in order
+    (a fresh pool). `page_size`: slots per allocation unit (module doc)."""
+    if page_size < 1:
+        raise ValueError(f"make_decode_batch: page_size must be >= 1, got {page_size}")
     if any(n < 0 for n in seq_lens):
         raise ValueError(f"make_decode_batch: seq_lens must be >= 0, got {seq_lens}")
-    num_slots = max(total + total // 4, 8) if num_slots is None else num_slots
-    if num_slots < total:
-        raise ValueError(f"make_decode_batch: num_slots must be >= sum(seq_lens) = {total}, got {num_slots}")
+    total = sum(seq_lens)
+    pages_per_req = [-(-n // page_size) for n in seq_lens]  # ceil
+    used = sum(pages_per_req) * page_size
+    num_slots = max(used + used // 4, 8) if num_slots is None else num_slots
+    if num_slots < used:
+        raise ValueError(f"make_decode_batch: num_slots must be >= {used} (the requests' pages), got {num_slots}")
     device = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
-    order = torch.randperm(num_slots, generator=gen) if scatter else torch.arange(num_slots)
+    if page_size == 1:
+        order = torch.randperm(num_slots, generator=gen) if scatter else torch.arange(num_slots)
+    else:
+        num_pages = num_slots // page_size
+        pages = torch.randperm(num_pages, generator=gen) if scatter else torch.arange(num_pages)
+        pages = pages[: sum(pages_per_req)]
+        in_page = torch.arange(page_size)
+        per_req, start = [], 0
+        for n, p in zip(seq_lens, pages_per_req):  # request i's slots: its pages in order, first n slots
+            slots = (pages[start : start + p, None] * page_size + in_page).reshape(-1)  # [p * P]
+            per_req.append(slots[:n])
+            start += p
+        order = torch.cat(per_req) if per_req else torch.empty(0, dtype=torch.int64)
     dev_gen = torch.Generator(device=device).manual_seed(seed)  # big pools are drawn on the device itself
 
     def randn(*shape: int) -> torch.Tensor:

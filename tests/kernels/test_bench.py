@@ -64,3 +64,70 @@ def test_sglang_kernel_loads_standalone_and_matches():
 def test_sglang_loader_explains_missing_files(tmp_path):
     with pytest.raises(ImportError, match=r"lacks score_mod.py, metadata.py, decode_attention.py"):
         sglang_loader.load(tmp_path, standalone=True)
+
+
+@pytest.mark.parametrize("page_size", [1, 16])
+def test_page_layout_keeps_pages_whole_and_the_kernel_exact(page_size):
+    """16-token pages (SGLang --page-size 16): each request's slots come in runs of consecutive, page-aligned
+    slots; pages are disjoint between requests; our kernel on that layout equals the reference."""
+    seq_lens = [1, 16, 17, 40]
+    batch = make_decode_batch(seq_lens, 8, 2, 64, seed=3, page_size=page_size)
+    idx = batch.kv_indices.long()
+    assert idx.unique().numel() == idx.numel() == sum(seq_lens)
+    assert int(idx.max()) < batch.k_buffer.shape[0]
+    bounds = batch.kv_indptr.tolist()
+    pages_seen = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        req = idx[a:b]
+        assert torch.equal(req % page_size, torch.arange(b - a) % page_size)  # slot offset = token offset
+        pages = (req // page_size).unique_consecutive()
+        assert pages.numel() == -(-(b - a) // page_size)  # one page per P tokens, never split
+        pages_seen += pages.tolist()
+    assert len(set(pages_seen)) == len(pages_seen)
+    ours_o, ours_lse = decode_attention(batch.q, batch.k_buffer, batch.v_buffer, batch.kv_indptr, batch.kv_indices)
+    from adrenaline_kernels import decode_attention_ref
+
+    ref_o, ref_lse = decode_attention_ref(batch.q, batch.k_buffer, batch.v_buffer, batch.kv_indptr, batch.kv_indices)
+    torch.testing.assert_close(ours_o, ref_o, atol=2e-5, rtol=0)
+    torch.testing.assert_close(ours_lse, ref_lse, atol=2e-5, rtol=0)
+
+
+def test_page_layout_rejects_bad_sizes():
+    with pytest.raises(ValueError, match="page_size must be >= 1"):
+        make_decode_batch([4], 2, 1, 16, page_size=0)
+    with pytest.raises(ValueError, match=r"num_slots must be >= 32 \(the requests' pages\)"):
+        make_decode_batch([17], 2, 1, 16, page_size=16, num_slots=20)
+
+
+def test_bench_rows_carry_the_layout_and_are_written_as_they_come(tmp_path):
+    out = tmp_path / "bench.csv"
+    argv = ["--out", str(out), "--grid", "cpu", "--impls", "adrenaline", "--batches", "1", "--contexts", "24",
+            "--reps", "1", "--page-sizes", "1", "16"]  # fmt: skip
+    assert bench.main(argv) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [r["page_size"] for r in rows] == ["1", "16"]
+    meta = json.loads(out.with_suffix(".meta.json").read_text())
+    assert meta["complete"] is True and meta["page_sizes"] == [1, 16]
+    with pytest.raises(SystemExit):
+        bench.build_parser().parse_args(["--page-sizes", "0"])
+
+
+def test_bench_cut_short_keeps_the_rows_it_measured(tmp_path, monkeypatch):
+    """A step timeout kills the bench mid-grid: the CSV must hold every finished point, the meta complete=false."""
+    real, calls = bench._measure_point, []
+
+    def dies_on_second(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "_measure_point", dies_on_second)
+    out = tmp_path / "bench.csv"
+    argv = ["--out", str(out), "--grid", "cpu", "--impls", "adrenaline", "--batches", "1", "--contexts", "24", "40",
+            "--reps", "1"]  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(argv)
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["ctx"], r["page_size"]) for r in rows] == [("24", "1")]
+    assert json.loads(out.with_suffix(".meta.json").read_text())["complete"] is False
