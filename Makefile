@@ -6,7 +6,7 @@ RESULTS_DIR ?= results
 export RESULTS_DIR
 FIGS := 1 2 5 6 7 8 9
 
-.PHONY: setup test test-fast lint e2e demo demo-check bench-kernels reproduce-all clean help \
+.PHONY: setup test test-fast lint e2e demo demo-check bench-kernels gpu-bundle gpu-import reproduce-all clean help \
 	$(addprefix reproduce-fig,$(FIGS))
 
 help:
@@ -19,6 +19,8 @@ help:
 	@echo "make demo-check      start the demo stack, ask one question, check the answer, stop"
 	@echo "make e2e             end-to-end suite against real SGLang servers"
 	@echo "make bench-kernels   decode-attention kernel benchmark CSV into $(RESULTS_DIR)/kernels/"
+	@echo "make gpu-bundle      build .gpu/ for the GPU campaign and print the device call (docs/perf.md)"
+	@echo "make gpu-import DIR=...  a GPU campaign's results into profiles, docs/perf.md tables, figure 9"
 
 setup:
 	@bash .ci/setup.sh
@@ -48,6 +50,14 @@ demo-check: setup
 
 bench-kernels: setup
 	$(PY) -m adrenaline_kernels.bench --out $(RESULTS_DIR)/kernels/bench.csv
+
+# The GPU campaign (experiments/gpu_campaign/README.md): bundle to carry, then import what came back.
+gpu-bundle: setup
+	$(PY) -m experiments.gpu_campaign.bundle $(ARGS)
+
+gpu-import: setup
+	@test -n "$(DIR)" || { echo "usage: make gpu-import DIR=<folder that came back, or campaign.tar.gz>"; exit 2; }
+	$(PY) -m experiments.gpu_campaign.importer "$(DIR)" $(ARGS)
 
 $(addprefix reproduce-fig,$(FIGS)): reproduce-fig%: setup
 	$(PY) -m experiments.run fig$* $(ARGS)

@@ -69,10 +69,15 @@ def load(src_dir: str | os.PathLike | None = None, *, standalone: bool = False) 
     return _load_files(src)
 
 
+STANDALONE_ENV = "ADRENALINE_SGLANG_KERNEL_STANDALONE"
+
+
 @functools.cache
 def load_default() -> SGLangDecodeKernel:
-    """`load()` once per process: re-executing the files would make new kernel objects, each compiled anew."""
-    return load()
+    """`load()` once per process: re-executing the files would make new kernel objects, each compiled anew.
+    With env ADRENALINE_SGLANG_KERNEL_STANDALONE=1 the files are run even where sglang imports (the GPU
+    campaign sets it, so its CPU rehearsal takes the path the GPU machine takes)."""
+    return load(standalone=os.environ.get(STANDALONE_ENV) == "1")
 
 
 class _EnvFlag:
