@@ -26,13 +26,14 @@ import sys
 OWN = {"adrenaline_sgl", "adrenaline_kernels", "kernels", "tests", "experiments", "plots", "conftest"}
 GROUPS = {
     "core": {
-        "tests": ["tests/kernels", "tests/offload", "tests/colocation"],
+        "tests": ["tests/kernels", "tests/offload", "tests/colocation", "tests/tools"],
         "modules": ["adrenaline_kernels.bench", "adrenaline_kernels.sglang_loader", "adrenaline_sgl.offload.process",
-                    "adrenaline_sgl.offload.transports.cuda_ipc", "adrenaline_sgl.offload.harness",
+                    "adrenaline_sgl.offload.transports.cuda_ipc", "adrenaline_sgl.tools.decode_harness",
                     "adrenaline_sgl.colocation.green_context", "experiments.gpu_campaign.run",
                     "experiments.gpu_campaign.probe_green", "experiments.gpu_campaign.verdicts"]
         + [f"experiments.gpu_campaign.steps.{s}" for s in ("tests", "kernels", "colocation", "offload", "scheduler")],
-        "tools": ["colocation", "offload", "scheduler"],  # steps whose tool modules are imported too
+        "tools": ["adrenaline_sgl.tools.colocation_profile", "adrenaline_sgl.tools.offload_bench",
+                  "adrenaline_sgl.tools.profile_gpu"],  # the tools the steps run
         "blocked": ["sglang", "sgl_kernel", "mooncake", "flashinfer"],
     },
     "sglang": {
@@ -45,7 +46,6 @@ GROUPS = {
         "blocked": ["sgl_kernel", "mooncake", "flashinfer"],
     },
 }  # fmt: skip
-TOOL_FUNCS = {"colocation": "profiler_module", "offload": "bench_module", "scheduler": "profiler_module"}
 
 
 class _Blocked(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -77,9 +77,8 @@ def traced(group: str) -> dict:
         raise SystemExit(f"imports: collecting {spec['tests']} failed (pytest exit {rc})")
     for name in spec["modules"]:
         importlib.import_module(name)
-    for step in spec["tools"]:
-        mod = importlib.import_module(f"experiments.gpu_campaign.steps.{step}")
-        importlib.import_module(getattr(mod, TOOL_FUNCS[step])())
+    for name in spec["tools"]:
+        importlib.import_module(name)
     tops = {n.split(".")[0] for n in list(sys.modules)}
     tops -= set(sys.stdlib_module_names) | set(sys.builtin_module_names) | OWN
     owners = md.packages_distributions()

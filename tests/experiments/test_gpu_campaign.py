@@ -193,7 +193,7 @@ def test_a_failed_or_hung_step_is_recorded_and_the_next_one_runs(tmp_path, code_
                 "{'status': 'ok', 'summary': 'did it', 'reason': ''}))",
     }  # fmt: skip
     c = _Script(tmp_path / "out", tmp_path / "work", code_bundle, smoke=False, budget_s=300, only=None, argv=[])
-    c.steps = [run.Step("crash", 20, "exits 3"), run.Step("hang", 2, "sleeps"), run.Step("fine", 20, "works")]
+    c.steps = [run.Step("crash", 20, "exits 3"), run.Step("hang", 6, "sleeps"), run.Step("fine", 20, "works")]
     t0 = time.monotonic()
     assert c.run() == 0
     assert time.monotonic() - t0 < 30

@@ -23,8 +23,7 @@ SMOKE_PROFILE = ["--device", "cpu", "--attention-impl", "torch", "--shares", "0.
                  "--copy-mib", "1", "--dtype", "float32"]  # fmt: skip
 
 
-def profiler_module() -> str:
-    return common.tool_module("adrenaline_sgl.tools.colocation_profile", "adrenaline_sgl.colocation.profile")
+PROFILER = "adrenaline_sgl.tools.colocation_profile"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -43,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         extra = ["--shares", "1", "--no-contention"]
     budget = max(5.0, args.remaining_s(15))
-    rc = common.run([common.python(), "-m", profiler_module(), "--out", profile_dir, "--budget-s", f"{budget:.0f}",
+    rc = common.run([common.python(), "-m", PROFILER, "--out", profile_dir, "--budget-s", f"{budget:.0f}",
                      *extra], args.remaining_s(3))  # fmt: skip
     verdicts = {"probe_rc": rc_probe, "api": api, "probe_reason": probe.get("reason", "probe wrote nothing"),
                 "apis": {k: {x: v.get(x) for x in ("works", "num_sms", "slowdown", "expected_slowdown",

@@ -107,15 +107,3 @@ def status_of(rcs: Sequence[int]) -> str:
     good = sum(rc == 0 for rc in rcs)
     return "ok" if good == len(rcs) else ("partial" if good else "failed")
 
-
-def tool_module(*candidates: str) -> str:
-    """The first of `candidates` (module names, newest location first) that exists in this tree."""
-    import importlib.util
-
-    for name in candidates:
-        try:
-            if importlib.util.find_spec(name) is not None:
-                return name
-        except ModuleNotFoundError:
-            continue
-    raise ModuleNotFoundError(f"none of {', '.join(candidates)} exists")

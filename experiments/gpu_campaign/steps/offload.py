@@ -47,8 +47,7 @@ def gpu_memory_bytes() -> int | None:
         return None
 
 
-def bench_module() -> str:
-    return common.tool_module("adrenaline_sgl.tools.offload_bench", "adrenaline_sgl.offload.bench")
+BENCH = "adrenaline_sgl.tools.offload_bench"
 
 
 def read_rows(path) -> list[dict]:
@@ -82,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name == "inproc" and not smoke and args.remaining_s() < 45:
             print("inproc: skipped, less than 45 s left", flush=True)
             continue
-        rc = common.run([common.python(), "-m", bench_module(), "--out", args.out / name, *extra], args.remaining_s(3))
+        rc = common.run([common.python(), "-m", BENCH, "--out", args.out / name, *extra], args.remaining_s(3))
         rcs.append(rc)
         done[name] = read_rows(args.out / name / "bench.csv")
     for name, rows in done.items():

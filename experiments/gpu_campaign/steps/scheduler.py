@@ -37,8 +37,7 @@ def device_name() -> str:
         return ""
 
 
-def profiler_module() -> str:
-    return common.tool_module("adrenaline_sgl.tools.profile_gpu", "adrenaline_sgl.scheduler.profile_gpu")
+PROFILER = "adrenaline_sgl.tools.profile_gpu"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -54,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if spec is None:
             common.write_status(args.out, "skipped", "no scheduler spec for this GPU", f"GPU {name!r}")
             return 0
-    rc = common.run([common.python(), "-m", profiler_module(), "--gpu", spec, "--model", model, "--out", args.out,
+    rc = common.run([common.python(), "-m", PROFILER, "--gpu", spec, "--model", model, "--out", args.out,
                      *extra], args.remaining_s(3))  # fmt: skip
     table, holdout = args.out / f"{spec}__{model}.csv", args.out / f"{spec}__{model}.holdout.json"
     errs = json.loads(holdout.read_text()) if holdout.is_file() else {}

@@ -1,4 +1,4 @@
-"""Step tests: the `gpu`-marked tests of kernels, offload and colocation, natively compiled on the GPU.
+"""Step tests: the `gpu`-marked tests of kernels, offload, colocation and the profiler tools, on the GPU.
 
 One pytest run, verbose (the log keeps every finished test's outcome even if the step is killed), a JUnit
 XML, 120 s per test at most. Smoke mode (no GPU: every one of these tests would skip) collects the same
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from experiments.gpu_campaign.steps import common
 
-TEST_DIRS = ("tests/kernels", "tests/offload", "tests/colocation")
+TEST_DIRS = ("tests/kernels", "tests/offload", "tests/colocation", "tests/tools")  # tools: the profilers
 PER_TEST_TIMEOUT_S = 120
 
 
