@@ -44,6 +44,11 @@ PLATFORMS = ("manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2_24_x8
              "manylinux_2_35_x86_64", "manylinux1_x86_64")  # fmt: skip
 
 
+# Carried even though the GPU machine has them: the carried pydantic_core needs typing_extensions' newer
+# `Sentinel`, and the machine's version is unknown (the sglang step's scratch site shadows it for that step only).
+ALWAYS_CARRY = {"core": set(), "sglang": {"typing-extensions"}}
+
+
 def normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
@@ -91,7 +96,8 @@ def wanted_wheels(group: str, have: set[str]) -> tuple[dict[str, str], list[str]
     if out.returncode != 0:
         raise SystemExit(f"gpu-bundle: tracing the imports of group {group} failed:\n{out.stderr[-2000:]}")
     traced = json.loads(out.stdout.strip().splitlines()[-1])
-    missing = {d: v for d, v in traced["dists"].items() if normalize(d) not in have}
+    missing = {d: v for d, v in traced["dists"].items()
+               if normalize(d) not in have or normalize(d) in ALWAYS_CARRY[group]}  # fmt: skip
     return missing, traced["unmapped"]
 
 
