@@ -88,10 +88,17 @@ def render_kernels(root: Path) -> str:
             out.append(f"| {dtype} | {page} | {_fmt(frac, '.3f')}{verdict} | {_fmt(sp[0] if sp else None)}x / "
                        f"{_fmt(med)}x | {sum(s < 1 for s in sp)} of {len(sp)} |")  # fmt: skip
         tunes = sorted(folder.glob("tune-*.csv"))
-        if tunes:
-            out.append("")
-            out.append("Tuning runs: " + ", ".join(f"`{t.name}` ({len(_rows(t))} rows)"
-                                                                       for t in tunes))  # fmt: skip
+        if tunes:  # before (the default config, "adrenaline") and after (each variant) on the shapes that missed
+            out += ["", "| tuning run | variant | shapes | median time us | min frac of copy bw |",
+                    "|---|---|---|---|---|"]
+            for t in tunes:
+                by_impl: dict[str, list[dict]] = {}
+                for r in _rows(t):
+                    by_impl.setdefault(f"{r['impl']} (num_sms {r['num_sms']})", []).append(r)
+                for impl, rs in by_impl.items():
+                    times = sorted(float(r["time_us"]) for r in rs)
+                    out.append(f"| {t.stem} | {impl} | {len(rs)} | {times[len(times) // 2]:.1f} | "
+                               f"{min(float(r['frac_copy_bw']) for r in rs):.3f} |")  # fmt: skip
         out.append("")
     return "\n".join(out).rstrip()
 
