@@ -38,9 +38,9 @@ from sglang.srt.model_executor.runner_backend_utils.breakable_cuda_graph import 
     is_in_breakable_cuda_graph,
 )
 
+from adrenaline_sgl.offload.decode_state import DecodeOffload, RowSplit
 from adrenaline_sgl.offload.errors import OffloadError
 from adrenaline_sgl.sglang_ext.backend_graph import padded_like_view, real_batch_size, refuse_unless_breakable
-from adrenaline_sgl.sglang_ext.decode_offload import DecodeOffload, RowSplit
 
 logger = logging.getLogger(__name__)
 
@@ -266,16 +266,16 @@ def build_backend(model_runner, args) -> AdrenalineAttnBackend:
     """The wrapped backend named by `args.inner_attention_backend`, around this process's `DecodeOffload`."""
     from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS
 
-    from adrenaline_sgl.sglang_ext import decode_offload
+    from adrenaline_sgl.offload import decode_state
 
     if args.inner_attention_backend not in ATTENTION_BACKENDS:
         raise ValueError(f"adrenaline inner_attention_backend={args.inner_attention_backend!r}: expected one of "
                          f"{sorted(n for n in ATTENTION_BACKENDS if n != BACKEND_NAME)}")  # fmt: skip
     inner = ATTENTION_BACKENDS[args.inner_attention_backend](model_runner)
-    offload = decode_offload.current()
+    offload = decode_state.current()
     if offload is None:
         offload = DecodeOffload(connect=client_factory(model_runner, args), send_release=release_sender(args))
-        decode_offload.install(offload)
+        decode_state.install(offload)
     return AdrenalineAttnBackend(inner, offload)
 
 

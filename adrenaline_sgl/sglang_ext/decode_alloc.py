@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from adrenaline_sgl.sglang_ext import decode_offload, marks
+from adrenaline_sgl.offload import decode_state
+from adrenaline_sgl.sglang_ext import marks
 
 _BATCH = "sglang.srt.managers.schedule_batch"
 # NOTE: the name `ScheduleBatch.prepare_for_decode` looks up at call time (`from ...allocation import
@@ -45,7 +46,7 @@ def _pads(batch, token_per_req: int = 1):
     """This process's `DecodeOffload` when `batch` is a decode batch the padding path supports (page size
     1, one token per request, no speculative decoding, no beam rows, decoder-only, no SWA tree, no
     HiSparse, not NPU); else None, and the hooks leave SGLang's original alone."""
-    offload = decode_offload.current()
+    offload = decode_state.current()
     if offload is None or token_per_req != 1 or batch.token_to_kv_pool_allocator.page_size != 1:
         return None
     from sglang.srt.mem_cache import allocation
@@ -111,7 +112,7 @@ def retraction_order_hook(original, reqs):
     takes local requests first (it pops from the end). Why: retracting an offloaded request frees no local
     slot, and its release tells the executor to drop the KV the request would resume from."""
     order = original(reqs)
-    offload = decode_offload.current()
+    offload = decode_state.current()
     if offload is None:
         return order
     keep = [i for i in order if holds_no_local_kv(reqs[i], offload)]
@@ -127,7 +128,7 @@ def active_req_count_hook(original, self, extra_reserved_reqs=0):
     decode tokens take no local slot, and the reserve would otherwise cap the batch that offloading
     exists to grow."""
     count = original(self, extra_reserved_reqs)
-    offload = decode_offload.current()
+    offload = decode_state.current()
     if offload is None or self.token_to_kv_pool_allocator.page_size != 1:
         return count
     scheduler = self.scheduler

@@ -11,7 +11,8 @@ import logging
 
 import torch
 
-from adrenaline_sgl.sglang_ext import decode_alloc, decode_offload, flags, marks
+from adrenaline_sgl.offload import decode_state
+from adrenaline_sgl.sglang_ext import decode_alloc, flags, marks
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ def _offload_for(queue, req):
     args = flags.of(queue.scheduler.server_args)
     if args.role != "decode" or not marks.is_offloaded(req, args):
         return None
-    offload = decode_offload.current()
+    offload = decode_state.current()
     if offload is None:
         logger.warning("request %s is marked offloaded, but the attention backend is not 'adrenaline': "
                        "decoding it locally", req.rid)  # fmt: skip
@@ -74,7 +75,7 @@ def before_release(req) -> None:
     "overallocated" tail `[owned_kv_len, kv_allocated_len)` that `release_kv_cache` frees (a stop before the
     last committed token) is empty too: slot 0 is never freed, nothing is freed twice.
     NOTE: set at release, not at admission: `pop_preallocated` resets `cache_protected_len` after `_pre_alloc`."""
-    offload = decode_offload.current()
+    offload = decode_state.current()
     kv = req.kv
     if offload is None or kv.req_pool_idx is None:
         return
@@ -89,7 +90,7 @@ def before_release(req) -> None:
 def after_release(row: int | None, rid: str) -> None:
     """Called by the release hook after SGLang freed a request: an offloaded one is released remotely.
     `rid` is the executor's id for it (`marks.offload_id`)."""
-    offload = decode_offload.current()
+    offload = decode_state.current()
     if offload is None or row is None:
         return
     found = offload.lookup(row)
@@ -99,7 +100,7 @@ def after_release(row: int | None, rid: str) -> None:
 
 def abort_failed(scheduler) -> list[str]:
     """Set SGLang's `to_finish` abort on running requests whose executor failed; returns their rids."""
-    offload = decode_offload.current()
+    offload = decode_state.current()
     failed = offload.failed() if offload is not None else {}
     if not failed:
         return []

@@ -28,7 +28,8 @@ import logging
 import math
 from dataclasses import dataclass
 
-from adrenaline_sgl.sglang_ext import decode_offload, flags
+from adrenaline_sgl.offload import decode_state
+from adrenaline_sgl.sglang_ext import flags
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class DecodeStats:
 # ---- scheduler process ----
 
 
-def scheduler_stats(offload: decode_offload.DecodeOffload | None, window_s: float = WINDOW_S) -> DecodeStats:
+def scheduler_stats(offload: decode_state.DecodeOffload | None, window_s: float = WINDOW_S) -> DecodeStats:
     """This scheduler's statistics; all zeros when the attention backend is not `adrenaline` (no offload)."""
     if offload is None:
         return DecodeStats(window_s=window_s)
@@ -101,7 +102,7 @@ def get_internal_state_hook(original, self, recv_req):
     output = original(self, recv_req)
     if flags.of(self.server_args).role == "decode":
         try:
-            output.internal_state[STATE_KEY] = scheduler_stats(decode_offload.current()).to_dict()
+            output.internal_state[STATE_KEY] = scheduler_stats(decode_state.current()).to_dict()
         except Exception as err:  # the endpoint then reports the stats as unknown
             logger.warning("adrenaline: decode offload statistics failed: %s", err)
     return output

@@ -42,7 +42,7 @@ async def executor_call(host: str, port: int, op: str, timeout_s: float) -> tupl
 
 
 def colocation_report(executor: dict | None) -> dict:
-    """The LoadReport colocation fields from the executor's `stats` (its "colocation" part, prefill_colocation)."""
+    """The LoadReport colocation fields from the executor's `stats` (its "colocation" part, colocation.replan)."""
     coloc = (executor or {}).get("colocation") or {}
     plan = coloc.get("plan") or {}
     ttft = float(plan.get("predicted_ttft_ms", 0.0))

@@ -11,7 +11,7 @@
 - Colocation: `--adrenaline-executor-sm-share` and `--adrenaline-executor-partitioner` pick the executor's SM
   partition (`adrenaline_sgl.colocation.executor_partitioner`: green contexts on a GPU, none on CPU). The
   executor's server thread runs on the partition's stream and plans the decode kernel with the partition's
-  real SM count. With `--adrenaline-ttft-slo-ms` the share follows load (`prefill_colocation.py`): a new
+  real SM count. With `--adrenaline-ttft-slo-ms` the share follows load (`colocation/replan.py`): a new
   partition is taken at `begin_step` (a step boundary), on the server thread: new stream, new `num_sms`.
   NOTE: the stream is entered on the server thread only; prompt KV written by the prefill forward is
   complete before adoption (the first token was read back to the host before the inflight queue runs).
@@ -31,16 +31,12 @@ from collections.abc import Callable
 
 import torch
 
+from adrenaline_sgl.colocation.replan import PrefillColocation
 from adrenaline_sgl.offload.errors import OffloadError, SlotError
 from adrenaline_sgl.offload.executor import AttentionExecutor
 from adrenaline_sgl.offload.pool import KVPool
 from adrenaline_sgl.offload.service import ExecutorService
-from adrenaline_sgl.sglang_ext.prefill_colocation import (
-    COLOCATION_ATTR,
-    PrefillColocation,
-    executor_partition,
-    make_colocation,
-)
+from adrenaline_sgl.sglang_ext.prefill_colocation import COLOCATION_ATTR, executor_partition, make_colocation
 from adrenaline_sgl.sglang_ext.prefill_kept import KeptKV
 
 logger = logging.getLogger(__name__)

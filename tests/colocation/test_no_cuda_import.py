@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-MODULES = ["arch", "config", "fake", "green_context", "manager", "mps", "none", "partitioner", "planner", "profiles"]
+MODULES = ["arch", "config", "fake", "green_context", "manager", "mps", "none", "partitioner", "planner", "profiles",
+           "replan"]
 CUDA_ONLY = ("cuda", "cupy", "pynvml", "sgl_kernel", "flashinfer", "nvidia")
 
 

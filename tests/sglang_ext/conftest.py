@@ -68,10 +68,10 @@ class ReleasingClient:
 @pytest.fixture
 def releasing_offload():
     """(DecodeOffload installed as this process's, its one `ReleasingClient`); uninstalled afterwards."""
-    from adrenaline_sgl.sglang_ext import decode_offload
+    from adrenaline_sgl.offload import decode_state
 
     client = ReleasingClient()
-    state = decode_offload.DecodeOffload(connect=lambda addr: client)
-    decode_offload.install(state)
+    state = decode_state.DecodeOffload(connect=lambda addr: client)
+    decode_state.install(state)
     yield state, client
-    decode_offload.install(None)
+    decode_state.install(None)

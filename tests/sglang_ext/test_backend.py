@@ -27,8 +27,8 @@ from sglang.srt.layers.attention.torch_native_backend import TorchNativeAttnBack
 from sglang.srt.layers.radix_attention import RadixAttention  # noqa: E402
 from sglang.srt.model_executor.forward_batch_info import ForwardBatch, ForwardMode  # noqa: E402
 
+from adrenaline_sgl.offload.decode_state import DecodeOffload  # noqa: E402
 from adrenaline_sgl.sglang_ext.backend import AdrenalineAttnBackend, sub_batch  # noqa: E402
-from adrenaline_sgl.sglang_ext.decode_offload import DecodeOffload  # noqa: E402
 
 HQ, HKV, D, LAYERS, SLOTS = 4, 2, 8, 2, 96
 PROMPT_LENS = [5, 9, 3, 7]  # tokens already in KV, per request (batch row b uses req_to_token row b + 1)
@@ -241,7 +241,8 @@ def test_unreachable_executor_at_connect_takes_out_only_its_rows():
 def test_failed_requests_are_aborted_by_the_scheduler_hook():
     from sglang.srt.managers.schedule_batch import FINISH_ABORT
 
-    from adrenaline_sgl.sglang_ext import decode_hooks, decode_offload, flags
+    from adrenaline_sgl.offload import decode_state
+    from adrenaline_sgl.sglang_ext import decode_hooks, flags
 
     offload = DecodeOffload(connect=lambda addr: None)
     offload.mark(5, "room-5", "10.0.0.1:31000")
@@ -250,11 +251,11 @@ def test_failed_requests_are_aborted_by_the_scheduler_hook():
                                   finished=lambda: False) for rid, row in (("a", 4), ("b", 5))]  # fmt: skip
     server_args = types.SimpleNamespace(_adrenaline=flags.AdrenalineArgs(role="decode"))
     scheduler = types.SimpleNamespace(running_batch=types.SimpleNamespace(reqs=reqs), server_args=server_args)
-    decode_offload.install(offload)
+    decode_state.install(offload)
     try:
         assert decode_hooks.run_batch_hook(lambda self: "result", scheduler) == "result"
     finally:
-        decode_offload.install(None)
+        decode_state.install(None)
     assert reqs[0].to_finish is None
     assert isinstance(reqs[1].to_finish, FINISH_ABORT) and "10.0.0.1:31000 failed: gone" in str(
         reqs[1].to_finish.to_json())
@@ -262,7 +263,8 @@ def test_failed_requests_are_aborted_by_the_scheduler_hook():
 
 
 def test_registry_factory_wraps_the_configured_backend():
-    from adrenaline_sgl.sglang_ext import decode_offload, flags
+    from adrenaline_sgl.offload import decode_state
+    from adrenaline_sgl.sglang_ext import flags
     from adrenaline_sgl.sglang_ext.backend import build_backend
 
     world = World(set())
@@ -274,13 +276,13 @@ def test_registry_factory_wraps_the_configured_backend():
         args = flags.AdrenalineArgs(role="decode", transport="inproc", inner_attention_backend="torch_native")
         backend = build_backend(runner, args)
         assert isinstance(backend.inner, TorchNativeAttnBackend)
-        assert decode_offload.current() is backend.offload
+        assert decode_state.current() is backend.offload
         with pytest.raises(OffloadError, match="inproc cannot reach executor '10.0.0.1:31000'"):
             backend.offload.client("10.0.0.1:31000")
         with pytest.raises(ValueError, match="inner_attention_backend='nope'"):
             build_backend(runner, flags.AdrenalineArgs(role="decode", inner_attention_backend="nope"))
     finally:
-        decode_offload.install(None)
+        decode_state.install(None)
         world.close()
 
 

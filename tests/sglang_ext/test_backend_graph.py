@@ -39,8 +39,8 @@ from sglang.srt.model_executor.runner_backend_utils.breakable_cuda_graph import 
     enable_breakable_cuda_graph,
 )
 
+from adrenaline_sgl.offload.decode_state import DecodeOffload  # noqa: E402
 from adrenaline_sgl.sglang_ext.backend import AdrenalineAttnBackend  # noqa: E402
-from adrenaline_sgl.sglang_ext.decode_offload import DecodeOffload  # noqa: E402
 
 HQ, HKV, D, LAYERS, SLOTS, CAPTURE_BS = 4, 2, 8, 2, 128, 4
 PROMPT_LENS = [5, 9, 3, 7, 6, 4]  # tokens already in KV per request; request r uses req_to_token row r + 1

@@ -28,7 +28,8 @@ from sglang.srt.plugins.hook_registry import HookType, _wrap_fn
 from sglang.srt.sampling.sampling_params import SamplingParams
 from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
 
-from adrenaline_sgl.sglang_ext import decode_alloc, decode_hooks, decode_offload, flags, prefill_hooks
+from adrenaline_sgl.offload import decode_state
+from adrenaline_sgl.sglang_ext import decode_alloc, decode_hooks, flags, prefill_hooks
 
 SLOTS, LAYERS, HKV, D, RESERVED, PROMPT, STEPS = 64, 2, 2, 8, 4, 5, 3
 
@@ -217,7 +218,7 @@ def test_without_the_adrenaline_backend_everything_is_stock(sgl_context, hooked)
     with sgl_context():
         q = make_queue()
         reqs = admit(q, MIXED)
-        decode_offload.install(None)  # e.g. the attention backend is not 'adrenaline'
+        decode_state.install(None)  # e.g. the attention backend is not 'adrenaline'
         batch = decode_batch(q, reqs)
         free = q.token_to_kv_pool_allocator.available_size()
         assert 0 not in step(batch).tolist()

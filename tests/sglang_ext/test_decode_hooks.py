@@ -23,8 +23,9 @@ from sglang.srt.mem_cache.radix_cache import RadixCache
 from sglang.srt.plugins.hook_registry import HookType, _wrap_fn
 from sglang.srt.sampling.sampling_params import SamplingParams
 
-from adrenaline_sgl.sglang_ext import decode_hooks, decode_offload, flags, prefill_hooks
-from adrenaline_sgl.sglang_ext.decode_offload import OffloadedReq
+from adrenaline_sgl.offload import decode_state
+from adrenaline_sgl.offload.decode_state import OffloadedReq
+from adrenaline_sgl.sglang_ext import decode_hooks, flags, prefill_hooks
 
 SLOTS, LAYERS, HKV, D, RESERVED = 64, 2, 2, 8, 4
 
@@ -112,7 +113,7 @@ def test_offloaded_request_is_admitted_without_prompt_kv(sgl_context, offload):
 
 def test_decode_without_the_adrenaline_backend_falls_back_to_stock(sgl_context, offload):
     with sgl_context():
-        decode_offload.install(None)  # the attention backend is not 'adrenaline'
+        decode_state.install(None)  # the attention backend is not 'adrenaline'
         q = make_queue()
         assert q._pre_alloc(make_req("off", 6, True)).numel() == 6
 

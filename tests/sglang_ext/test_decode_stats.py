@@ -18,14 +18,15 @@ from sglang.srt.managers.io_struct import (
 from sglang.srt.managers.scheduler import Scheduler
 from sglang.srt.plugins.hook_registry import HookType, _wrap_fn
 
+from adrenaline_sgl.offload import decode_state
 from adrenaline_sgl.offload.client import ClientConfig, OffloadClient
+from adrenaline_sgl.offload.decode_state import DecodeOffload
 from adrenaline_sgl.offload.executor import AttentionExecutor
 from adrenaline_sgl.offload.pool import KVPool
 from adrenaline_sgl.offload.service import ExecutorService
 from adrenaline_sgl.offload.transports.base import create_channel
 from adrenaline_sgl.offload.wire import RowLayout
-from adrenaline_sgl.sglang_ext import decode_offload, decode_stats, flags
-from adrenaline_sgl.sglang_ext.decode_offload import DecodeOffload
+from adrenaline_sgl.sglang_ext import decode_stats, flags
 from adrenaline_sgl.sglang_ext.decode_stats import DecodeStats
 
 LAYERS, HQ, HKV, D = 2, 4, 2, 8
@@ -149,7 +150,7 @@ def scheduler(monkeypatch):
         return sched
 
     yield make
-    decode_offload.install(None)
+    decode_state.install(None)
 
 
 def _through_ipc(output: GetInternalStateReqOutput) -> dict:
@@ -164,7 +165,7 @@ def test_hook_adds_the_decode_schedulers_stats_to_its_internal_state(scheduler):
     try:
         state = DecodeOffload(connect=lambda addr: client)
         state.mark(5, "room-5", "inproc")
-        decode_offload.install(state)
+        decode_state.install(state)
         run_steps(state.client("inproc"), 3)
         internal = _through_ipc(scheduler("decode").get_internal_state(GetInternalStateReq()))
     finally:
@@ -176,7 +177,7 @@ def test_hook_adds_the_decode_schedulers_stats_to_its_internal_state(scheduler):
 
 
 def test_hook_without_the_adrenaline_backend_reports_zeros_and_other_roles_nothing(scheduler):
-    decode_offload.install(None)
+    decode_state.install(None)
     internal = _through_ipc(scheduler("decode").get_internal_state(GetInternalStateReq()))
     assert decode_stats.combine([internal]) == DecodeStats()
     for role in ("prefill", "none"):

@@ -16,12 +16,13 @@ import pytest
 import torch
 
 from adrenaline_sgl import colocation
+from adrenaline_sgl.colocation import replan
 from adrenaline_sgl.colocation.fake import FakePartitioner
 from adrenaline_sgl.colocation.partitioner import Partition
 from adrenaline_sgl.colocation.planner import PrefillLoad, predicted_ttft_ms
 from adrenaline_sgl.offload.attention import AttentionOps
 from adrenaline_sgl.sglang_ext import flags, prefill_colocation, prefill_executor, prefill_hooks
-from adrenaline_sgl.sglang_ext.prefill_colocation import COLOCATION_ATTR, ArrivalWindow
+from adrenaline_sgl.sglang_ext.prefill_colocation import COLOCATION_ATTR
 
 SLOTS, LAYERS, HKV, HQ, D = 64, 2, 2, 4, 8
 SLO_MS = 100.0
@@ -52,7 +53,7 @@ class MarkedStreams(FakePartitioner):
 @pytest.fixture
 def clock(monkeypatch):
     clock = Clock()
-    monkeypatch.setattr(prefill_colocation, "_clock", clock)
+    monkeypatch.setattr(replan, "_clock", clock)
     return clock
 
 
@@ -130,30 +131,6 @@ def _layer(client, layer: int, g: torch.Generator):
     client.submit(layer, torch.randn(1, HQ, D, generator=g), torch.randn(1, HKV, D, generator=g),
                   torch.randn(1, HKV, D, generator=g))  # fmt: skip
     return client.wait()
-
-
-# ---- the arrival window ----
-
-
-def test_arrival_window_is_exact_for_a_known_sequence():
-    w = ArrivalWindow(window_s=10.0, start_s=0.0, min_span_s=1.0)
-    w.add(100, 0.5)
-    assert w.tokens_per_s(0.5) == 100.0  # span floored at min_span_s: not a burst of 200 tokens/s
-    w.add(300, 2.0)
-    w.add(600, 5.0)
-    assert w.tokens_per_s(5.0) == 1000 / 5.0  # span = time since start while it is shorter than the window
-    assert w.tokens_per_s(10.0) == 1000 / 10.0
-    assert w.tokens_per_s(12.0) == 600 / 10.0  # admissions at 0.5 and 2.0 left the window (t <= now - 10)
-    assert w.tokens_per_s(15.0) == 0.0  # the one at 5.0 too
-    w.add(50, 20.0)
-    assert w.tokens_per_s(20.0) == 5.0
-
-
-@pytest.mark.parametrize("kwargs", [{"window_s": 0.0}, {"window_s": math.nan}, {"window_s": 1.0, "min_span_s": 2.0}])
-def test_arrival_window_rejects_bad_settings(kwargs):
-    with pytest.raises(ValueError, match="arrival") as err:
-        ArrivalWindow(start_s=0.0, **kwargs)
-    assert "\n" not in str(err.value)
 
 
 def test_batch_tokens_come_from_sglangs_prefill_limits():
@@ -353,12 +330,12 @@ def test_green_context_replan_moves_the_executor_thread_between_steps():
     import socket
 
     from adrenaline_sgl.colocation.partitioner import PartitionerUnavailable, make_partitioner
+    from adrenaline_sgl.colocation.replan import PrefillColocation
     from adrenaline_sgl.offload.client import OffloadClient
     from adrenaline_sgl.offload.executor import AttentionExecutor
     from adrenaline_sgl.offload.pool import KVPool
     from adrenaline_sgl.offload.transports.base import create_channel
     from adrenaline_sgl.offload.wire import RowLayout
-    from adrenaline_sgl.sglang_ext.prefill_colocation import PrefillColocation
     from adrenaline_sgl.sglang_ext.prefill_kept import KeptKV
 
     try:

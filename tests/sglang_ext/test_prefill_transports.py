@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from adrenaline_sgl import colocation
+from adrenaline_sgl.colocation import replan
 from adrenaline_sgl.colocation.fake import FakePartitioner
 from adrenaline_sgl.colocation.partitioner import Partition
 from adrenaline_sgl.sglang_ext import flags, prefill_colocation, prefill_executor, prefill_hooks
@@ -128,7 +129,7 @@ def test_the_server_thread_moves_to_the_new_stream_between_steps(sgl_context, mo
     monkeypatch.setattr(prefill_executor, "switch_stream",
                         lambda stream: switched.append((threading.current_thread().name, stream)))
     clock = [100.0]
-    monkeypatch.setattr(prefill_colocation, "_clock", lambda: clock[0])
+    monkeypatch.setattr(replan, "_clock", lambda: clock[0])
     args = flags.AdrenalineArgs(role="prefill", transport="mooncake", executor_port=_free_port(),
                                 executor_max_tokens=8, ttft_slo_ms=100.0)  # fmt: skip
     with sgl_context():
@@ -161,7 +162,8 @@ from adrenaline_sgl.support import torchvision_stub
 torchvision_stub.install()
 from adrenaline_sgl.offload.executor import AttentionExecutor
 from adrenaline_sgl.offload.pool import KVPool
-from adrenaline_sgl.sglang_ext.prefill_colocation import PrefillColocation, executor_partition
+from adrenaline_sgl.colocation.replan import PrefillColocation
+from adrenaline_sgl.sglang_ext.prefill_colocation import executor_partition
 from adrenaline_sgl.sglang_ext.prefill_executor import HostedExecutor, PrefillExecutorService
 from adrenaline_sgl.sglang_ext.prefill_kept import KeptKV
 layers, hkv, d = (int(x) for x in sys.argv[1:4])

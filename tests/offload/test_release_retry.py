@@ -12,9 +12,9 @@ import time
 import pytest
 
 from adrenaline_sgl.offload import control
+from adrenaline_sgl.offload.decode_state import DecodeOffload
 from adrenaline_sgl.offload.errors import OffloadError
 from adrenaline_sgl.offload.transports.router import RouterServer
-from adrenaline_sgl.sglang_ext.decode_offload import DecodeOffload
 
 
 class RecordingService:

@@ -1,4 +1,5 @@
 """Decode side state: which running requests are offloaded, to which executor, and the clients to them.
+SGLang-free; the hooks that drive it are in `adrenaline_sgl.sglang_ext` (decode_hooks, decode_alloc, backend).
 
 One `DecodeOffload` per decode scheduler process (`current()`). The decode admission hook `mark()`s a
 request when it is admitted offloaded (keyed by its `req_to_token` row, which is what a ForwardBatch
