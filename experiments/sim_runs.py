@@ -11,35 +11,30 @@ low when the run is short against request lifetimes: the batch is still filling 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
 from adrenaline_sgl.sim import metrics
-from adrenaline_sgl.sim.config import ClusterConfig, WorkloadConfig
+from adrenaline_sgl.sim.config import SimConfig, WorkloadConfig
 from adrenaline_sgl.sim.engine import simulate
 from adrenaline_sgl.sim.records import SimResult
 
 from .common import ExperimentError
 
-CLUSTER_KEYS = ("gpu", "predictor", "n_prefill", "n_decode", "executor_sm_share", "prefill_token_budget",
-                "decode_kv_admission", "decode_reserved_tokens",
-                "prefill_kv_reserve_tokens", "max_decode_batch", "gpu_mem_util", "link", "tpot_slo_ms")
+# The figures' system labels: pd is PD disaggregation (offload never), adrenaline the scheduler's own bound.
+SYSTEM_POLICIES = {"pd": "never", "adrenaline": "auto"}
 
 
-def system_policy(system: str) -> tuple[str, str]:
-    """("pd", "never") or ("adrenaline", policy) from a system label: pd | adrenaline | ratio:F | auto."""
-    if system == "pd":
-        return "pd", "never"
-    if system == "adrenaline":
-        return "adrenaline", "auto"
-    return "adrenaline", system
+def policy_of(system: str) -> str:
+    """The offload policy of a figure's system label (pd | adrenaline); any other label is a policy spec."""
+    return SYSTEM_POLICIES.get(system, system)
 
 
-def cluster(cfg: dict, model: str, system: str) -> ClusterConfig:
-    sysname, policy = system_policy(system)
-    extra = {k: cfg[k] for k in CLUSTER_KEYS if k in cfg}
-    return ClusterConfig(system=sysname, offload=policy, model=model, **extra)
+def cluster(cfg: dict, model: str, policy: str) -> SimConfig:
+    """The SimConfig of one run: every SimConfig field the figure's config names, this model and policy."""
+    extra = {f.name: cfg[f.name] for f in fields(SimConfig) if f.name in cfg and f.name not in ("model", "offload")}
+    return SimConfig(offload=policy, model=model, **extra)
 
 
 def workload(cfg: dict, name: str, rate: float, num_requests: int | None = None) -> WorkloadConfig:
@@ -60,7 +55,7 @@ class Point:
     result: SimResult
     req: metrics.RequestMetrics
 
-    def util(self, cl: ClusterConfig) -> metrics.Utilization:
+    def util(self, cl: SimConfig) -> metrics.Utilization:
         return metrics.utilization(self.result, cl.n_prefill, cl.n_decode)
 
 
@@ -74,12 +69,12 @@ def request_rows(result: SimResult) -> list[list]:
             for r in result.requests]
 
 
-def run_point(cfg: dict, model: str, system: str, workload_name: str, rate: float,
+def run_point(cfg: dict, model: str, policy: str, workload_name: str, rate: float,
               num_requests: int | None = None) -> Point:
-    """One simulated run."""
+    """One simulated run with offload policy `policy` (never | always | ratio:F | auto)."""
     if not rate > 0:
         raise ExperimentError(f"request rate {rate!r} must be > 0 (requests/s)")
-    res = simulate(cluster(cfg, model, system), workload(cfg, workload_name, rate, num_requests))
+    res = simulate(cluster(cfg, model, policy), workload(cfg, workload_name, rate, num_requests))
     return Point(res, metrics.request_metrics(res.requests))
 
 
@@ -100,13 +95,13 @@ def steady_metrics(pt: Point) -> dict:
     }
 
 
-def sustainable(cfg: dict, model: str, system: str, workload_name: str, rate_lo: float, rate_hi: float,
+def sustainable(cfg: dict, model: str, policy: str, workload_name: str, rate_lo: float, rate_hi: float,
                 iterations: int, num_requests: int) -> dict:
-    """The highest rate in [rate_lo, rate_hi] the system sustains (`meets_slo`), by geometric bisection
+    """The highest rate in [rate_lo, rate_hi] offload policy `policy` sustains (`meets_slo`), by geometric bisection
     (`iterations` halvings of the log-interval), with the metrics measured at it. NaNs when rate_lo fails."""
     if not 0 < rate_lo < rate_hi:
         raise ExperimentError(f"sustainable-load search needs 0 < rate_lo < rate_hi, got {rate_lo}, {rate_hi}")
-    slo_ms, ttft_s = cluster(cfg, model, system).tpot_slo_ms, float(cfg["ttft_slo_s"])
+    slo_ms, ttft_s = cluster(cfg, model, policy).tpot_slo_ms, float(cfg["ttft_slo_s"])
     nan = math.nan
     best = {"request_rate": nan, "decode_throughput_tok_s": nan, "window_throughput_tok_s": nan,
             "mean_output_tokens": nan, "mean_tpot_ms": nan, "p99_tpot_ms": nan, "p90_ttft_s": nan,
@@ -114,7 +109,7 @@ def sustainable(cfg: dict, model: str, system: str, workload_name: str, rate_lo:
     lo, hi = rate_lo, rate_hi
     for rate in [rate_lo, rate_hi] + [None] * iterations:
         rate = rate if rate is not None else math.sqrt(lo * hi)
-        d = steady_metrics(run_point(cfg, model, system, workload_name, rate, num_requests))
+        d = steady_metrics(run_point(cfg, model, policy, workload_name, rate, num_requests))
         if d["p99_tpot_ms"] <= slo_ms and d["p90_ttft_s"] <= ttft_s:
             # sustained: every request is served, so delivered = offered = rate x mean output tokens
             lo, best = rate, {"request_rate": rate, "decode_throughput_tok_s": rate * d["mean_output_tokens"], **d}
@@ -127,10 +122,10 @@ def sustainable(cfg: dict, model: str, system: str, workload_name: str, rate_lo:
     return best
 
 
-def max_throughput(cfg: dict, model: str, system: str, workload_name: str) -> dict:
+def max_throughput(cfg: dict, model: str, policy: str, workload_name: str) -> dict:
     """`sustainable` with the per-workload search settings of `cfg["search"]`."""
     s = (cfg.get("search") or {}).get(workload_name)
     if s is None:
         raise ExperimentError(f"config has no search settings for workload {workload_name!r}")
-    return sustainable(cfg, model, system, workload_name, float(s["rate_lo"]), float(s["rate_hi"]),
+    return sustainable(cfg, model, policy, workload_name, float(s["rate_lo"]), float(s["rate_hi"]),
                        int(s["iterations"]), int(s["num_requests"]))

@@ -1,4 +1,4 @@
-"""Frozen configuration of one simulated cluster run (`ClusterConfig`) and its workload (`WorkloadConfig`).
+"""Frozen configuration of one simulated cluster run (`SimConfig`) and its workload (`WorkloadConfig`).
 
 Every field carries a help string (`field_help(cls)` collects them for a CLI). Validation happens in
 `__post_init__` and fails with one line naming the field and its valid range. Names that belong to the
@@ -17,7 +17,6 @@ from adrenaline_sgl.scheduler.bounds import (
     DEFAULT_TPOT_SLO_MS,
 )
 
-SYSTEMS = ("pd", "adrenaline")
 DECODE_KV_ADMISSIONS = ("reserve-max", "watermark")
 WORKLOADS = ("sharegpt", "openthoughts", "azure_conv", "azure_code")
 
@@ -39,18 +38,18 @@ def _check_range(name: str, value, lo, hi, *, lo_open: bool = False) -> None:
 
 
 @dataclass(frozen=True)
-class ClusterConfig:
-    """An nPmD cluster: engine limits, the offload policy and the executor's SM share."""
+class SimConfig:
+    """An nPmD cluster: engine limits, the offload policy and the executor's SM share. PD disaggregation
+    without offload is `offload="never"` (the executor then takes no SMs)."""
 
-    system: str = _help("pd (offload never) or adrenaline (offload per `offload`)", "adrenaline")
     model: str = _help("model name known to adrenaline_sgl.scheduler.specs (e.g. llama2-13b)", "llama2-13b")
     gpu: str = _help("GPU name known to adrenaline_sgl.scheduler.specs (e.g. a100-80g)", "a100-80g")
     predictor: str = _help("cost predictor registered in adrenaline_sgl.scheduler.cost_model", "roofline")
     n_prefill: int = _help("prefill instances (one GPU each, TP=1)", 1)
     n_decode: int = _help("decode instances (one GPU each, TP=1)", 1)
-    offload: str = _help("offload policy for system=adrenaline: never | always | ratio:F | auto", "auto")
+    offload: str = _help("offload policy: never (PD disaggregation) | always | ratio:F | auto", "auto")
     executor_sm_share: float = _help(
-        "fraction of the prefill GPU's SMs given to the attention executor (adrenaline only); "
+        "fraction of the prefill GPU's SMs given to the attention executor (unless offload is never); "
         "the paper reports ~20% of A100 SMs reach ~60% of HBM bandwidth",
         0.2,
     )
@@ -76,8 +75,6 @@ class ClusterConfig:
     tpot_slo_ms: float = _help("TPOT SLO the scheduler's bounds use (ms)", DEFAULT_TPOT_SLO_MS)
 
     def __post_init__(self):
-        if self.system not in SYSTEMS:
-            raise ValueError(f"system={self.system!r} is unknown; valid: {', '.join(SYSTEMS)}")
         _check_range("n_prefill", self.n_prefill, 1, 64)
         _check_range("n_decode", self.n_decode, 1, 64)
         _check_range("executor_sm_share", self.executor_sm_share, 0.0, 0.9, lo_open=True)
@@ -96,13 +93,8 @@ class ClusterConfig:
 
     @property
     def offload_enabled(self) -> bool:
-        """True when requests may be offloaded (adrenaline with a policy other than never)."""
-        return self.system == "adrenaline" and self.offload != "never"
-
-    @property
-    def effective_policy(self) -> str:
-        """The admission policy actually used: pd is adrenaline with offload never."""
-        return self.offload if self.system == "adrenaline" else "never"
+        """True when requests may be offloaded (any policy but never)."""
+        return self.offload != "never"
 
 
 @dataclass(frozen=True)

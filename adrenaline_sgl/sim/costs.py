@@ -1,20 +1,26 @@
-"""The simulator's view of operator costs: a thin adapter over the scheduler's cost model.
+"""The simulator's operator costs: the scheduler's cost model with the signatures the event loop wants.
 
-NOTE: the simulator has no cost model of its own. Every operator time comes from
-`adrenaline_sgl.scheduler.cost_model` (the same predictor the real proxy uses) through `SchedulerCosts`;
-this module only adapts signatures and adds the FLOP/byte totals the utilization metrics need. `FakeCosts`
-is the test double (round numbers that make timelines hand-computable), never used by experiments.
+NOTE: the simulator has no cost model of its own. Every time, FLOP and byte count in `SchedulerCosts` is
+the predictor's `op_cost` (or its step helpers) from `adrenaline_sgl.scheduler.cost_model`, the same
+predictor the real proxy uses; this module only adapts signatures and adds the FLOP/byte totals the
+utilization metrics need. The KV capacity of a GPU is the scheduler's `kv_capacity_bytes` (`gpu_mem_util x
+HBM - weights`; activation workspace not subtracted). `FakeCosts` is the test double (round numbers that
+make timelines hand-computable), never used by experiments.
 
-Registry: `get_costs(name, cluster_cfg)` with "scheduler" (default) and "fake"; creators import lazily.
+Registry: `get_costs(name, sim_cfg)` with "scheduler" (default) and "fake".
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Protocol
 
-from .config import ClusterConfig
+from adrenaline_sgl.scheduler.bounds import kv_capacity_bytes
+from adrenaline_sgl.scheduler.cost_model import OpCost, get_predictor
+
+from .config import SimConfig
 from .records import InstanceInfo
 
 
@@ -109,21 +115,107 @@ class FakeCosts:
         return 2 * self.transfer_ms_per_token * num_tokens
 
 
-def _scheduler_costs(cfg: ClusterConfig) -> SimCosts:
-    from .scheduler_costs import SchedulerCosts  # imports adrenaline_sgl.scheduler
-
-    return SchedulerCosts(cfg)
+_NONATTN_OPS = ("qkv", "o_proj", "ffn", "misc")
 
 
-def _fake_costs(cfg: ClusterConfig) -> SimCosts:
-    return FakeCosts()
+def _work(costs: Sequence[OpCost]) -> Work:
+    return Work(sum(c.ms for c in costs), sum(c.flops for c in costs), sum(c.bytes for c in costs))
 
 
-COSTS: dict[str, Callable[[ClusterConfig], SimCosts]] = {"scheduler": _scheduler_costs, "fake": _fake_costs}
+class SchedulerCosts:
+    """The scheduler's predictor for one (GPU, model), with the signatures the event loop wants."""
+
+    def __init__(self, cfg: SimConfig):
+        self.pred = get_predictor(cfg.predictor, cfg.gpu, cfg.model)
+        self.link = cfg.link
+        gpu, model = self.pred.gpu, self.pred.model
+        self.num_layers = model.num_layers
+        capacity = int(kv_capacity_bytes(gpu, model, cfg.gpu_mem_util) // model.kv_bytes_per_token)
+        if capacity < model.max_context_tokens:
+            raise ValueError(
+                f"model={model.name!r} leaves {max(capacity, 0)} KV tokens on gpu={gpu.name!r} at "
+                f"gpu_mem_util={cfg.gpu_mem_util}; need >= {model.max_context_tokens} (one full context)"
+            )
+        self.info = InstanceInfo(
+            hbm_bytes=float(gpu.hbm_bytes),
+            weight_bytes=float(model.weight_bytes),
+            kv_bytes_per_token=float(model.kv_bytes_per_token),
+            kv_capacity_tokens=capacity,
+            peak_flops=gpu.peak_flops,
+            peak_hbm_bytes_per_s=gpu.hbm_bytes_per_s,
+        )
+        self.kv_transfer_ms(1)  # fail now, with the scheduler's message, on an unknown link name
+        self._nonattn = lru_cache(maxsize=8192)(self._decode_nonattn_uncached)
+        self._lines: dict = {}
+        self._roundtrip_ms = lru_cache(maxsize=4096)(lambda rows: self.pred.offload_layer_roundtrip_ms(rows, self.link))
+        self.max_context = model.max_context_tokens
+
+    def prefill(self, prompt_lens: Sequence[int], sm_share: float) -> Work:
+        return _work(self.pred.prefill_step_costs(prompt_lens, sm_share))
+
+    def decode_nonattn(self, batch: int) -> Work:
+        return self._nonattn(int(batch))
+
+    def _decode_nonattn_uncached(self, batch: int) -> Work:
+        if batch <= 0:
+            return NO_WORK
+        costs = [self.pred.op_cost(op, "decode", batch).times(self.num_layers) for op in _NONATTN_OPS]
+        costs.append(self.pred.op_cost("sampling", "decode", batch))
+        return _work(costs)
+
+    def decode_attn(self, batch: int, context_tokens: int, sm_share: float) -> Work:
+        if batch <= 0:
+            return NO_WORK
+        line = self._attn_line(int(batch), float(sm_share))
+        if line is None:
+            return self._decode_attn_exact(batch, context_tokens, sm_share)
+        (ms0, f0, b0), (ms_k, f_k, b_k) = line
+        return Work(ms0 + ms_k * context_tokens, f0 + f_k * context_tokens, b0 + b_k * context_tokens)
+
+    def _decode_attn_exact(self, batch: int, context_tokens: int, sm_share: float) -> Work:
+        c = self.pred.op_cost("attn", "decode", batch, context_tokens, batch, sm_share)
+        return _work([c.times(self.num_layers)])
+
+    def _attn_line(self, batch: int, sm_share: float):
+        """(intercept, slope) of decode attention in the context length at this (batch, share), or None.
+
+        NOTE: a speed-up only, never a second model. The event loop asks for decode attention at every step
+        with a new context length; the predictor's answer is affine in it over the whole range a batch can
+        have (memory-bound streaming of KV), which this checks at five points before using the line. Where
+        the check fails (a kink, or a table predictor), every call goes to the predictor.
+        """
+        key = (batch, sm_share)
+        if key not in self._lines:
+            lo, hi = batch, batch * self.max_context
+            pts = [lo + (hi - lo) * i // 4 for i in range(5)]
+            works = [self._decode_attn_exact(batch, c, sm_share) for c in pts]
+            span = pts[-1] - pts[0]
+            k = tuple((getattr(works[-1], f) - getattr(works[0], f)) / span for f in ("ms", "flops", "bytes"))
+            b0 = tuple(getattr(works[0], f) - k[i] * pts[0] for i, f in enumerate(("ms", "flops", "bytes")))
+            affine = span > 0 and all(
+                abs(b0[i] + k[i] * c - getattr(w, f)) <= 1e-9 * max(abs(getattr(w, f)), 1e-30)
+                for c, w in zip(pts, works)
+                for i, f in enumerate(("ms", "flops", "bytes"))
+            )
+            self._lines[key] = (b0, k) if affine else None
+        return self._lines[key]
+
+    def kv_transfer_ms(self, num_tokens: int) -> float:
+        return self.pred.kv_transfer_ms(num_tokens, self.link)
+
+    def offload_roundtrip_ms(self, rows: int) -> float:
+        return self._roundtrip_ms(int(rows))
+
+    def kv_restore_ms(self, num_tokens: int) -> float:
+        """Retraction backup restored from host memory: the scheduler's `pcie4` link (SGLang's cpu_tensor)."""
+        return self.pred.kv_transfer_ms(num_tokens, "pcie4")
 
 
-def get_costs(name: str, cfg: ClusterConfig) -> SimCosts:
-    """The cost adapter `name` for a cluster config."""
+COSTS: dict[str, Callable[[SimConfig], SimCosts]] = {"scheduler": SchedulerCosts, "fake": lambda cfg: FakeCosts()}
+
+
+def get_costs(name: str, cfg: SimConfig) -> SimCosts:
+    """The cost adapter `name` for a simulator config."""
     if name not in COSTS:
         raise ValueError(f"costs={name!r} is unknown; valid: {', '.join(COSTS)}")
     return COSTS[name](cfg)

@@ -22,10 +22,11 @@ import itertools
 import math
 from dataclasses import asdict
 
+from adrenaline_sgl.scheduler.admission import LiveStats, OffloadPolicy, RequestInfo
+
 from .cluster import DecodeGPU, PrefillGPU
-from .config import ClusterConfig, WorkloadConfig
+from .config import SimConfig, WorkloadConfig
 from .costs import NO_WORK, SimCosts, Work
-from .policy import LoadView, OffloadPolicy
 from .records import DECODE, EXECUTOR, PREFILL, MemSample, RequestRecord, SimResult, StepSample
 from .workloads import Requests
 
@@ -35,7 +36,7 @@ ARRIVAL, PREFILL_DONE, TRANSFER_DONE, DECODE_READY, STEP_DONE = range(5)
 class Simulator:
     """Runs one request stream through one cluster. `run()` once; the result holds raw records only."""
 
-    def __init__(self, cluster: ClusterConfig, requests: Requests, costs: SimCosts, policy: OffloadPolicy):
+    def __init__(self, cluster: SimConfig, requests: Requests, costs: SimCosts, policy: OffloadPolicy):
         self.cfg, self.costs, self.policy = cluster, costs, policy
         cap = costs.info.kv_capacity_tokens
         max_seq = int((requests.prompt_len + requests.output_len).max())
@@ -88,7 +89,8 @@ class Simulator:
         d = min(self.decode, key=lambda g: (g.batch + len(g.prealloc) + len(g.ready), g.idx))
         r.prefill_instance, r.decode_instance = p.idx, d.idx
         max_seq = r.prompt_len + r.output_len
-        if self.cfg.offload_enabled and self.policy.decide(self._view(p, d), r.prompt_len, max_seq):
+        request = RequestInfo(r.prompt_len, r.output_len)
+        if self.cfg.offload_enabled and self.policy.decide(request, self._stats(p, d)).offload:
             if max_seq <= p.exec_free_tokens:  # NOTE: a hard memory check even if the policy forgot it
                 r.offloaded = True
                 p.exec_reserved_tokens += max_seq
@@ -97,17 +99,19 @@ class Simulator:
         p.queued_tokens += r.prompt_len
         self._try_prefill(t, p)
 
-    def _view(self, p: PrefillGPU, d: DecodeGPU) -> LoadView:
-        off = d.remote
-        return LoadView(
+    def _stats(self, p: PrefillGPU, d: DecodeGPU) -> LiveStats:
+        """The scheduler's view at one arrival, for the chosen (prefill, decode) pair. The prefill capacity
+        offered to offloaded requests is what p can still reserve plus what d's offloaded requests already
+        hold (`LiveStats.prefill_offload_capacity_tokens`'s meaning)."""
+        off_max = sum(g.max_tokens for g in d.remote)
+        return LiveStats(
             local_requests=d.local.requests,
             local_tokens=d.local.context_tokens,
-            local_max_tokens=d.local.max_tokens,
-            offloaded_requests=sum(g.requests for g in off),
-            offloaded_tokens=sum(g.context_tokens for g in off),
-            offloaded_max_tokens=sum(g.max_tokens for g in off),
-            executor_free_kv_tokens=p.exec_free_tokens,
-            decode_free_kv_tokens=d.free_tokens,
+            offloaded_requests=d.offloaded_requests,
+            offloaded_tokens=sum(g.context_tokens for g in d.remote),
+            offloaded_max_tokens=off_max,
+            decode_kv_capacity_tokens=self.costs.info.kv_capacity_tokens,
+            prefill_offload_capacity_tokens=(off_max + max(p.exec_free_tokens, 0),),
         )
 
     # ---- prefill ---------------------------------------------------------------------------------------
@@ -343,7 +347,7 @@ class Simulator:
         self.mem.append(MemSample(kind, g.idx, t, g.used_tokens, g.reserved_tokens))
 
 
-def simulate(cluster: ClusterConfig, workload: WorkloadConfig, *, costs: str = "scheduler",
+def simulate(cluster: SimConfig, workload: WorkloadConfig, *, costs: str = "scheduler",
              policy: str = "scheduler") -> SimResult:
     """Build the request stream, the cost and policy adapters, run, and attach the resolved configs."""
     from .costs import get_costs

@@ -1,60 +1,45 @@
-"""The simulator's view of the offload admission decision: a thin adapter over the scheduler.
+"""The simulator's offload admission: the scheduler's own policies (`adrenaline_sgl.scheduler.admission`).
 
-NOTE: admission and bounds are the scheduler's (`adrenaline_sgl.scheduler`), the same code the proxy runs;
-the simulator only fills in a `LoadView` of runtime metadata at each arrival and asks. `FakePolicy` is the
-test double (offload never / always / while offloaded <= F x local), never used by experiments.
+NOTE: admission and bounds are the scheduler's, the same code the proxy runs: the event loop fills the
+scheduler's `LiveStats` from its state at each arrival and asks `policy.decide(RequestInfo, LiveStats)`.
+`FakePolicy` is the test double (offload never / always / while offloaded <= F x local), never used by
+experiments.
+
+Registry: `get_policy(name, sim_cfg, costs)` with "scheduler" (default) and "fake".
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
-from .config import ClusterConfig
+from adrenaline_sgl.scheduler.admission import Decision, LiveStats, OffloadPolicy, RequestInfo, make_policy
 
-
-@dataclass(frozen=True)
-class LoadView:
-    """Runtime metadata at one arrival, for the chosen (prefill, decode) pair. Counts and KV tokens."""
-
-    local_requests: int  # M: requests decoding with local attention on the decode instance
-    local_tokens: int  # their current sequence lengths, summed
-    local_max_tokens: int  # their maximum sequence lengths (prompt + max new tokens), summed
-    offloaded_requests: int  # N: the decode instance's requests whose attention runs on executors
-    offloaded_tokens: int  # their current sequence lengths, summed
-    offloaded_max_tokens: int  # their maximum sequence lengths, summed
-    executor_free_kv_tokens: int  # unreserved KV tokens on the chosen prefill GPU
-    decode_free_kv_tokens: int  # unreserved KV tokens on the decode instance
-
-
-class OffloadPolicy(Protocol):
-    def decide(self, view: LoadView, prompt_len: int, max_seq_len: int) -> bool:
-        """Offload this request (its KV stays on the prefill GPU) or decode it locally."""
+from .config import SimConfig
 
 
 @dataclass(frozen=True)
-class FakePolicy:
+class FakePolicy(OffloadPolicy):
     """Test double: never (ratio 0), always (ratio None) or while (N + 1) <= ratio x max(M, 1)."""
 
     ratio: float | None = 0.0
+    spec: str = "fake"
 
-    def decide(self, view: LoadView, prompt_len: int, max_seq_len: int) -> bool:
-        if max_seq_len > view.executor_free_kv_tokens:
-            return False
-        if self.ratio is None:
-            return True
-        return view.offloaded_requests + 1 <= self.ratio * max(view.local_requests, 1)
-
-
-def _scheduler_policy(cfg: ClusterConfig, costs) -> OffloadPolicy:
-    from .scheduler_policy import SchedulerPolicy  # imports adrenaline_sgl.scheduler
-
-    return SchedulerPolicy(cfg, costs)
+    def decide(self, request: RequestInfo, stats: LiveStats) -> Decision:
+        if request.max_seq_tokens > stats.prefill_capacity_tokens - stats.offloaded_max_tokens:
+            return Decision(False, "c1-prefill-memory", 0.0)
+        offload = self.ratio is None or stats.offloaded_requests + 1 <= self.ratio * max(stats.local_requests, 1)
+        return Decision(offload, "ok" if offload else "c2-batch", self.ratio if self.ratio is not None else 0.0)
 
 
-def _fake_policy(cfg: ClusterConfig, costs) -> OffloadPolicy:
-    name = cfg.effective_policy
+def _scheduler_policy(cfg: SimConfig, costs) -> OffloadPolicy:
+    auto = cfg.offload == "auto"
+    kwargs = {"tpot_slo_ms": cfg.tpot_slo_ms, "executor_sm_share": cfg.executor_sm_share} if auto else {}
+    return make_policy(cfg.offload, getattr(costs, "pred", None), **kwargs)
+
+
+def _fake_policy(cfg: SimConfig, costs) -> OffloadPolicy:
+    name = cfg.offload
     if name == "never":
         return FakePolicy(0.0)
     if name == "always":
@@ -64,14 +49,14 @@ def _fake_policy(cfg: ClusterConfig, costs) -> OffloadPolicy:
     raise ValueError(f"offload={name!r} has no fake; valid for the fake: never | always | ratio:F")
 
 
-POLICIES: dict[str, Callable[[ClusterConfig, object], OffloadPolicy]] = {
+POLICIES: dict[str, Callable[[SimConfig, object], OffloadPolicy]] = {
     "scheduler": _scheduler_policy,
     "fake": _fake_policy,
 }
 
 
-def get_policy(name: str, cfg: ClusterConfig, costs) -> OffloadPolicy:
-    """The admission adapter `name` ("scheduler" or "fake") for a cluster config."""
+def get_policy(name: str, cfg: SimConfig, costs) -> OffloadPolicy:
+    """The admission adapter `name` ("scheduler" or "fake") for a simulator config."""
     if name not in POLICIES:
         raise ValueError(f"policy={name!r} is unknown; valid: {', '.join(POLICIES)}")
     return POLICIES[name](cfg, costs)

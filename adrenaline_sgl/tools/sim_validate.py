@@ -20,8 +20,8 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from adrenaline_sgl.sim.config import ClusterConfig
-from adrenaline_sgl.sim.scheduler_costs import SchedulerCosts
+from adrenaline_sgl.sim.config import SimConfig
+from adrenaline_sgl.sim.costs import SchedulerCosts
 from adrenaline_sgl.tools.vidur_check import VIDUR_OPS, shared_data_dir, vidur_mlp_path, vidur_times
 
 DECODE_BATCHES = (1, 8, 32, 64, 128, 256)
@@ -93,7 +93,7 @@ def attention_share_rows(costs: SchedulerCosts) -> list[Row]:
 def validation_rows(root: Path | None = None) -> tuple[list[Row], list[str]]:
     """(rows, notes about skipped rows)."""
     root = root or shared_data_dir()
-    costs = SchedulerCosts(ClusterConfig(model="llama2-7b", gpu="a100-80g"))
+    costs = SchedulerCosts(SimConfig(model="llama2-7b", gpu="a100-80g"))
     rows, notes = [], []
     if (root / "vidur").is_dir():
         rows += decode_rows(costs, root) + transfer_rows(costs, root)

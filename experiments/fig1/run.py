@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     rows += [["model", b, *_pct(pred.decode_step_costs(int(b), int(b) * ctx))] for b in cfg["decode_batches"]]
     common.write_csv(out / "decode.csv", ["source", "batch", "compute_pct", "hbm_bw_pct"], rows)
 
-    pt = common.sweep([cfg["request_rate"]], lambda r: sim_runs.run_point(cfg, cfg["model"], "pd",
+    pt = common.sweep([cfg["request_rate"]], lambda r: sim_runs.run_point(cfg, cfg["model"], "never",
                                                                           cfg["workload"], float(r)), FIG)[0]
     end = max(r.finish_s for r in pt.result.requests)
     grid = np.linspace(0.0, end, int(cfg["timeline_points"]))

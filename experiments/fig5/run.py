@@ -27,7 +27,7 @@ def _sim_rows(cfg: dict) -> tuple[list, list]:
 
     def one(point) -> tuple[list, list]:  # runs in a worker: return rows, not the whole SimResult
         system, rate = point
-        pt = sim_runs.run_point(cfg, model, system, wl, float(rate))
+        pt = sim_runs.run_point(cfg, model, sim_runs.policy_of(system), wl, float(rate))
         m = pt.req
         summary = [system, model, wl, float(rate), m.mean_ttft_s, m.mean_tpot_ms, m.p99_tpot_ms,
                    m.decode_throughput_tok_s, m.p99_ttft_s, m.offloaded_frac,

@@ -22,8 +22,8 @@ FIG = "fig6"
 COMMON_ARGS = True  # takes experiments.common's flags (experiments/run.py passes `all`'s ARGS)
 
 
-def system_of(ratio: float) -> str:
-    return "pd" if ratio == 0 else f"ratio:{ratio:g}"
+def policy_of(ratio: float) -> str:
+    return "never" if ratio == 0 else f"ratio:{ratio:g}"
 
 
 @common.guarded
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def one(p) -> tuple[list, list]:  # runs in a worker: return rows, not the raw records
         model, ratio = p
-        pt = sim_runs.run_point(cfg, model, system_of(ratio), cfg["workload"], float(cfg["request_rates"][model]))
+        pt = sim_runs.run_point(cfg, model, policy_of(ratio), cfg["workload"], float(cfg["request_rates"][model]))
         system = "pd" if ratio == 0 else "adrenaline"
         u = metrics.utilization(pt.result, 1, 1)
         row = [model, system, ratio, u.prefill_hbm_bw_gbs, u.decode_tflops, u.prefill_hbm_capacity_frac]

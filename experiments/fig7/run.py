@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     common.write_meta(out, args.mode, gpu=cfg["gpu"], tpot_slo_ms=cfg["tpot_slo_ms"],
                       ttft_slo_s=cfg["ttft_slo_s"])
     points = [(m, w, s) for m in cfg["models"] for w in cfg["workloads"] for s in cfg["systems"]]
-    found = common.sweep(points, lambda p: sim_runs.max_throughput(cfg, p[0], p[2], p[1]), FIG)
+    found = common.sweep(points, lambda p: sim_runs.max_throughput(cfg, p[0], sim_runs.policy_of(p[2]), p[1]), FIG)
     by_point = dict(zip(points, found))
     rows, detail = [], []
     for (model, wl, system), d in by_point.items():

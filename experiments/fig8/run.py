@@ -17,7 +17,7 @@ FIG = "fig8"
 COMMON_ARGS = True  # takes experiments.common's flags (experiments/run.py passes `all`'s ARGS)
 
 
-def system_of(ratio) -> str:
+def policy_of(ratio) -> str:
     if ratio == "auto":
         return "auto"
     try:
@@ -26,7 +26,7 @@ def system_of(ratio) -> str:
         raise common.ExperimentError(f"offload ratio {ratio!r} must be a number >= 0 or 'auto'") from None
     if value < 0:
         raise common.ExperimentError(f"offload ratio {ratio!r} must be a number >= 0 or 'auto'")
-    return "pd" if value == 0 else f"ratio:{value:g}"
+    return "never" if value == 0 else f"ratio:{value:g}"
 
 
 @common.guarded
@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
                       ttft_slo_s=cfg["ttft_slo_s"])
     model = cfg["model"]
     points = [(w, r) for w in cfg["workloads"] for r in cfg["offload_ratios"]]
-    systems = {r: system_of(r) for r in cfg["offload_ratios"]}
-    found = common.sweep(points, lambda p: sim_runs.max_throughput(cfg, model, systems[p[1]], p[0]), FIG)
+    policies = {r: policy_of(r) for r in cfg["offload_ratios"]}
+    found = common.sweep(points, lambda p: sim_runs.max_throughput(cfg, model, policies[p[1]], p[0]), FIG)
     rows, detail = [], []
     for (wl, ratio), d in zip(points, found):
         label = "auto" if ratio == "auto" else float(ratio)

@@ -110,9 +110,19 @@ def test_bad_gpu_workload_and_dataset_are_one_line(capsys, tmp_path, monkeypatch
     from experiments import sim_runs
 
     with pytest.raises(ValueError, match="gpu must be one of"):
-        sim_runs.run_point({"gpu": "tpu-v5", "num_requests": 5}, "llama2-7b", "pd", "sharegpt", 1.0)
+        sim_runs.run_point({"gpu": "tpu-v5", "num_requests": 5}, "llama2-7b", "never", "sharegpt", 1.0)
     with pytest.raises(ValueError, match="workload='alpaca' is unknown"):
-        sim_runs.run_point({"num_requests": 5}, "llama2-7b", "pd", "alpaca", 1.0)
+        sim_runs.run_point({"num_requests": 5}, "llama2-7b", "never", "alpaca", 1.0)
+
+
+def test_a_figure_config_sets_every_simconfig_field_it_names():
+    from experiments import sim_runs
+
+    cfg = {"n_decode": 2, "link": "pcie4", "tpot_slo_ms": 50, "offload": "always", "model": "x", "seed": 3}
+    sim = sim_runs.cluster(cfg, "llama2-7b", sim_runs.policy_of("pd"))
+    assert (sim.n_decode, sim.link, sim.tpot_slo_ms) == (2, "pcie4", 50)
+    assert (sim.model, sim.offload) == ("llama2-7b", "never")  # the run's, not the config's
+    assert sim_runs.policy_of("adrenaline") == "auto" and sim_runs.policy_of("ratio:0.4") == "ratio:0.4"
 
 
 def test_fig5_raw_requests_reproduce_the_e2e_row(quick_results):

@@ -1,12 +1,12 @@
 """The event loop with the test-double costs and policy: hand-computed timelines and invariants."""
 
-import dataclasses
 
 import numpy as np
 import pytest
 
+from adrenaline_sgl.scheduler.admission import Decision
 from adrenaline_sgl.sim import metrics
-from adrenaline_sgl.sim.config import ClusterConfig, WorkloadConfig
+from adrenaline_sgl.sim.config import SimConfig, WorkloadConfig
 from adrenaline_sgl.sim.costs import FakeCosts
 from adrenaline_sgl.sim.engine import Simulator, simulate
 from adrenaline_sgl.sim.policy import FakePolicy
@@ -19,7 +19,7 @@ def _one(prompt=100, output=3, arrival=1.0):
 
 
 def test_single_local_request_timeline_by_hand():
-    cfg = ClusterConfig(system="pd")
+    cfg = SimConfig(offload="never")
     r = Simulator(cfg, _one(), FakeCosts(), FakePolicy(0.0)).run().requests[0]
     # prefill 100 tok x 0.1 ms = 10 ms; transfer 100 x 0.01 = 1 ms; steps: 10 + 0.1 x 1 + 0.001 x ctx(101, 102)
     assert r.prefill_end_s == pytest.approx(1.010)
@@ -29,7 +29,7 @@ def test_single_local_request_timeline_by_hand():
 
 
 def test_single_offloaded_request_timeline_by_hand():
-    cfg = ClusterConfig(system="adrenaline", offload="always", executor_sm_share=0.2)
+    cfg = SimConfig(offload="always", executor_sm_share=0.2)
     r = Simulator(cfg, _one(), FakeCosts(), FakePolicy(None)).run().requests[0]
     # prefill on 80% of the SMs: 12.5 ms; metadata: one round trip 0.05 ms; each step: nonattn 10.1 ms +
     # remote attention 0.001 x ctx / 0.2 + 10 layers x 0.05 ms round trip (no local rows to hide it under)
@@ -41,11 +41,11 @@ def test_single_offloaded_request_timeline_by_hand():
 
 def test_roundtrip_hides_under_long_local_attention():
     class ShortOnes:  # offload the short request only
-        def decide(self, view, prompt_len, max_seq_len):
-            return prompt_len < 1000
+        def decide(self, request, stats):
+            return Decision(request.prompt_tokens < 1000, "test", 1.0)
 
     reqs = Requests(np.array([0.0, 0.0]), np.array([3000, 100]), np.array([50, 50]))
-    cfg = ClusterConfig(system="adrenaline", offload="ratio:1")
+    cfg = SimConfig(offload="ratio:1")
     res = Simulator(cfg, reqs, FakeCosts(), ShortOnes()).run()
     assert [r.offloaded for r in res.requests] == [False, True]
     both = [s for s in res.steps if s.kind == DECODE and s.batch == 2]
@@ -54,7 +54,7 @@ def test_roundtrip_hides_under_long_local_attention():
 
 @pytest.mark.parametrize("policy", ["never", "ratio:0.5", "always"])
 def test_conservation_every_request_finishes_once_with_its_tokens(policy):
-    cfg = ClusterConfig(system="adrenaline", offload=policy)
+    cfg = SimConfig(offload=policy)
     wl = WorkloadConfig(request_rate=4.0, num_requests=150, seed=3)
     res = simulate(cfg, wl, costs="fake", policy="fake")
     asked = make_requests(wl).output_len
@@ -71,7 +71,7 @@ def test_conservation_every_request_finishes_once_with_its_tokens(policy):
 @pytest.mark.parametrize("policy", ["never", "always"])
 def test_memory_never_exceeds_capacity_under_overload(policy, admission):
     costs = FakeCosts(kv_capacity_tokens=6000)
-    cfg = ClusterConfig(system="adrenaline", offload=policy, decode_kv_admission=admission,
+    cfg = SimConfig(offload=policy, decode_kv_admission=admission,
                         decode_reserved_tokens=16)
     wl = WorkloadConfig(request_rate=50.0, num_requests=200, seed=1, max_context=2048)
     reqs = make_requests(wl)
@@ -84,16 +84,19 @@ def test_memory_never_exceeds_capacity_under_overload(policy, admission):
     assert all(m.kv_used_tokens == 0 and m.kv_reserved_tokens == 0 for m in last.values())  # all freed
 
 
-def test_offload_off_equals_the_baseline_exactly():
-    wl = WorkloadConfig(request_rate=3.0, num_requests=120, seed=7)
-    pd = simulate(ClusterConfig(system="pd"), wl, costs="fake", policy="fake")
-    off = simulate(ClusterConfig(system="adrenaline", offload="never"), wl, costs="fake", policy="fake")
-    assert [dataclasses.astuple(r) for r in pd.requests] == [dataclasses.astuple(r) for r in off.requests]
-    assert pd.steps == off.steps and pd.mem == off.mem
+def test_offload_never_is_the_pd_baseline_and_never_asks_the_policy():
+    class Refuses:
+        def decide(self, request, stats):
+            raise AssertionError("offload never must not ask the policy")
+
+    sim = Simulator(SimConfig(offload="never", executor_sm_share=0.5), _one(), FakeCosts(), Refuses())
+    assert sim.prefill_sm_share == 1.0  # the executor takes no SMs from prefill
+    r = sim.run().requests[0]
+    assert not r.offloaded and r.tokens_out == r.output_len
 
 
 def test_same_seed_same_run_other_seed_other_run():
-    cfg = ClusterConfig(system="adrenaline", offload="ratio:0.6", n_prefill=2, n_decode=2)
+    cfg = SimConfig(offload="ratio:0.6", n_prefill=2, n_decode=2)
     runs = [simulate(cfg, WorkloadConfig(request_rate=5.0, num_requests=100, seed=s), costs="fake", policy="fake")
             for s in (11, 11, 12)]
     key = [[(r.first_token_s, r.finish_s, r.offloaded) for r in run.requests] for run in runs]
@@ -104,12 +107,12 @@ def test_same_seed_same_run_other_seed_other_run():
 
 def test_request_longer_than_a_gpu_is_a_clear_error():
     with pytest.raises(ValueError, match="KV tokens but a GPU holds"):
-        Simulator(ClusterConfig(system="pd"), _one(prompt=30_000), FakeCosts(), FakePolicy(0.0))
+        Simulator(SimConfig(offload="never"), _one(prompt=30_000), FakeCosts(), FakePolicy(0.0))
 
 
 def test_executor_gets_only_the_bandwidth_a_running_prefill_leaves():
     costs = FakeCosts()
-    sim = Simulator(ClusterConfig(system="adrenaline", offload="always"), _one(), costs, FakePolicy(None))
+    sim = Simulator(SimConfig(offload="always"), _one(), costs, FakePolicy(None))
     p = sim.prefill[0]
     alone = sim._executor_attn(p, rows=4, context_tokens=100_000)
     assert alone.ms == pytest.approx(0.001 * 100_000 / 0.2)  # the cost model's time at the executor's share
@@ -121,7 +124,7 @@ def test_executor_gets_only_the_bandwidth_a_running_prefill_leaves():
 
 def test_memory_bound_holds_on_two_by_two_with_offload():
     costs = FakeCosts(kv_capacity_tokens=8000)
-    cfg = ClusterConfig(system="adrenaline", offload="ratio:1", n_prefill=2, n_decode=2, prefill_kv_reserve_tokens=2000)
+    cfg = SimConfig(offload="ratio:1", n_prefill=2, n_decode=2, prefill_kv_reserve_tokens=2000)
     reqs = make_requests(WorkloadConfig(request_rate=40.0, num_requests=200, seed=5, max_context=2048))
     res = Simulator(cfg, reqs, costs, FakePolicy(1.0)).run()
     assert metrics.max_memory_excess(res.mem, costs.kv_capacity_tokens) <= 0
@@ -131,7 +134,7 @@ def test_memory_bound_holds_on_two_by_two_with_offload():
 
 def test_watermark_admission_retracts_and_restores_without_losing_tokens():
     costs = FakeCosts(kv_capacity_tokens=6000)
-    cfg = ClusterConfig(system="pd", decode_kv_admission="watermark", decode_reserved_tokens=0)
+    cfg = SimConfig(offload="never", decode_kv_admission="watermark", decode_reserved_tokens=0)
     reqs = make_requests(WorkloadConfig(request_rate=50.0, num_requests=200, seed=1, max_context=2048))
     res = Simulator(cfg, reqs, costs, FakePolicy(0.0)).run()
     retracted = [r for r in res.requests if r.retractions]
@@ -140,5 +143,5 @@ def test_watermark_admission_retracts_and_restores_without_losing_tokens():
     decode_tokens = sum(s.batch for s in res.steps if s.kind == DECODE)
     assert decode_tokens == int((reqs.output_len - 1).sum())  # restored KV: nothing is decoded twice
     assert metrics.max_memory_excess(res.mem, costs.kv_capacity_tokens) <= 0
-    reserve_max = Simulator(ClusterConfig(system="pd"), reqs, costs, FakePolicy(0.0)).run()
+    reserve_max = Simulator(SimConfig(offload="never"), reqs, costs, FakePolicy(0.0)).run()
     assert not any(r.retractions for r in reserve_max.requests)

@@ -4,13 +4,13 @@ import pytest
 
 from adrenaline_sgl.scheduler.cost_model import get_predictor
 from adrenaline_sgl.sim import metrics
-from adrenaline_sgl.sim.config import ClusterConfig, WorkloadConfig
+from adrenaline_sgl.sim.config import SimConfig, WorkloadConfig
+from adrenaline_sgl.sim.costs import SchedulerCosts
 from adrenaline_sgl.sim.engine import simulate
-from adrenaline_sgl.sim.scheduler_costs import SchedulerCosts
 
 
 def test_costs_are_the_predictors():
-    cfg = ClusterConfig(model="llama2-7b", gpu="a100-80g")
+    cfg = SimConfig(model="llama2-7b", gpu="a100-80g")
     costs, pred = SchedulerCosts(cfg), get_predictor("roofline", "a100-80g", "llama2-7b")
     assert costs.prefill([512, 1024], 1.0).ms == pytest.approx(pred.prefill_step_ms([512, 1024]))
     assert costs.decode_nonattn(64).ms == pytest.approx(pred.decode_nonattn_ms(64))
@@ -22,7 +22,7 @@ def test_costs_are_the_predictors():
 
 @pytest.mark.parametrize("policy", ["never", "ratio:0.6", "auto"])
 def test_small_run_on_the_scheduler(policy):
-    cfg = ClusterConfig(system="adrenaline", offload=policy, model="llama2-7b")
+    cfg = SimConfig(offload=policy, model="llama2-7b")
     res = simulate(cfg, WorkloadConfig(request_rate=10.0, num_requests=120, seed=0))
     m = metrics.request_metrics(res.requests)
     assert m.completed == 120 and 5 < m.mean_tpot_ms < 200
@@ -42,14 +42,14 @@ def test_small_run_on_the_scheduler(policy):
     ],
 )
 def test_unknown_names_are_one_line_errors(kwargs, match):
-    cfg = ClusterConfig(**kwargs)
+    cfg = SimConfig(**kwargs)
     with pytest.raises(ValueError, match=match) as err:
         simulate(cfg, WorkloadConfig(num_requests=5))
     assert "\n" not in str(err.value)
 
 
 def test_attention_line_cache_equals_the_predictor():
-    costs = SchedulerCosts(ClusterConfig(model="llama2-13b"))
+    costs = SchedulerCosts(SimConfig(model="llama2-13b"))
     for batch, ctx, share in [(1, 1, 1.0), (7, 7 * 3000, 0.2), (64, 64 * 330, 1.0), (250, 250 * 4096, 0.2)]:
         fast, exact = costs.decode_attn(batch, ctx, share), costs._decode_attn_exact(batch, ctx, share)
         assert fast.ms == pytest.approx(exact.ms, rel=1e-12)

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from adrenaline_sgl.sim.config import ClusterConfig, WorkloadConfig
+from adrenaline_sgl.sim.config import SimConfig, WorkloadConfig
 from adrenaline_sgl.sim.datasets import load_lengths
 from adrenaline_sgl.sim.workloads import SYNTHETIC, make_requests, poisson_arrivals, synthetic_lengths
 
@@ -104,9 +104,9 @@ def test_missing_file_and_bad_configs_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="azure_conv.*is a trace"):
         WorkloadConfig(name="azure_conv")
     with pytest.raises(ValueError, match=r"executor_sm_share=1.5 is out of range; valid: \(0.0, 0.9\]"):
-        ClusterConfig(executor_sm_share=1.5)
-    with pytest.raises(ValueError, match="system='vllm' is unknown"):
-        ClusterConfig(system="vllm")
+        SimConfig(executor_sm_share=1.5)
+    with pytest.raises(ValueError, match="offload='' is invalid; valid: never"):
+        SimConfig(offload="")
 
 
 def test_the_shared_azure_trace_is_a_workload():
