@@ -4,12 +4,14 @@ Layout (the SGLang plugin hands the prefill engine's own buffers over without a 
     k_buffers[layer]  [num_slots, Hkv, D]      v_buffers[layer]  [num_slots, Hkv, D]
 A request's KV is a list of token slots (rows of every layer's buffer), in sequence order.
 
-`SlotAllocator` has the duck interface of SGLang's `TokenToKVPoolAllocator` (`alloc(n) -> Tensor | None`,
-`free(slots)`, `available_size()`), so a shared pool can use the prefill engine's own allocator instead.
+`SlotAllocator` and `ReservedSlots` have the duck interface of SGLang's `TokenToKVPoolAllocator`
+(`alloc(n) -> Tensor | None`, `free(slots)`, `available_size()`), so a shared pool can use the prefill
+engine's own allocator instead.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -74,6 +76,35 @@ class SlotAllocator:
             raise SlotError(f"free: double free of slots {slots[self._is_free[slots]].tolist() or slots.tolist()}")
         self._is_free[slots] = True
         self._free = torch.cat([self._free, slots.flip(0)])
+
+
+class ReservedSlots:
+    """An allocator over a fixed set of slots taken once from another allocator (the prefill executor's block of
+    SGLang's pool), so that the executor's thread never touches that allocator (the `Allocator` protocol)."""
+
+    def __init__(self, slots: torch.Tensor):
+        self.slots = slots.to(torch.int64).flatten().cpu()
+        self._free = list(reversed(self.slots.tolist()))  # stack, pop from the end
+        self._owned = set(self._free)
+        self._lock = threading.Lock()
+
+    def available_size(self) -> int:
+        return len(self._free)
+
+    def alloc(self, need_size: int) -> torch.Tensor | None:
+        with self._lock:
+            if need_size > len(self._free):
+                return None
+            taken = [self._free.pop() for _ in range(need_size)]
+        return torch.tensor(taken, dtype=torch.int64)
+
+    def free(self, free_index: torch.Tensor) -> None:
+        slots = free_index.to(torch.int64).flatten().tolist()
+        with self._lock:
+            foreign = [s for s in slots if s not in self._owned]
+            if foreign:
+                raise SlotError(f"free: slots {foreign} were not reserved for the executor")
+            self._free.extend(slots)
 
 
 @dataclass

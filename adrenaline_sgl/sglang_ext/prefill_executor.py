@@ -3,7 +3,7 @@
 - The executor's `KVPool` is SGLang's per-layer `k_buffer` / `v_buffer` (same tensors). Prompt slots are
   adopted in place from `KeptKV` (`free_on_release=False`: SGLang frees them through its own release).
 - The slots the executor appends decode tokens to come from a block reserved once from SGLang's allocator
-  (`ReservedSlots`), so the executor's thread never touches SGLang's allocator, which is not thread-safe.
+  (`offload.pool.ReservedSlots`), so the executor's thread never touches SGLang's allocator, which is not thread-safe.
   The block is `--adrenaline-executor-max-tokens` (or `DEFAULT_RESERVE_FRACTION` of the pool) and is
   counted as used by SGLang, so admission sees the memory the executor may need.
 - `release(rid)` from decode (over the transport) does not free anything on the transport's thread: it
@@ -15,26 +15,24 @@
   partition is taken at `begin_step` (a step boundary), on the server thread: new stream, new `num_sms`.
   NOTE: the stream is entered on the server thread only; prompt KV written by the prefill forward is
   complete before adoption (the first token was read back to the host before the inflight queue runs).
-- Transports: the server class comes from `SERVERS` by `--adrenaline-transport` (`mooncake`, `cuda_ipc`);
+- Transports: `offload.hosted.HostedExecutor` serves it on a thread of this process, the server class from
+  `offload.hosted.SERVERS` by `--adrenaline-transport` (`mooncake`, `cuda_ipc`);
   `cuda_ipc` needs the KV pool on a CUDA GPU and says so at start-up; `inproc` serves nothing (tests attach
   an `InprocChannel` to the service).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import threading
 import time
 from collections.abc import Callable
 
-import torch
-
 from adrenaline_sgl.colocation.replan import PrefillColocation
-from adrenaline_sgl.offload.errors import OffloadError, SlotError
+from adrenaline_sgl.offload.errors import OffloadError
 from adrenaline_sgl.offload.executor import AttentionExecutor
-from adrenaline_sgl.offload.pool import KVPool
+from adrenaline_sgl.offload.hosted import HostedExecutor, check_transport_here
+from adrenaline_sgl.offload.pool import KVPool, ReservedSlots
 from adrenaline_sgl.offload.service import ExecutorService
 from adrenaline_sgl.sglang_ext.prefill_colocation import COLOCATION_ATTR, executor_partition, make_colocation
 from adrenaline_sgl.sglang_ext.prefill_kept import KeptKV
@@ -43,34 +41,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_RESERVE_FRACTION = 0.125
 ADOPT_WAIT_S = 2.0  # how long a decode step may wait for the prefill scheduler to hand a request over
-
-
-class ReservedSlots:
-    """An allocator over a fixed set of slots taken from SGLang's allocator (the `Allocator` protocol)."""
-
-    def __init__(self, slots: torch.Tensor):
-        self.slots = slots.to(torch.int64).flatten().cpu()
-        self._free = list(reversed(self.slots.tolist()))  # stack, pop from the end
-        self._owned = set(self._free)
-        self._lock = threading.Lock()
-
-    def available_size(self) -> int:
-        return len(self._free)
-
-    def alloc(self, need_size: int) -> torch.Tensor | None:
-        with self._lock:
-            if need_size > len(self._free):
-                return None
-            taken = [self._free.pop() for _ in range(need_size)]
-        return torch.tensor(taken, dtype=torch.int64)
-
-    def free(self, free_index: torch.Tensor) -> None:
-        slots = free_index.to(torch.int64).flatten().tolist()
-        with self._lock:
-            foreign = [s for s in slots if s not in self._owned]
-            if foreign:
-                raise SlotError(f"free: slots {foreign} were not reserved for the executor")
-            self._free.extend(slots)
 
 
 class PrefillExecutorService(ExecutorService):
@@ -139,98 +109,6 @@ def build_prefill_executor(token_to_kv_pool_allocator, reserve_tokens: int = 0, 
     return kept, PrefillExecutorService(executor, kept)
 
 
-def _mooncake_server():
-    from adrenaline_sgl.offload.transports.mooncake_server import MooncakeServer
-
-    return MooncakeServer
-
-
-def _cuda_ipc_server():
-    from adrenaline_sgl.offload.transports.cuda_ipc import CudaIpcServer
-
-    return CudaIpcServer
-
-
-# The executor end of each transport a prefill instance serves (lazy: cuda_ipc never imported for mooncake).
-SERVERS: dict[str, Callable[[], type]] = {"mooncake": _mooncake_server, "cuda_ipc": _cuda_ipc_server}
-
-
-def server_class(transport: str) -> type:
-    if transport not in SERVERS:
-        raise ValueError(f"adrenaline transport={transport!r}: a prefill instance serves {', '.join(SERVERS)}")
-    return SERVERS[transport]()
-
-
-def check_transport_here(transport: str, device) -> None:
-    """A transport this instance cannot serve fails here, at start-up, in one line (not in the server thread)."""
-    if transport == "cuda_ipc" and (torch.device(device).type != "cuda" or not torch.cuda.is_available()):
-        raise ValueError(f"adrenaline transport=cuda_ipc: needs the prefill KV pool on a CUDA GPU, this instance's "
-                         f"is on {device} (torch.cuda.is_available()={torch.cuda.is_available()}); use mooncake")
-
-
-def stream_context(stream):
-    """Run the thread's kernels on `stream` (None: the thread's current stream)."""
-    return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
-
-
-def switch_stream(stream) -> None:
-    """Make `stream` this thread's current stream (between steps; the `stream_context` exit restores)."""
-    if stream is not None:
-        torch.cuda.set_stream(stream)
-
-
-class HostedExecutor:
-    """The executor's server thread in the prefill scheduler process (transport `mooncake` or `cuda_ipc`)."""
-
-    def __init__(self, service: PrefillExecutorService, host: str, port: int, fault_injection: bool = False,
-                 stream=None, transport: str = "mooncake"):
-        self.stream = stream  # the executor partition's CUDA stream; None: the thread's current stream
-        self.server = server_class(transport)(service, host, port)
-        self._use_layer_stream(stream)
-        self.address = self.server.address
-        self._stop = threading.Event()
-        self._closed = False
-        self._close_lock = threading.Lock()
-        if fault_injection:
-            service.on_fault_stop = self._stop.set
-        service.on_new_partition = self._on_new_partition
-        self._thread = threading.Thread(target=self._serve, daemon=True, name="adrenaline-executor")
-        self._thread.start()
-
-    def _use_layer_stream(self, stream) -> None:
-        # NOTE: CudaIpcServer runs each layer on its own `_stream`; hosted, the layers belong on the partition's.
-        if stream is not None and hasattr(self.server, "_stream"):
-            self.server._stream = stream
-
-    def _on_new_partition(self, part) -> None:
-        """On the server thread, between steps (PrefillExecutorService._step_boundary)."""
-        self.stream = part.stream
-        switch_stream(part.stream)
-        self._use_layer_stream(part.stream)
-
-    def _serve(self) -> None:
-        with stream_context(self.stream):  # every kernel the executor launches from this thread goes to its partition
-            self.server.serve(self._stop)
-        if self.server.service.on_fault_stop is not None:  # stopped by fault injection: let go of the port too
-            logger.warning("adrenaline: executor on %s stopped by fault injection", self.address)
-            self._close_server()
-
-    def _close_server(self) -> None:
-        with self._close_lock:
-            if not self._closed:
-                self._closed = True
-                self.server.close()
-
-    @property
-    def serving(self) -> bool:
-        return self._thread.is_alive()
-
-    def close(self, timeout_s: float = 5.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout=timeout_s)
-        self._close_server()
-
-
 def host_executor(scheduler, args) -> tuple[KeptKV, HostedExecutor | None]:
     """Build the executor over `scheduler`'s pool, on its SM partition (re-planned with a TTFT SLO), and serve it
     on `args.executor_addr` (`mooncake`, `cuda_ipc`); with `inproc` nothing listens (tests attach an
@@ -257,5 +135,4 @@ def host_executor(scheduler, args) -> tuple[KeptKV, HostedExecutor | None]:
     return kept, hosted
 
 
-__all__ = ["HostedExecutor", "PrefillExecutorService", "ReservedSlots", "build_prefill_executor", "executor_partition",
-           "host_executor", "server_class"]
+__all__ = ["PrefillExecutorService", "build_prefill_executor", "executor_partition", "host_executor"]

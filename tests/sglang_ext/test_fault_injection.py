@@ -21,8 +21,9 @@ def _free_port() -> int:
 def _hosted(fault_injection: bool):
     """A real HostedExecutor (Mooncake server thread) over a small standalone pool."""
     from adrenaline_sgl.offload.executor import AttentionExecutor
+    from adrenaline_sgl.offload.hosted import HostedExecutor
     from adrenaline_sgl.offload.pool import KVPool
-    from adrenaline_sgl.sglang_ext.prefill_executor import HostedExecutor, PrefillExecutorService
+    from adrenaline_sgl.sglang_ext.prefill_executor import PrefillExecutorService
     from adrenaline_sgl.sglang_ext.prefill_kept import KeptKV
 
     executor = AttentionExecutor(KVPool.standalone(2, 16, 2, 8), attention="reference")

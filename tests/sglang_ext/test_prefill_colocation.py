@@ -333,6 +333,7 @@ def test_green_context_replan_moves_the_executor_thread_between_steps():
     from adrenaline_sgl.colocation.replan import PrefillColocation
     from adrenaline_sgl.offload.client import OffloadClient
     from adrenaline_sgl.offload.executor import AttentionExecutor
+    from adrenaline_sgl.offload.hosted import HostedExecutor
     from adrenaline_sgl.offload.pool import KVPool
     from adrenaline_sgl.offload.transports.base import create_channel
     from adrenaline_sgl.offload.wire import RowLayout
@@ -356,7 +357,7 @@ def test_green_context_replan_moves_the_executor_thread_between_steps():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    hosted = prefill_executor.HostedExecutor(service, "127.0.0.1", port, stream=part.stream)
+    hosted = HostedExecutor(service, "127.0.0.1", port, stream=part.stream)
     layout = RowLayout(HQ, HKV, D, torch.float32)
     client = OffloadClient(create_channel("mooncake", address=hosted.address, layout=layout), layout, LAYERS)
     local = AttentionExecutor(KVPool.standalone(LAYERS, 64, HKV, D, device="cuda"), "reference")

@@ -19,6 +19,7 @@ from adrenaline_sgl import colocation
 from adrenaline_sgl.colocation import replan
 from adrenaline_sgl.colocation.fake import FakePartitioner
 from adrenaline_sgl.colocation.partitioner import Partition
+from adrenaline_sgl.offload import hosted as hosting
 from adrenaline_sgl.sglang_ext import flags, prefill_colocation, prefill_executor, prefill_hooks
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,10 +70,10 @@ def test_registry_resolves_each_served_transport():
     from adrenaline_sgl.offload.transports.cuda_ipc import CudaIpcServer
     from adrenaline_sgl.offload.transports.mooncake_server import MooncakeServer
 
-    assert prefill_executor.server_class("mooncake") is MooncakeServer
-    assert prefill_executor.server_class("cuda_ipc") is CudaIpcServer
+    assert hosting.server_class("mooncake") is MooncakeServer
+    assert hosting.server_class("cuda_ipc") is CudaIpcServer
     with pytest.raises(ValueError, match="transport='inproc'.*serves mooncake, cuda_ipc"):
-        prefill_executor.server_class("inproc")
+        hosting.server_class("inproc")
 
 
 def test_hosted_executor_takes_its_server_from_the_registry(monkeypatch):
@@ -80,13 +81,13 @@ def test_hosted_executor_takes_its_server_from_the_registry(monkeypatch):
     from adrenaline_sgl.offload.pool import KVPool
     from adrenaline_sgl.sglang_ext.prefill_kept import KeptKV
 
-    monkeypatch.setitem(prefill_executor.SERVERS, "cuda_ipc", lambda: FakeServer)
-    monkeypatch.setattr(prefill_executor, "stream_context", lambda stream: contextlib.nullcontext())
+    monkeypatch.setitem(hosting.SERVERS, "cuda_ipc", lambda: FakeServer)
+    monkeypatch.setattr(hosting, "stream_context", lambda stream: contextlib.nullcontext())
     FakeServer.made.clear()
     executor = AttentionExecutor(KVPool.standalone(LAYERS, 16, HKV, D), attention="reference")
     service = prefill_executor.PrefillExecutorService(executor, KeptKV(64, executor))
-    hosted = prefill_executor.HostedExecutor(service, "127.0.0.1", 4242, stream="partition stream",
-                                             transport="cuda_ipc")  # fmt: skip
+    hosted = hosting.HostedExecutor(service, "127.0.0.1", 4242, stream="partition stream",
+                                   transport="cuda_ipc")  # fmt: skip
     try:
         assert isinstance(hosted.server, FakeServer) and FakeServer.made == [(service, "127.0.0.1", 4242)]
         assert hosted.address == "127.0.0.1:4242" and hosted.serving
@@ -124,9 +125,9 @@ def test_the_server_thread_moves_to_the_new_stream_between_steps(sgl_context, mo
     made, entered, switched = [], [], []
     monkeypatch.setattr(colocation, "executor_partitioner",
                         lambda share, device, name="auto": made.append(MarkedStreams(device).open(share)) or made[-1])
-    monkeypatch.setattr(prefill_executor, "stream_context",
+    monkeypatch.setattr(hosting, "stream_context",
                         lambda stream: entered.append(stream) or contextlib.nullcontext())
-    monkeypatch.setattr(prefill_executor, "switch_stream",
+    monkeypatch.setattr(hosting, "switch_stream",
                         lambda stream: switched.append((threading.current_thread().name, stream)))
     clock = [100.0]
     monkeypatch.setattr(replan, "_clock", lambda: clock[0])
@@ -164,7 +165,8 @@ from adrenaline_sgl.offload.executor import AttentionExecutor
 from adrenaline_sgl.offload.pool import KVPool
 from adrenaline_sgl.colocation.replan import PrefillColocation
 from adrenaline_sgl.sglang_ext.prefill_colocation import executor_partition
-from adrenaline_sgl.sglang_ext.prefill_executor import HostedExecutor, PrefillExecutorService
+from adrenaline_sgl.offload.hosted import HostedExecutor
+from adrenaline_sgl.sglang_ext.prefill_executor import PrefillExecutorService
 from adrenaline_sgl.sglang_ext.prefill_kept import KeptKV
 layers, hkv, d = (int(x) for x in sys.argv[1:4])
 part = executor_partition(types.SimpleNamespace(executor_sm_share=0.5, executor_partitioner="none"), "cuda:0")
