@@ -175,7 +175,7 @@ def _contended_prefill_ms(cfg, parts, info, share, prefill, attention, alone_ms:
 
 
 def _time(cfg: ProfileRunConfig, fn, stream) -> float:
-    from adrenaline_sgl.colocation.workloads import time_ms
+    from adrenaline_sgl.tools.colocation_workloads import time_ms
 
     return time_ms(fn, stream, reps=cfg.reps, warmup=cfg.warmup)
 
@@ -194,7 +194,7 @@ def run(cfg: ProfileRunConfig, progress: bool = True) -> Profile:
     import torch
     from tqdm import tqdm
 
-    from adrenaline_sgl.colocation.workloads import Copy, DecodeAttention, LlamaLayerShape, PrefillLayers
+    from adrenaline_sgl.tools.colocation_workloads import Copy, DecodeAttention, LlamaLayerShape, PrefillLayers
 
     t_start = time.monotonic()
     info = device_info(cfg.device)
