@@ -1,11 +1,14 @@
-"""Performance model and load-aware offloading scheduler: pure code, no global state; its only
-I/O is `table` reading a profile CSV.
+"""Performance model and load-aware offloading scheduler: pure code, no global state; its only I/O
+is reading a profile CSV (`table`), a model's `config.json` (`specs`, when named by path) and the
+measured NVLink table in the shared data (`collectives`, when present).
 
 One implementation serves the SGLang proxy and the simulator (see docs/design.md, docs/simulator.md):
 
-- `specs`: `get_gpu(name) -> GPUSpec`, `get_model(name) -> ModelSpec` (frozen, units in field names).
-- `ops`: FLOPs and minimum HBM bytes of each operator from the model shape.
-- `cost_model`: `get_predictor("roofline" | "table", gpu, model, **kw) -> Predictor` with `op_cost(...)`
+- `specs`: `get_gpu(name) -> GPUSpec`, `get_model(name | "path/config.json") -> ModelSpec` (frozen, units in
+  field names), `ModelSpec.shard(tp) -> TPShard` (one GPU's weights, heads and KV at tensor parallelism tp).
+- `ops`: FLOPs and minimum HBM bytes of each operator (one GPU's shard) from the model shape.
+- `collectives`: `get_comm_model(gpu) -> CommModel` (all-reduce, all-gather of a TP group).
+- `cost_model`: `get_predictor("roofline" | "table", gpu, model, tp=1, **kw) -> Predictor` with `op_cost(...)`
   and the step helpers `prefill_step_ms`, `decode_nonattn_ms`, `decode_attn_ms`, `kv_transfer_ms`,
   `offload_layer_roundtrip_ms`; `OpCost` carries time, work and utilization fractions.
 - `roofline`, `table`: the two predictors (created lazily through the registry).

@@ -5,10 +5,17 @@
     p.prefill_step_ms([512, 1024])                              # one prefill batch, all layers, ms
     p.decode_nonattn_ms(64) + p.decode_attn_ms(64, 64 * 700)    # one decode step, ms
     p.kv_transfer_ms(1024, "nvlink"); p.offload_layer_roundtrip_ms(16, "nvlink")
+    get_predictor("roofline", "a100-80g", "llama2-70b", tp=4)  # one GPU of a 4-way tensor-parallel group
 
 Every predictor implements one method, `op_cost`; the step helpers here compose it, so both predictors
-agree on what a step is. Costs are for one GPU at TP 1, fp16/bf16. `sm_share` in (0, 1] is the fraction
-of the GPU's SMs the work runs on (the executor's partition on a prefill GPU, see docs/simulator.md).
+agree on what a step is. Costs are for one GPU of a `tp`-way tensor-parallel instance (default 1),
+fp16/bf16: `op_cost` is the GPU's shard of the operator (`ops.py`); the step helpers add the group's
+collectives (`comm_cost`: 2 all-reduces per layer, 1 after the embedding, the logits all-gather; ring
+collectives over the NVLink curve of `collectives.get_comm_model`, measured for A100 where the shared data
+is present), which run between the operators, not overlapped (SGLang's default). `sm_share` in (0, 1] is
+the fraction of the GPU's SMs the work runs on (the executor's partition on a prefill GPU, see
+docs/simulator.md). `kv_capacity_tokens(mem_fraction)` is the KV tokens the instance holds (weights and KV
+heads per GPU).
 
 Fractions in `OpCost` (what figures 1 and 2 plot):
 - `tensor_frac`: achieved FLOP/s over the data-sheet peak (MFU of this op).
@@ -25,7 +32,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from adrenaline_sgl.scheduler.ops import LAYER_OPS, check_op
+from adrenaline_sgl.scheduler.collectives import CommModel, get_comm_model
+from adrenaline_sgl.scheduler.ops import LAYER_OPS, PHASES, check_op, comm_messages
 from adrenaline_sgl.scheduler.specs import GPUSpec, ModelSpec, get_gpu, get_model
 
 
@@ -127,10 +135,36 @@ class Predictor(ABC):
 
     name = "base"
 
-    def __init__(self, gpu: str | GPUSpec, model: str | ModelSpec) -> None:
+    def __init__(self, gpu: str | GPUSpec, model: str | ModelSpec, tp: int = 1, comm: CommModel | None = None) -> None:
         self.gpu = get_gpu(gpu)
         self.model = get_model(model)
+        self.shard = self.model.shard(tp)  # validates tp against the model's heads and FFN width
+        self.tp = tp
+        self._comm = comm
         self._nonattn_cache = lru_cache(maxsize=8192)(self._decode_nonattn_ms_uncached)
+
+    @property
+    def comm(self) -> CommModel:
+        """The group's collective model (`collectives.get_comm_model(gpu)` unless one was given)."""
+        if self._comm is None:
+            self._comm = get_comm_model(self.gpu)
+        return self._comm
+
+    def comm_cost(self, phase: str, num_tokens: int, logit_rows: int) -> OpCost:
+        """The TP group's collectives of one whole step (all layers) over `num_tokens` rows (op `comm`)."""
+        if phase not in PHASES:
+            raise ValueError(f"phase must be one of {list(PHASES)}, got {phase!r}")
+        msg = comm_messages(self.shard, num_tokens, logit_rows)
+        if msg.allreduce_count == 0:
+            return OpCost("comm", phase, 0.0, 0.0, 0.0)
+        ms = msg.allreduce_count * self.comm.allreduce_ms(msg.allreduce_bytes, self.tp)
+        ms += self.comm.allgather_ms(msg.allgather_bytes, self.tp)
+        return OpCost("comm", phase, ms, 0.0, 0.0)
+
+    def kv_capacity_tokens(self, mem_fraction: float) -> int:
+        """KV tokens the instance (all `tp` GPUs) holds when `mem_fraction` of each GPU's HBM is for weights
+        and KV; activation workspace not subtracted."""
+        return self.shard.kv_capacity_tokens(self.gpu, mem_fraction)
 
     @abstractmethod
     def op_cost(
@@ -160,6 +194,8 @@ class Predictor(ABC):
         attn = [self.op_cost("attn", "prefill", n, sm_share=sm_share) for n in lens]
         costs.append(OpCost.combine(attn, op="attn", phase="prefill").times(layers))
         costs.append(self.op_cost("sampling", "prefill", len(lens), sm_share=sm_share))
+        if self.tp > 1:
+            costs.append(self.comm_cost("prefill", total, len(lens)))
         return costs
 
     def prefill_step_ms(self, prompt_lens: Sequence[int], sm_share: float = 1.0) -> float:
@@ -171,17 +207,27 @@ class Predictor(ABC):
         """Per-op costs of one decode step of `batch` sequences holding `total_context_tokens` KV tokens."""
         if batch <= 0:
             return []
+        costs = self.decode_nonattn_costs(batch, sm_share)
         layers = self.model.num_layers
-        costs = [
-            self.op_cost(op, "decode", batch, sm_share=sm_share).times(layers)
-            for op in ("qkv", "o_proj", "ffn", "misc")
-        ]
-        costs.append(self.op_cost("attn", "decode", batch, total_context_tokens, batch, sm_share).times(layers))
+        costs.insert(4, self.op_cost("attn", "decode", batch, total_context_tokens, batch, sm_share).times(layers))
+        return costs
+
+    def decode_nonattn_costs(self, batch: int, sm_share: float = 1.0) -> list[OpCost]:
+        """Per-op costs of a decode step but attention: QKV, O, FFN, norms (all layers), sampling, and the
+        TP group's collectives when tp > 1."""
+        if batch < 0:
+            raise ValueError(f"batch must be >= 0, got {batch}")
+        if batch == 0:
+            return []
+        layers = self.model.num_layers
+        costs = [self.op_cost(op, "decode", batch, sm_share=sm_share).times(layers) for op in LAYER_OPS if op != "attn"]
         costs.append(self.op_cost("sampling", "decode", batch, sm_share=sm_share))
+        if self.tp > 1:
+            costs.append(self.comm_cost("decode", batch, batch))
         return costs
 
     def decode_nonattn_ms(self, batch: int) -> float:
-        """Everything of a decode step but attention (QKV, O, FFN, norms, sampling), all layers, ms."""
+        """Everything of a decode step but attention (QKV, O, FFN, norms, sampling, TP collectives), ms."""
         if batch < 0:
             raise ValueError(f"batch must be >= 0, got {batch}")
         return self._nonattn_cache(int(batch))
@@ -190,7 +236,8 @@ class Predictor(ABC):
         if batch == 0:
             return 0.0
         per_layer = sum(self.op_cost(op, "decode", batch).ms for op in LAYER_OPS if op != "attn")
-        return per_layer * self.model.num_layers + self.op_cost("sampling", "decode", batch).ms
+        ms = per_layer * self.model.num_layers + self.op_cost("sampling", "decode", batch).ms
+        return ms + self.comm_cost("decode", batch, batch).ms if self.tp > 1 else ms
 
     def decode_attn_ms(self, batch: int, total_context_tokens: int, sm_share: float = 1.0) -> float:
         """Decode attention of `batch` sequences over `total_context_tokens` KV tokens, all layers, ms."""
@@ -204,19 +251,21 @@ class Predictor(ABC):
 
     # ---- transfers -----------------------------------------------------------------------------------
     def kv_transfer_ms(self, num_tokens: int, link: str | LinkSpec = "nvlink") -> float:
-        """Prefill -> decode KV transfer of `num_tokens` tokens (all layers, one message), ms."""
+        """Prefill -> decode KV transfer of `num_tokens` tokens (all layers, one message), ms. At TP > 1 each
+        GPU sends its own KV heads to its peer at the same time (SGLang's per-rank transfer): one GPU's share."""
         if num_tokens < 0:
             raise ValueError(f"num_tokens must be >= 0, got {num_tokens}")
-        return get_link(link, self.gpu).transfer_ms(num_tokens * self.model.kv_bytes_per_token)
+        return get_link(link, self.gpu).transfer_ms(num_tokens * self.shard.kv_bytes_per_token)
 
     def offload_layer_bytes(self, rows: int) -> tuple[int, int]:
-        """(to executor, back) bytes of one layer's offload round trip for `rows` offloaded rows.
+        """(to executor, back) bytes of one layer's offload round trip for `rows` offloaded rows, per GPU
+        (at TP > 1 each decode GPU exchanges its own heads with its peer, all at once).
 
         Out: q, k_new, v_new (model dtype). Back: o (model dtype) and lse (fp32 per q head).
         """
-        m = self.model
-        out = rows * (m.q_dim + 2 * m.kv_dim) * m.bytes_per_param
-        back = rows * (m.q_dim * m.bytes_per_param + m.num_q_heads * 4)
+        s, b = self.shard, self.model.bytes_per_param
+        out = rows * s.qkv_out_dim * b
+        back = rows * (s.q_dim * b + s.q_heads * 4)
         return out, back
 
     def offload_layer_roundtrip_ms(self, rows: int, link: str | LinkSpec = "nvlink") -> float:
@@ -231,7 +280,7 @@ class Predictor(ABC):
         return spec.transfer_ms(out) + spec.transfer_ms(back)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(gpu={self.gpu.name!r}, model={self.model.name!r})"
+        return f"{type(self).__name__}(gpu={self.gpu.name!r}, model={self.model.name!r}, tp={self.tp})"
 
 
 def fractions(
@@ -252,7 +301,8 @@ _PREDICTORS = {
 
 
 def get_predictor(name: str, gpu: str | GPUSpec, model: str | ModelSpec, **kwargs) -> Predictor:
-    """Create a predictor by name (`roofline`, `table`); its module is imported only when asked for."""
+    """Create a predictor by name (`roofline`, `table`); its module is imported only when asked for.
+    Every predictor takes `tp` (tensor parallelism, default 1) and `comm` (a `CommModel`) among `kwargs`."""
     if name not in _PREDICTORS:
         raise ValueError(f"predictor must be one of {sorted(_PREDICTORS)}, got {name!r}")
     module, cls = _PREDICTORS[name].split(":")

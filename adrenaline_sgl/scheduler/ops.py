@@ -14,13 +14,21 @@ Operators (`op`) and what `num_tokens` / `context_tokens` / `num_seqs` mean for 
 
 `misc` is the per-layer elementwise work: two RMSNorms with their residual adds and RoPE on q and k.
 FLOP convention: a multiply-add is 2 FLOPs; causal prefill attention counts only the unmasked half.
+
+Tensor parallelism (`tp`, see `specs.TPShard`): the work of ONE GPU of the group. QKV and the gate/up
+GEMMs are column-parallel (output width / TP), O and down row-parallel (input width / TP), attention runs
+on the GPU's q heads over its KV heads, the LM head on its vocabulary rows; the norms and residual adds
+run replicated on the full hidden size; softmax and sampling run on the gathered full vocabulary on every
+GPU (SGLang's LogitsProcessor all-gathers the logits). Summed over the TP GPUs the sharded GEMM and
+attention work equals the TP 1 work, except that replicated KV heads are computed on each replica. The
+communication (all-reduces, logits all-gather) is counted by `comm_messages`, its time by `collectives`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from adrenaline_sgl.scheduler.specs import ModelSpec
+from adrenaline_sgl.scheduler.specs import ModelSpec, TPShard
 
 OPS = ("qkv", "attn", "o_proj", "ffn", "misc", "sampling")
 PHASES = ("prefill", "decode")
@@ -53,24 +61,33 @@ def _gemm(rows: float, k: int, n: int, b: int) -> tuple[float, float, float]:
 
 
 def op_work(
-    model: ModelSpec, op: str, phase: str, num_tokens: int, context_tokens: int = 0, num_seqs: int = 1
+    model: ModelSpec | TPShard,
+    op: str,
+    phase: str,
+    num_tokens: int,
+    context_tokens: int = 0,
+    num_seqs: int = 1,
+    tp: int = 1,
 ) -> OpWork:
-    """FLOPs and minimum bytes of `op` for one layer (see the module table for the arguments)."""
+    """FLOPs and minimum bytes of `op` for one layer on one GPU of a `tp`-way group (see the module table
+    for the arguments; a `TPShard` may be given instead of the model and `tp`)."""
     check_op(op, phase)
+    s = model if isinstance(model, TPShard) else model.shard(tp)
+    m = s.model
     if num_tokens < 0 or context_tokens < 0 or num_seqs < 1:
         raise ValueError(
             f"num_tokens and context_tokens must be >= 0 and num_seqs >= 1, got "
             f"num_tokens={num_tokens}, context_tokens={context_tokens}, num_seqs={num_seqs}"
         )
-    m, b, t = model, model.bytes_per_param, float(num_tokens)
-    h, inter = m.hidden_size, m.intermediate_size
+    b, t = m.bytes_per_param, float(num_tokens)
+    h, inter = m.hidden_size, s.intermediate_size
     if t == 0:
         return OpWork(0.0, 0.0, 0.0, 0.0, 0.0)
     if op == "qkv":
-        f, by, w = _gemm(t, h, m.qkv_out_dim, b)
+        f, by, w = _gemm(t, h, s.qkv_out_dim, b)
         return OpWork(f, by, w, t, t)
     if op == "o_proj":
-        f, by, w = _gemm(t, m.q_dim, h, b)
+        f, by, w = _gemm(t, s.q_dim, h, b)
         return OpWork(f, by, w, t, t)
     if op == "ffn":
         f1, by1, w1 = _gemm(t, h, 2 * inter, b)  # fused gate and up
@@ -79,25 +96,54 @@ def op_work(
         return OpWork(f1 + f2 + 4.0 * t * inter, by1 + by2 + act_bytes, w1 + w2, t, t)
     if op == "misc":
         # two (add + RMSNorm): read x and residual, write both; RoPE on q and k: read and write
-        by = t * b * (2 * 4 * h + 2 * (m.q_dim + m.kv_dim)) + 2 * h * b
-        return OpWork(t * (2 * 8 * h + 6 * (m.q_dim + m.kv_dim)), by, 0.0, t)
+        by = t * b * (2 * 4 * h + 2 * (s.q_dim + s.kv_dim)) + 2 * h * b
+        return OpWork(t * (2 * 8 * h + 6 * (s.q_dim + s.kv_dim)), by, 0.0, t)
     if op == "sampling":
-        f, by, w = _gemm(t, h, m.vocab_size, b)
-        logits_bytes = t * m.vocab_size * 4 * 3  # fp32 logits written, read by softmax, read by the sampler
+        f, by, w = _gemm(t, h, s.vocab_size, b)
+        # fp32 logits: this GPU's part written; the gathered full vocabulary read by softmax and the sampler
+        logits_bytes = t * (s.vocab_size + 2 * m.vocab_size) * 4
         return OpWork(f + 5.0 * t * m.vocab_size, by + logits_bytes, w, t, t)
     # attention
-    kv_tok = m.kv_bytes_per_token_layer
+    kv_tok = s.kv_bytes_per_token_layer
     if phase == "prefill":
         seq_len = t / num_seqs
         prefix = context_tokens / num_seqs
         # per sequence: QK^T and PV over (prefix + causal half of the new block), 2 GEMMs x 2 FLOPs
         pairs = num_seqs * (seq_len * prefix + seq_len * seq_len / 2.0)
-        flops = 4.0 * m.q_dim * pairs
+        flops = 4.0 * s.q_dim * pairs
         kv_read = (t + context_tokens) * kv_tok
-        by = t * 2 * m.q_dim * b + kv_read + t * kv_tok  # q, o; read K,V; write new K,V
+        by = t * 2 * s.q_dim * b + kv_read + t * kv_tok  # q, o; read K,V; write new K,V
         # K,V of a prompt are re-read by every 128-row query block that misses them in L2 (FlashAttention)
-        return OpWork(flops, by, kv_read, num_seqs * m.num_q_heads * max(1.0, seq_len / 128.0), seq_len)
+        return OpWork(flops, by, kv_read, num_seqs * s.q_heads * max(1.0, seq_len / 128.0), seq_len)
     # decode: every sequence attends over its whole context, one query row each
-    flops = 4.0 * m.q_dim * context_tokens
-    by = context_tokens * kv_tok + t * 2 * m.q_dim * b + t * kv_tok
-    return OpWork(flops, by, 0.0, t * m.num_q_heads)
+    flops = 4.0 * s.q_dim * context_tokens
+    by = context_tokens * kv_tok + t * 2 * s.q_dim * b + t * kv_tok
+    return OpWork(flops, by, 0.0, t * s.q_heads)
+
+
+@dataclass(frozen=True)
+class CommMessages:
+    """The collectives of one model step of a TP group (none at TP 1), in bytes per message."""
+
+    allreduce_count: int  # all-reduces of the hidden states: 2 per layer (after O and after down) + 1 embedding
+    allreduce_bytes: float  # each: rows x hidden_size x dtype
+    allgather_bytes: float  # the logits, once per step: logit rows x full vocabulary x dtype (gathered total)
+
+
+def comm_messages(model: ModelSpec | TPShard, num_tokens: int, logit_rows: int, tp: int = 1) -> CommMessages:
+    """Collectives of one forward step over `num_tokens` rows with `logit_rows` rows sampled.
+
+    SGLang's Llama: the row-parallel O and down projections each end in an all-reduce of [rows, hidden],
+    the vocab-parallel embedding in one more, and the LM head's logits are all-gathered.
+    """
+    s = model if isinstance(model, TPShard) else model.shard(tp)
+    if num_tokens < 0 or logit_rows < 0:
+        raise ValueError(f"num_tokens and logit_rows must be >= 0, got {num_tokens}, {logit_rows}")
+    if s.tp == 1 or num_tokens == 0:
+        return CommMessages(0, 0.0, 0.0)
+    m = s.model
+    return CommMessages(
+        2 * m.num_layers + 1,
+        float(num_tokens) * m.hidden_size * m.bytes_per_param,
+        float(logit_rows) * m.vocab_size * m.bytes_per_param,
+    )

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from adrenaline_sgl.scheduler.collectives import CommModel
 from adrenaline_sgl.scheduler.cost_model import OpCost, Predictor, fractions, validate_op_args
 from adrenaline_sgl.scheduler.ops import op_work
 from adrenaline_sgl.scheduler.specs import GPUSpec, ModelSpec
@@ -95,7 +96,10 @@ A100_EFFICIENCY: dict[tuple[str, str], OpEfficiency] = {
 
 
 class RooflinePredictor(Predictor):
-    """Analytical predictor; `efficiency` overrides entries of `A100_EFFICIENCY` (for fits and tests)."""
+    """Analytical predictor; `efficiency` overrides entries of `A100_EFFICIENCY` (for fits and tests).
+
+    At TP > 1 the same efficiency curves apply to each GPU's narrower shard (no TP data was fitted; the
+    Vidur TP 2/4/8 check in docs/simulator.md reports what that costs)."""
 
     name = "roofline"
 
@@ -104,14 +108,16 @@ class RooflinePredictor(Predictor):
         gpu: str | GPUSpec,
         model: str | ModelSpec,
         efficiency: dict[tuple[str, str], OpEfficiency] | None = None,
+        tp: int = 1,
+        comm: CommModel | None = None,
     ) -> None:
-        super().__init__(gpu, model)
+        super().__init__(gpu, model, tp, comm)
         self.efficiency = {**A100_EFFICIENCY, **(efficiency or {})}
 
     def with_efficiency(self, key: tuple[str, str], **changes: float) -> RooflinePredictor:
         """A copy with one operator's efficiency parameters changed."""
         changed = {**self.efficiency, key: replace(self.efficiency[key], **changes)}
-        return RooflinePredictor(self.gpu, self.model, changed)
+        return RooflinePredictor(self.gpu, self.model, changed, self.tp, self._comm)
 
     def op_cost(
         self,
@@ -123,7 +129,7 @@ class RooflinePredictor(Predictor):
         sm_share: float = 1.0,
     ) -> OpCost:
         validate_op_args(op, phase, num_tokens, sm_share)
-        work = op_work(self.model, op, phase, num_tokens, context_tokens, num_seqs)
+        work = op_work(self.shard, op, phase, num_tokens, context_tokens, num_seqs)
         if work.flops == 0.0 and work.min_bytes == 0.0:
             return OpCost(op, phase, 0.0, 0.0, 0.0)
         eff = self.efficiency[(op, phase)]

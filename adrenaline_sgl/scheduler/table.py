@@ -21,6 +21,10 @@ roofline's ratio between the query and that point. Ops absent from the table use
 (`fallback="roofline"`) or raise (`fallback="error"`). FLOPs, bytes and fractions come from the roofline's
 work model with the table's time. Measured tables live in `adrenaline_sgl/scheduler/profiles/`
 (package data; see its README).
+
+Tensor parallelism: a table holds one GPU's shard times at one TP, named by an optional `# tp: N`
+provenance line (absent: 1); a predictor at another `tp` refuses it. The group's collectives are not in
+the table: the step helpers add them from the comm model, as for the roofline.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from adrenaline_sgl.scheduler.collectives import CommModel
 from adrenaline_sgl.scheduler.cost_model import OpCost, Predictor, fractions, validate_op_args
 from adrenaline_sgl.scheduler.ops import op_work
 from adrenaline_sgl.scheduler.roofline import RooflinePredictor
@@ -187,8 +192,10 @@ class TablePredictor(Predictor):
         path: str | os.PathLike | None = None,
         fallback: str = "roofline",
         check_provenance: bool = True,
+        tp: int = 1,
+        comm: CommModel | None = None,
     ) -> None:
-        super().__init__(gpu, model)
+        super().__init__(gpu, model, tp, comm)
         if fallback not in ("roofline", "error"):
             raise ValueError(f"fallback must be one of ['error', 'roofline'], got {fallback!r}")
         if table is None:
@@ -203,9 +210,12 @@ class TablePredictor(Predictor):
             for key, want in (("gpu", self.gpu.name), ("model", self.model.name)):
                 if table.provenance[key] != want:
                     raise ValueError(f"profile table {key} is {table.provenance[key]!r}, predictor wants {want!r}")
+        table_tp = str(table.provenance.get("tp", "1")).strip()
+        if table_tp != str(self.tp):
+            raise ValueError(f"profile table was measured at tp={table_tp}, predictor wants tp={self.tp}")
         self.table = table
         self.fallback = fallback
-        self.roofline = RooflinePredictor(self.gpu, self.model)
+        self.roofline = RooflinePredictor(self.gpu, self.model, tp=self.tp, comm=comm)
         self._series: dict[tuple[str, str, float], _Series1D | _Grid2D] = {}
         groups: dict[tuple[str, str, float], list[TableRow]] = {}
         for r in table.rows:
@@ -272,7 +282,7 @@ class TablePredictor(Predictor):
             if self.fallback == "error":
                 raise ValueError(f"profile table has no rows for op={op!r} phase={phase!r} (fallback='error')")
             return roof
-        work = op_work(self.model, op, phase, num_tokens, context_tokens, num_seqs)
+        work = op_work(self.shard, op, phase, num_tokens, context_tokens, num_seqs)
         eff = self.roofline.efficiency[(op, phase)]
         tensor, hbm, compute = fractions(self.gpu, ms, work.flops, roof.bytes, eff.issue_per_hbm, sm_share)
         return OpCost(op, phase, ms, work.flops, roof.bytes, tensor, hbm, compute)
