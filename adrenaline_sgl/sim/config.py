@@ -42,11 +42,18 @@ class SimConfig:
     """An nPmD cluster: engine limits, the offload policy and the executor's SM share. PD disaggregation
     without offload is `offload="never"` (the executor then takes no SMs)."""
 
-    model: str = _help("model name known to adrenaline_sgl.scheduler.specs (e.g. llama2-13b)", "llama2-13b")
+    model: str = _help(
+        "model name known to adrenaline_sgl.scheduler.specs (e.g. llama2-13b) or a Llama config.json path", "llama2-13b"
+    )
     gpu: str = _help("GPU name known to adrenaline_sgl.scheduler.specs (e.g. a100-80g)", "a100-80g")
     predictor: str = _help("cost predictor registered in adrenaline_sgl.scheduler.cost_model", "roofline")
-    n_prefill: int = _help("prefill instances (one GPU each, TP=1)", 1)
-    n_decode: int = _help("decode instances (one GPU each, TP=1)", 1)
+    n_prefill: int = _help("prefill instances (tp GPUs each)", 1)
+    n_decode: int = _help("decode instances (tp GPUs each)", 1)
+    tp: int = _help(
+        "tensor parallelism of every prefill and decode instance: the cost model's per-GPU shard (heads, FFN, "
+        "KV heads / tp) plus its all-reduces; checked against the model when the simulator is built",
+        1,
+    )
     offload: str = _help("offload policy: never (PD disaggregation) | always | ratio:F | auto", "auto")
     executor_sm_share: float = _help(
         "fraction of the prefill GPU's SMs given to the attention executor (unless offload is never); "
@@ -77,6 +84,9 @@ class SimConfig:
     def __post_init__(self):
         _check_range("n_prefill", self.n_prefill, 1, 64)
         _check_range("n_decode", self.n_decode, 1, 64)
+        if isinstance(self.tp, bool) or not isinstance(self.tp, int):
+            raise ValueError(f"tp={self.tp!r} must be an integer in [1, 64]")
+        _check_range("tp", self.tp, 1, 64)
         _check_range("executor_sm_share", self.executor_sm_share, 0.0, 0.9, lo_open=True)
         _check_range("prefill_token_budget", self.prefill_token_budget, 1, 1 << 20)
         _check_range("prefill_kv_reserve_tokens", self.prefill_kv_reserve_tokens, 0, 1 << 24)

@@ -3,9 +3,12 @@
 NOTE: the simulator has no cost model of its own. Every time, FLOP and byte count in `SchedulerCosts` is
 the predictor's `op_cost` (or its step helpers) from `adrenaline_sgl.scheduler.cost_model`, the same
 predictor the real proxy uses; this module only adapts signatures and adds the FLOP/byte totals the
-utilization metrics need. The KV capacity of a GPU is the scheduler's `kv_capacity_bytes` (`gpu_mem_util x
-HBM - weights`; activation workspace not subtracted). `FakeCosts` is the test double (round numbers that
-make timelines hand-computable), never used by experiments.
+utilization metrics need. The KV capacity of an instance is the predictor's `kv_capacity_tokens`
+(`gpu_mem_util x HBM - weights` per GPU over the KV per token per GPU; activation workspace not
+subtracted). At `tp` > 1 every time, FLOP and byte count is one GPU's (its shard plus the group's
+collectives), so the per-GPU metrics keep their meaning; `info` describes one GPU of an instance.
+`FakeCosts` is the test double (round numbers that make timelines hand-computable), never used by
+experiments.
 
 Registry: `get_costs(name, sim_cfg)` with "scheduler" (default) and "fake".
 """
@@ -17,7 +20,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Protocol
 
-from adrenaline_sgl.scheduler.bounds import kv_capacity_bytes
 from adrenaline_sgl.scheduler.cost_model import OpCost, get_predictor
 
 from .config import SimConfig
@@ -115,9 +117,6 @@ class FakeCosts:
         return 2 * self.transfer_ms_per_token * num_tokens
 
 
-_NONATTN_OPS = ("qkv", "o_proj", "ffn", "misc")
-
-
 def _work(costs: Sequence[OpCost]) -> Work:
     return Work(sum(c.ms for c in costs), sum(c.flops for c in costs), sum(c.bytes for c in costs))
 
@@ -126,20 +125,17 @@ class SchedulerCosts:
     """The scheduler's predictor for one (GPU, model), with the signatures the event loop wants."""
 
     def __init__(self, cfg: SimConfig):
-        self.pred = get_predictor(cfg.predictor, cfg.gpu, cfg.model)
+        self.pred = get_predictor(cfg.predictor, cfg.gpu, cfg.model, tp=cfg.tp)
         self.link = cfg.link
-        gpu, model = self.pred.gpu, self.pred.model
+        gpu, model, shard = self.pred.gpu, self.pred.model, self.pred.shard
         self.num_layers = model.num_layers
-        capacity = int(kv_capacity_bytes(gpu, model, cfg.gpu_mem_util) // model.kv_bytes_per_token)
-        if capacity < model.max_context_tokens:
-            raise ValueError(
-                f"model={model.name!r} leaves {max(capacity, 0)} KV tokens on gpu={gpu.name!r} at "
-                f"gpu_mem_util={cfg.gpu_mem_util}; need >= {model.max_context_tokens} (one full context)"
-            )
+        # one full context must fit; the error names the smallest TP that would
+        shard.check_fits(gpu, cfg.gpu_mem_util, min_kv_tokens=model.max_context_tokens)
+        capacity = self.pred.kv_capacity_tokens(cfg.gpu_mem_util)
         self.info = InstanceInfo(
             hbm_bytes=float(gpu.hbm_bytes),
-            weight_bytes=float(model.weight_bytes),
-            kv_bytes_per_token=float(model.kv_bytes_per_token),
+            weight_bytes=float(shard.weight_bytes),
+            kv_bytes_per_token=float(shard.kv_bytes_per_token),
             kv_capacity_tokens=capacity,
             peak_flops=gpu.peak_flops,
             peak_hbm_bytes_per_s=gpu.hbm_bytes_per_s,
@@ -159,9 +155,7 @@ class SchedulerCosts:
     def _decode_nonattn_uncached(self, batch: int) -> Work:
         if batch <= 0:
             return NO_WORK
-        costs = [self.pred.op_cost(op, "decode", batch).times(self.num_layers) for op in _NONATTN_OPS]
-        costs.append(self.pred.op_cost("sampling", "decode", batch))
-        return _work(costs)
+        return _work(self.pred.decode_nonattn_costs(batch))
 
     def decode_attn(self, batch: int, context_tokens: int, sm_share: float) -> Work:
         if batch <= 0:

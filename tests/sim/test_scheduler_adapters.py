@@ -39,6 +39,8 @@ def test_small_run_on_the_scheduler(policy):
         ({"link": "carrier-pigeon"}, "link must be one of"),
         ({"offload": "sometimes"}, "policy must be one of"),
         ({"offload": "ratio:x"}, "policy ratio:F needs a number"),
+        ({"model": "llama2-70b"}, r"llama2-70b does not fit on a100-80g at tp=1: .* use tp >= 2"),
+        ({"model": "llama2-70b", "tp": 3}, r"tp=3 cannot split llama2-70b"),
     ],
 )
 def test_unknown_names_are_one_line_errors(kwargs, match):
@@ -55,3 +57,32 @@ def test_attention_line_cache_equals_the_predictor():
         assert fast.ms == pytest.approx(exact.ms, rel=1e-12)
         assert fast.bytes == pytest.approx(exact.bytes, rel=1e-12)
     assert all(line is not None for line in costs._lines.values())
+
+
+def test_tp_costs_are_one_gpus_shard_plus_the_collectives():
+    cfg = SimConfig(model="llama2-70b", tp=4)
+    costs, pred = SchedulerCosts(cfg), get_predictor("roofline", "a100-80g", "llama2-70b", tp=4)
+    assert costs.decode_nonattn(64).ms == pytest.approx(pred.decode_nonattn_ms(64))  # includes the all-reduces
+    assert costs.decode_nonattn(64).ms > sum(
+        c.ms for c in pred.decode_nonattn_costs(64) if c.op != "comm"
+    )  # fmt: skip
+    assert costs.prefill([2048], 1.0).ms == pytest.approx(pred.prefill_step_ms([2048]))
+    assert costs.info.kv_capacity_tokens == pred.kv_capacity_tokens(cfg.gpu_mem_util)
+    assert costs.info.weight_bytes == pred.shard.weight_bytes < 33 * 1024**3  # 128.5 GiB / 4 per GPU
+    with pytest.raises(ValueError, match=r"tp=0 is out of range"):
+        SimConfig(tp=0)
+
+
+def test_70b_npmd_at_tp4_runs():
+    """2 prefill + 2 decode instances of 4 A100s each (16 GPUs), Llama-2 70B, with and without offload."""
+    runs = {}
+    for offload in ("never", "auto"):
+        cfg = SimConfig(model="llama2-70b", tp=4, n_prefill=2, n_decode=2, offload=offload)
+        res = simulate(cfg, WorkloadConfig(request_rate=4.0, num_requests=80, seed=1))
+        m = metrics.request_metrics(res.requests)
+        assert m.completed == 80 and metrics.max_memory_excess(res.mem, res.info.kv_capacity_tokens) <= 0
+        assert {r.decode_instance for r in res.requests} == {r.prefill_instance for r in res.requests} == {0, 1}
+        assert res.config["cluster"]["tp"] == 4
+        runs[offload] = m
+    # one 70B decode step on 4 A100s moves 32 GiB of weights per GPU: about 25 to 60 ms per token
+    assert 20 < runs["never"].mean_tpot_ms < 80
