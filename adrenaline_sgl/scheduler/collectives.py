@@ -13,9 +13,9 @@ The point-to-point curve `p2p_ms(bytes)` is, in order of preference:
    linearly; above 64 MiB extended at the slope of the top eighth of the sizes. Used for `a100-80g`, the
    GPU it was measured on. The file is read where it lies (`shared_data_dir()`: `$ADRENALINE_SHARED_DATA`,
    else `../shared/data` beside the repository), never copied into the repository.
-2. modelled: `latency + bytes / bandwidth` with the GPU spec's NVLink bandwidth per direction and the
-   cost model's NVLink latency (`cost_model.LINK_LATENCY_US`); for every other GPU, and for the A100
-   when the shared data is absent (a clean clone).
+2. modelled: `latency + bytes / bandwidth` of the cost model's NVLink link (`cost_model.get_link`: the
+   GPU spec's NVLink bandwidth per direction, 7.6 us); for every other GPU, and for the A100 when the
+   shared data is absent (a clean clone).
 
 From the point-to-point curve to a collective, as SGLang 0.5.23 runs it on NVLink GPUs (derived, not
 measured; every GPU is assumed to reach any peer at the pairwise speed, true on an NVSwitch node such as a
@@ -191,7 +191,7 @@ def _measured(path: Path, mtime_ns: int) -> P2PCurve:
 
 def get_comm_model(gpu: str | GPUSpec, data_dir: str | os.PathLike | None = None) -> CommModel:
     """The comm model of `gpu`'s NVLink: measured where the shared data has its table, else modelled."""
-    from adrenaline_sgl.scheduler.cost_model import LINK_LATENCY_US  # the one NVLink latency figure
+    from adrenaline_sgl.scheduler.cost_model import get_link  # the one NVLink figure (lazy: cost_model imports us)
 
     g = get_gpu(gpu)
     rel = MEASURED_P2P.get(g.name)
@@ -200,5 +200,5 @@ def get_comm_model(gpu: str | GPUSpec, data_dir: str | os.PathLike | None = None
         path = path / rel
         if path.is_file():
             return CommModel(_measured(path, path.stat().st_mtime_ns))
-    latency = g.link_latency_us if getattr(g, "link_latency_us", None) is not None else LINK_LATENCY_US["nvlink"]
-    return CommModel(LatencyBandwidth(g.nvlink_gbs, latency))
+    link = get_link("nvlink", g)
+    return CommModel(LatencyBandwidth(link.gbs, link.latency_us))
