@@ -33,7 +33,8 @@ def test_bundle_call_size_and_carry_are_what_the_device_tool_accepts(in_repo_bun
     assert call == {"command": bundle.COMMAND, "carry": [dest.name], "timeout_s": 600}
     assert len(call["command"]) <= bundle.COMMAND_MAX_CHARS
     assert subprocess.run(["git", "check-ignore", "-q", dest.name], cwd=REPO).returncode == 0
-    assert subprocess.run(["git", "check-ignore", "-q", bundle.BUNDLE_DIR + "/"], cwd=REPO).returncode == 0  # a folder rule: checked as a folder, built or not
+    # .gpu/ is a folder rule: check it as a folder (a missing `.gpu` without the slash never matches)
+    assert subprocess.run(["git", "check-ignore", "-q", bundle.BUNDLE_DIR + "/"], cwd=REPO).returncode == 0
     files = bundle.traveling_files()
     tree = sum((REPO / f).stat().st_size for f in files)
     on_disk = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
