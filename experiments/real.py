@@ -75,12 +75,12 @@ def bench_command(url: str, workload: str, rate: float, num_prompts: int, seed: 
            "--request-rate", str(rate), "--seed", str(seed), "--output-file", str(out_file)]  # fmt: skip
     if workload == "sharegpt" and dataset_path:
         cmd += ["--dataset-name", "sharegpt", "--dataset-path", dataset_path]
-    else:  # no download allowed: random token ids with the synthetic workload's mean lengths
-        from adrenaline_sgl.sim.workloads import SYNTHETIC
+    else:  # no download allowed: random token ids with the mean lengths of the simulator's default sample
+        from adrenaline_sgl.sim.workloads import mean_lengths
 
-        prompt, output = SYNTHETIC[workload]
-        cmd += ["--dataset-name", "random-ids", "--random-input-len", str(round(prompt.mean_tokens)),
-                "--random-output-len", str(round(output.mean_tokens)), "--random-range-ratio", "0.0"]  # fmt: skip
+        prompt, output = mean_lengths(workload)
+        cmd += ["--dataset-name", "random-ids", "--random-input-len", str(round(prompt)),
+                "--random-output-len", str(round(output)), "--random-range-ratio", "0.0"]  # fmt: skip
     return cmd
 
 

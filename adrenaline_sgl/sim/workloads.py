@@ -1,16 +1,29 @@
 """Request streams for the simulator: (prompt, output) lengths and Poisson arrival times.
 
-Defaults are synthetic length distributions whose parameters come from public statistics (below); a real
-dataset file replaces them through `WorkloadConfig.dataset_path` (see `adrenaline_sgl.sim.datasets`).
+Default lengths per workload (a real dataset file replaces them through `WorkloadConfig.dataset_path`, see
+`adrenaline_sgl.sim.datasets`):
 
-Synthetic distributions (log-normal, clipped to [MIN_TOKENS, context]; means are of the unclipped law):
-- sharegpt: prompt mean 161, output mean 338 tokens. Source: the vLLM paper (Kwon et al., SOSP'23, Fig. 11,
-  ShareGPT with the OPT tokenizer). The log-normal shape and its sigmas (1.0 prompt, 0.9 output) are our
-  choice; the published means are what we match.
-- openthoughts: prompt mean 250, output mean 2600 tokens. OpenThoughts-114k (open-thoughts/OpenThoughts-114k
-  on Hugging Face) pairs short math/code/science problems with DeepSeek-R1 reasoning traces that run several
-  thousand tokens; Llama-2's 4096-token context truncates them. These numbers are our reading of the dataset
-  card, not measured here: use --dataset-path with the real file for measured lengths.
+- sharegpt: measured pairs, not a fitted law. `data/sharegpt_llama2.csv` holds the first-turn (prompt,
+  completion) lengths of 17,400 ShareGPT_V3_unfiltered_cleaned_split conversations counted with the Llama-2
+  tokenizer (its header says where the file and the tokenizer came from). A run samples pairs as SGLang's
+  bench_serving does with `--sharegpt-context-len 4096`: both at least 2 tokens, prompt + output within the
+  model's context (pairs over it are dropped, not clipped). Resulting means: prompt 347, output 230 tokens
+  (medians 154 and 138). Cross-check against published runs of the same file: vLLM's benchmark (prompt
+  <= 1024, prompt + output <= 2048) gives 248 / 233 here with Llama-2's tokenizer, and 230 / 203 in vLLM
+  PR 18566 (1000 prompts) and 227 / 188 in SGLang issue 1639 (2000 prompts), both with the Llama-3 tokenizer,
+  whose 128k vocabulary needs about 10% fewer tokens than Llama-2's 32k one.
+  The earlier default (vLLM paper, OPT tokenizer: 161 / 338) is not what these tools send with Llama-2:
+  its 338 matches every answer of a conversation (334 here), not the first-turn pairs the tools send.
+  NOTE: no ShareGPT filter or tokenizer gives a mean output near 500 tokens (what the paper's low-load
+  throughput divided by its rate suggests): prompt + output does (481 with vLLM's filter, the
+  paper's baseline being vLLM 0.6, whose benchmark prints a total-token throughput): see
+  docs/simulator.md, "Workloads".
+- openthoughts: synthetic log-normal, prompt mean 250, output mean 2600 tokens before clipping to the
+  context (clipped to [MIN_TOKENS, context], means of the unclipped law). OpenThoughts-114k pairs short
+  problems with DeepSeek-R1 traces: 2.77 GB of rows for 113,957 examples in a faithful conversion's
+  dataset_info (about 24 kB a row, the system prompt and reference solution included) puts the mean trace
+  near 5,000-6,000 Llama-2 tokens, so Llama-2's 4096-token context binds for most of them; the law's
+  parameters are our reading, not measured: use --dataset-path with the real file for measured lengths.
 
 Lengths and arrivals use separate seeded streams, so two runs at different rates see the same requests
 (common random numbers) and a run is a pure function of (workload config, seed).
@@ -18,14 +31,18 @@ Lengths and arrivals use separate seeded streams, so two runs at different rates
 
 from __future__ import annotations
 
+import csv
 import math
 from dataclasses import dataclass
+from functools import cache
+from importlib import resources
 
 import numpy as np
 
 from .config import WorkloadConfig
 
-MIN_TOKENS = 4  # SGLang's bench_serving drops ShareGPT pairs shorter than this; we clip to it
+MIN_TOKENS = 4  # the synthetic laws are clipped to at least this many tokens
+MIN_PAIR_TOKENS = 2  # SGLang's bench_serving drops dataset pairs whose prompt or output is shorter
 
 
 @dataclass(frozen=True)
@@ -41,9 +58,40 @@ class LengthLaw:
 
 
 SYNTHETIC = {
-    "sharegpt": (LengthLaw(161.0, 1.0), LengthLaw(338.0, 0.9)),
     "openthoughts": (LengthLaw(250.0, 0.8), LengthLaw(2600.0, 0.6)),
 }
+# Workloads whose default lengths are measured pairs shipped with the package (file in adrenaline_sgl/sim/data).
+MEASURED = {"sharegpt": "sharegpt_llama2.csv"}
+
+
+@cache
+def measured_pairs(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(prompt_len [k], output_len [k]) of a shipped measured sample, unfiltered (see the module docstring)."""
+    if name not in MEASURED:
+        raise ValueError(f"workload={name!r} has no measured sample; valid: {', '.join(MEASURED)}")
+    text = resources.files(__package__).joinpath("data", MEASURED[name]).read_text()
+    rows = list(csv.DictReader(line for line in text.splitlines() if not line.startswith("#")))
+    prompt = np.array([int(r["prompt_tokens"]) for r in rows], dtype=np.int64)
+    output = np.array([int(r["output_tokens"]) for r in rows], dtype=np.int64)
+    prompt.flags.writeable = output.flags.writeable = False
+    return prompt, output
+
+
+def default_lengths(name: str, n: int, seed: int, max_context: int) -> tuple[np.ndarray, np.ndarray]:
+    """n (prompt, output) pairs of a workload without a dataset file: its measured sample or synthetic law."""
+    if name in MEASURED:
+        return sample_pairs(*measured_pairs(name), n, seed, max_context)
+    return synthetic_lengths(name, n, seed, max_context)
+
+
+def mean_lengths(name: str, max_context: int = 4096) -> tuple[float, float]:
+    """(mean prompt, mean output) tokens of a workload's default lengths within the context (what a random-ids
+    benchmark sends in their place)."""
+    if name in MEASURED:
+        prompt, output = fit_context(*measured_pairs(name), max_context)
+        return float(prompt.mean()), float(output.mean())
+    prompt, output = synthetic_lengths(name, 20_000, 0, max_context)
+    return float(prompt.mean()), float(output.mean())
 
 
 @dataclass(frozen=True)
@@ -90,7 +138,7 @@ def poisson_arrivals(rate_per_s: float, n: int, seed: int) -> np.ndarray:
 def make_requests(cfg: WorkloadConfig) -> Requests:
     """The request stream of a workload config (synthetic or from its dataset file)."""
     if cfg.dataset_path is None:
-        prompt, output = synthetic_lengths(cfg.name, cfg.num_requests, cfg.seed, cfg.max_context)
+        prompt, output = default_lengths(cfg.name, cfg.num_requests, cfg.seed, cfg.max_context)
     else:
         from .datasets import load_lengths  # file parsing only when a file is given
 
@@ -99,14 +147,20 @@ def make_requests(cfg: WorkloadConfig) -> Requests:
     return Requests(poisson_arrivals(cfg.request_rate, cfg.num_requests, cfg.seed), prompt, output)
 
 
+def fit_context(prompt: np.ndarray, output: np.ndarray, max_context: int) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs bench_serving keeps: prompt and output of at least MIN_PAIR_TOKENS, prompt + output within the
+    context (its `--sharegpt-context-len`; longer pairs are dropped, not clipped)."""
+    keep = (prompt >= MIN_PAIR_TOKENS) & (output >= MIN_PAIR_TOKENS) & (prompt + output <= max_context)
+    return prompt[keep], output[keep]
+
+
 def sample_pairs(
     prompt: np.ndarray, output: np.ndarray, n: int, seed: int, max_context: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """n (prompt, output) pairs from a dataset: drop ones that cannot fit the context, shuffle, cycle."""
-    keep = (prompt >= 1) & (output >= 1) & (prompt <= max_context - MIN_TOKENS)
-    prompt, output = prompt[keep], output[keep]
+    """n (prompt, output) pairs from a dataset: keep those that fit the context (`fit_context`), shuffle, cycle."""
+    prompt, output = fit_context(prompt, output, max_context)
     if len(prompt) == 0:
         raise ValueError(f"dataset has no request that fits a {max_context}-token context")
     order = np.random.default_rng([seed, 2]).permutation(len(prompt))
     idx = order[np.arange(n) % len(order)]
-    return clip_to_context(prompt[idx], output[idx], max_context)
+    return prompt[idx].astype(np.int64), output[idx].astype(np.int64)

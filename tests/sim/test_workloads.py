@@ -7,7 +7,16 @@ import pytest
 
 from adrenaline_sgl.sim.config import SimConfig, WorkloadConfig
 from adrenaline_sgl.sim.datasets import load_lengths
-from adrenaline_sgl.sim.workloads import SYNTHETIC, make_requests, poisson_arrivals, synthetic_lengths
+from adrenaline_sgl.sim.workloads import (
+    SYNTHETIC,
+    default_lengths,
+    make_requests,
+    mean_lengths,
+    measured_pairs,
+    poisson_arrivals,
+    sample_pairs,
+    synthetic_lengths,
+)
 
 
 @pytest.mark.parametrize("name", sorted(SYNTHETIC))
@@ -16,10 +25,29 @@ def test_synthetic_lengths_respect_the_context_and_follow_their_means(name):
     assert (prompt + output <= 4096).all() and prompt.min() >= 4 and output.min() >= 4
     prompt_law, output_law = SYNTHETIC[name]
     assert prompt.mean() == pytest.approx(prompt_law.mean_tokens, rel=0.08)  # clipping moves the mean a little
-    if name == "sharegpt":
-        assert output.mean() == pytest.approx(output_law.mean_tokens, rel=0.08)
-    else:  # the 4096-token context truncates long reasoning traces
-        assert output.mean() < output_law.mean_tokens and (prompt + output == 4096).any()
+    # the 4096-token context truncates long reasoning traces
+    assert output.mean() < output_law.mean_tokens and (prompt + output == 4096).any()
+
+
+def test_sharegpt_default_is_the_measured_sample_filtered_as_bench_serving_does():
+    prompt, output = measured_pairs("sharegpt")
+    assert len(prompt) == 17_400 and prompt.min() >= 0 and output.min() >= 0  # empty turns count 0
+    # the statistics docs/simulator.md quotes: unfiltered, within Llama-2's context, vLLM's 1024/2048 filter
+    assert (prompt.mean(), output.mean()) == pytest.approx((393, 234), abs=1)
+    assert mean_lengths("sharegpt", 4096) == pytest.approx((347, 230), abs=1)
+    vllm = (prompt >= 4) & (output >= 4) & (prompt <= 1024) & (prompt + output <= 2048)
+    assert (prompt[vllm].mean(), output[vllm].mean()) == pytest.approx((248, 233), abs=1)
+    p, o = default_lengths("sharegpt", 5000, seed=0, max_context=4096)
+    assert (p + o <= 4096).all() and p.min() >= 2 and o.min() >= 2
+    assert o.mean() == pytest.approx(230, rel=0.06) and np.median(o) == pytest.approx(138, rel=0.1)
+
+
+def test_pairs_over_the_context_are_dropped_not_clipped():
+    prompt, output = np.array([100, 3000, 1, 50]), np.array([200, 2000, 10, 1])
+    p, o = sample_pairs(prompt, output, 8, seed=0, max_context=4096)
+    assert set(zip(p.tolist(), o.tolist())) == {(100, 200)}  # too long, too short prompt, too short output
+    with pytest.raises(ValueError, match="no request that fits a 4096-token context"):
+        sample_pairs(np.array([5000]), np.array([10]), 4, seed=0, max_context=4096)
 
 
 def test_poisson_rate_and_common_random_numbers():
@@ -46,7 +74,7 @@ def test_sharegpt_json_with_the_char_proxy(tmp_path):
     assert prompt.tolist() == [10, 20] and output.tolist() == [100, 2]
     wl = WorkloadConfig(name="sharegpt", dataset_path=str(_sharegpt(tmp_path)), num_requests=6, request_rate=1.0)
     reqs = make_requests(wl)
-    assert sorted(set(reqs.prompt_len.tolist())) == [10, 20] and reqs.output_len.min() >= 4
+    assert sorted(set(zip(reqs.prompt_len.tolist(), reqs.output_len.tolist()))) == [(10, 100), (20, 2)]
 
 
 def test_openthoughts_jsonl_and_parquet(tmp_path):
