@@ -1,8 +1,10 @@
 """Mutable state of the simulated GPUs: prefill instances (with their executors) and decode instances.
 
-KV memory is counted in tokens. A request reserves its maximum sequence length (prompt + requested output)
-when it is admitted where its KV will live, so `used <= reserved <= capacity` holds at every instant
-(no preemption is modelled; NOTE: SGLang and vLLM allocate on demand and retract, see docs/simulator.md).
+KV memory is counted in tokens; `used <= reserved <= capacity` holds at every instant. Decode allocates
+a local request's prompt KV when it admits it, before prefill runs (SGLang's pre-allocation), and grows
+it one token a step (`watermark`, SGLang's rule, retracting when a step cannot grow) or reserves the
+maximum length at once (`reserve-max`). An offloaded request reserves its maximum length on its prefill
+GPU's executor when the proxy offloads it.
 """
 
 from __future__ import annotations
@@ -71,13 +73,15 @@ class DecodeGPU:
     idx: int
     capacity_tokens: int
     n_prefill: int
-    prealloc: deque = field(default_factory=deque)  # local rids prefilled, waiting for KV memory here
+    prealloc: deque = field(default_factory=deque)  # rids waiting for decode to admit them (before prefill)
+    retracted: deque = field(default_factory=deque)  # retracted local rids waiting for their KV to come back
     ready: deque = field(default_factory=deque)  # rids whose first token is here, waiting to join the batch
     busy: bool = False
     steps_done: int = 0
     reserved_tokens: int = 0  # KV allocated to local requests (reserve-max: their maximum lengths)
     used_tokens: int = 0  # KV of local requests that is here now (arrived prompts + decoded tokens)
-    local_active: int = 0  # local requests holding KV here (in transfer, ready or running)
+    local_active: int = 0  # local requests holding KV here (admitted: in prefill, transfer, ready or running)
+    offloaded_admitted: int = 0  # offloaded requests admitted here (a request slot, no prompt KV)
     local_rids: dict = field(default_factory=dict)  # running local rids in join order (retraction victims)
     local: RowGroup = field(default_factory=RowGroup)
     remote: list[RowGroup] = field(default_factory=list)  # [n_prefill]
@@ -91,6 +95,11 @@ class DecodeGPU:
     @property
     def batch(self) -> int:
         return self.local.requests + sum(g.requests for g in self.remote)
+
+    @property
+    def admitted(self) -> int:
+        """Requests holding a request slot here (SGLang's req_to_token rows), retracted ones excluded."""
+        return self.local_active + self.offloaded_admitted
 
     @property
     def offloaded_requests(self) -> int:

@@ -67,11 +67,12 @@ class SimConfig:
         DEFAULT_PREFILL_RESERVE_TOKENS,
     )
     decode_kv_admission: str = _help(
-        "decode KV admission of local requests: reserve-max (reserve prompt + requested output; never "
-        "retracts) or watermark (SGLang 0.5.23's PD decode rule: admit while free KV minus "
-        "decode_reserved_tokens per active request holds the prompt; grow on demand; retract the newest "
-        "request when a step cannot grow, restore it over PCIe later)",
-        "reserve-max",
+        "decode KV admission of local requests: watermark (SGLang 0.5.23's PD decode rule, `pop_preallocated`: "
+        "admit while the free KV minus decode_reserved_tokens per local request holding KV here still holds "
+        "the prompt plus that headroom; grow on demand; retract SGLang's victim when a step cannot grow, "
+        "restore it over PCIe later) or reserve-max (reserve prompt + requested output at admission; never "
+        "retracts)",
+        "watermark",
     )
     decode_reserved_tokens: int = _help("watermark admission: headroom per active request (SGLang: 512)", 512)
     max_decode_batch: int = _help("max running requests per decode instance (vLLM's max_num_seqs)", 256)

@@ -1,11 +1,18 @@
 """Discrete-event simulator of n prefill and m decode instances, with and without attention offloading.
 
-One request's life (docs/design.md, "Request lifecycle"):
-  arrival -> proxy routes it and asks the scheduler to offload or not -> prefill queue -> prefill batch
-  (token budget; on adrenaline the prefill engine keeps 1 - executor_sm_share of the SMs) -> first token
-  -> local:     wait for decode KV memory, KV transfer over the link, join the decode batch
+One request's life, as SGLang 0.5.23's PD disaggregation runs it with its default
+`--disaggregation-decode-allocation-policy early` (docs/simulator.md, "KV hand-off"):
+  arrival -> proxy routes it and asks the scheduler to offload or not -> the decode instance's
+  pre-allocation queue (FIFO): a local request waits there until decode can allocate its prompt KV
+  (`_admit_tokens`: SGLang's `pop_preallocated` rule), an offloaded one until decode has a request slot
+  and its per-request headroom -> only then does prefill see it (SGLang's prefill keeps it in its bootstrap
+  queue until decode has sent the KV destination) -> prefill queue -> prefill batch (token budget; on
+  adrenaline the prefill engine keeps 1 - executor_sm_share of the SMs) -> first token
+  -> local:     its KV crosses the link into the slots decode allocated, prefill frees it, join the batch
      offloaded: KV stays on the prefill GPU, first token + metadata to decode, join the decode batch
   -> one token per decode step until the requested output length -> finish, free KV.
+So when decode memory binds, requests queue before prefill (TTFT grows) and prefill holds no KV that
+decode cannot take.
 
 A decode step with M local and N offloaded rows (`_step_time`) costs
   nonattn(M + N) + max(local_attn(M), max_p [remote_attn_p(N_p) + L x roundtrip(N_p)])
@@ -95,9 +102,8 @@ class Simulator:
                 r.offloaded = True
                 p.exec_reserved_tokens += max_seq
                 self._sample_mem(t, p)
-        p.queue.append(rid)
-        p.queued_tokens += r.prompt_len
-        self._try_prefill(t, p)
+        d.prealloc.append(rid)  # decode admits it first; prefill sees it once decode has room
+        self._try_prealloc(t, d)
 
     def _stats(self, p: PrefillGPU, d: DecodeGPU) -> LiveStats:
         """The scheduler's view at one arrival, for the chosen (prefill, decode) pair. The prefill capacity
@@ -153,43 +159,83 @@ class Simulator:
             if r.offloaded:  # KV stays here; only the first token and metadata travel
                 p.exec_used_tokens += r.prompt_len
                 self._push(t + self.costs.offload_roundtrip_ms(1) / 1e3, DECODE_READY, rid)
-            else:
-                d.prealloc.append(rid)
-                self._try_prealloc(t, d)
+            else:  # decode allocated its slots before prefill started: send the KV now
+                link = self._link_free_s[p.idx]
+                start = max(t, link[d.idx])
+                link[d.idx] = start + self.costs.kv_transfer_ms(r.prompt_len) / 1e3
+                self._push(link[d.idx], TRANSFER_DONE, rid)
         self._sample_mem(t, p)
         self._try_prefill(t, p)
 
-    # ---- KV transfer -----------------------------------------------------------------------------------
-    def _decode_need(self, d: DecodeGPU, r: RequestRecord) -> int | None:
-        """KV tokens to allocate on decode GPU d to admit local request r now, None if it must wait."""
+    # ---- decode admission (SGLang's DecodePreallocQueue) and KV transfer ------------------------------
+    def _allocatable_tokens(self, d: DecodeGPU, count_retracted: bool = True) -> int:
+        """SGLang's `_allocatable_token_budgets`: free KV slots, minus the headroom of
+        `decode_reserved_tokens` per local request holding KV here (or, if larger, what the longest running
+        request could still need were all others retracted), minus what the retracted requests need back.
+        The running step's new tokens are already allocated (SGLang allocates them before the forward)."""
+        free = d.free_tokens - d.local.requests
+        retractable = d.local.context_tokens
+        longest = max((self.reqs[i].prompt_len + self.reqs[i].output_len for i in d.local_rids), default=0)
+        single = longest - retractable if d.local_rids else 0
+        reserve = self.cfg.decode_reserved_tokens
+        retracted = sum(self._fill_len(self.reqs[i]) + reserve for i in d.retracted) if count_retracted else 0
+        return free - max(reserve * d.local_active, single) - retracted
+
+    @staticmethod
+    def _fill_len(r: RequestRecord) -> int:
+        """KV tokens decode allocates to admit r: its prompt, plus what it had decoded if it was retracted
+        (the last token's KV is written when it runs again), as SGLang's `_pre_alloc_fill_len`."""
+        return r.prompt_len + max(r.tokens_out - 1, 0)
+
+    def _admit_tokens(self, d: DecodeGPU, r: RequestRecord) -> int | None:
+        """KV tokens decode GPU d allocates to admit r now, None if r must wait (FIFO: those behind it too)."""
+        if d.admitted >= self.cfg.max_decode_batch:
+            return None  # no request slot (SGLang's req_to_token pool is sized to the running batch)
         if not self.watermark:  # reserve the maximum length: growth never needs more
+            if r.offloaded:
+                return 0
             need = r.prompt_len + r.output_len
             return need if need <= d.free_tokens else None
-        # SGLang's PD decode rule: free - reserved_per_request x (active + 1) must hold what it has now;
-        # NOTE: also keep the running step's growth (one token per local row), which was checked before
-        # this admission and is allocated when the step ends.
-        need = r.prompt_len + r.tokens_out
-        free = d.free_tokens - d.local.requests
-        ok = free - need >= self.cfg.decode_reserved_tokens * (d.local_active + 1)
-        return need if ok else None
+        reserve = self.cfg.decode_reserved_tokens
+        budget = self._allocatable_tokens(d)
+        if r.offloaded:  # no prompt KV here (the plugin's required-tokens hook): only its decode headroom
+            return 0 if reserve <= budget else None
+        fill = self._fill_len(r)
+        required = max(fill + reserve, r.prompt_len + r.output_len - d.local.context_tokens)
+        return fill if required <= budget else None
 
     def _try_prealloc(self, t: float, d: DecodeGPU) -> None:
+        """Restore retracted requests first (SGLang's `resume_retracted_reqs`), then admit the head of the
+        pre-allocation queue while it fits (`pop_preallocated`); an admitted request reaches its prefill
+        instance's queue (its bootstrap completes)."""
         admitted = False
+        reserve = self.cfg.decode_reserved_tokens if self.watermark else 0
+        while d.retracted and d.admitted < self.cfg.max_decode_batch:
+            r = self.reqs[d.retracted[0]]
+            fill = self._fill_len(r)
+            if fill + reserve > self._allocatable_tokens(d, count_retracted=False):
+                break
+            d.retracted.popleft()
+            d.reserved_tokens += fill
+            d.local_active += 1
+            self._push(t + self.costs.kv_restore_ms(fill + 1) / 1e3, TRANSFER_DONE, r.rid)
+            admitted = True
         while d.prealloc:
             r = self.reqs[d.prealloc[0]]
-            need = self._decode_need(d, r)
+            need = self._admit_tokens(d, r)
             if need is None:
-                break  # FCFS: wait until finishing requests free memory
+                break  # FIFO: wait until finishing requests free memory or slots
             d.prealloc.popleft()
-            d.reserved_tokens += need
-            d.local_active += 1
-            if r.rid in self._restoring:  # KV comes back from host memory, not from the prefill GPU
-                self._push(t + self.costs.kv_restore_ms(r.prompt_len + r.tokens_out) / 1e3, TRANSFER_DONE, r.rid)
+            r.decode_admit_s = t
+            if r.offloaded:
+                d.offloaded_admitted += 1
             else:
-                link = self._link_free_s[r.prefill_instance]
-                start = max(t, link[d.idx])
-                link[d.idx] = start + self.costs.kv_transfer_ms(r.prompt_len) / 1e3
-                self._push(link[d.idx], TRANSFER_DONE, r.rid)
+                d.reserved_tokens += need
+                d.local_active += 1
+            p = self.prefill[r.prefill_instance]
+            p.queue.append(r.rid)
+            p.queued_tokens += r.prompt_len
+            self._try_prefill(t, p)
             admitted = True
         if admitted:
             self._sample_mem(t, d)
@@ -197,7 +243,7 @@ class Simulator:
     def _on_transfer_done(self, t: float, rid: int) -> None:
         r = self.reqs[rid]
         p, d = self.prefill[r.prefill_instance], self.decode[r.decode_instance]
-        d.used_tokens += r.prompt_len + r.tokens_out - 1  # the last token's KV is written when it joins
+        d.used_tokens += self._fill_len(r)  # the last token's KV is written when it joins
         if rid in self._restoring:
             self._restoring.discard(rid)
             d.ready.append(rid)
@@ -232,7 +278,9 @@ class Simulator:
                 self.prefill[r.prefill_instance].exec_used_tokens += 1
             else:
                 d.local.add(r.prompt_len + r.tokens_out, max_seq)
-                d.used_tokens += 1
+                d.used_tokens += 1  # this step writes the KV of its last token
+                if self.watermark:  # allocated on demand (admission allocated the prompt only)
+                    d.reserved_tokens += 1
                 d.local_rids[r.rid] = r.tokens_out
             d.schedule_finish(r.rid, r.output_len - r.tokens_out)
         if self.watermark:
@@ -281,11 +329,16 @@ class Simulator:
         return Work(max(work.ms, needed_ms), work.flops, work.bytes)
 
     def _retract(self, t: float, d: DecodeGPU) -> None:
-        """Take the most recently joined local request out of the batch: its KV goes to host memory (freed
-        here), and it waits at the head of the admission queue to be restored (SGLang's retraction)."""
-        rid = next(reversed(d.local_rids))
+        """Take one local request out of the batch, SGLang's victim first (fewest output tokens, then the
+        longest prompt: `_get_decode_retraction_order`): its KV goes to host memory (freed here), and it
+        waits in the retracted queue to be restored before new requests are admitted (SGLang's retraction)."""
+        def out_now(i: int) -> int:
+            return d.local_rids[i] + d.steps_done - d.join_step[i]
+
+        rid = min(d.local_rids, key=lambda i: (out_now(i), -self.reqs[i].prompt_len, -i))
         r = self.reqs[rid]
-        r.tokens_out = d.local_rids.pop(rid) + d.steps_done - d.join_step[rid]
+        r.tokens_out = out_now(rid)
+        del d.local_rids[rid]
         context = r.prompt_len + r.tokens_out
         d.local.remove(context, r.prompt_len + r.output_len)
         d.used_tokens -= context
@@ -294,7 +347,7 @@ class Simulator:
         d.cancel_finish(rid)
         r.retractions += 1
         self._restoring.add(rid)
-        d.prealloc.appendleft(rid)
+        d.retracted.append(rid)
         self._sample_mem(t, d)
 
     def _on_step_done(self, t: float, d_idx: int) -> None:
@@ -330,7 +383,9 @@ class Simulator:
             else:
                 p.exec_used_tokens -= r.prompt_len
             p.exec_reserved_tokens -= max_seq
+            d.offloaded_admitted -= 1
             self._try_prefill(t, p)
+            self._try_prealloc(t, d)
         else:
             if joined:
                 d.local.remove(context, max_seq)

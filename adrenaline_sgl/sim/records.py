@@ -23,6 +23,7 @@ class RequestRecord:
     offloaded: bool = False
     prefill_instance: int = -1
     decode_instance: int = -1
+    decode_admit_s: float = float("nan")  # decode admitted it (local: allocated its prompt KV); prefill may start
     prefill_start_s: float = float("nan")
     prefill_end_s: float = float("nan")  # the first token exists on the prefill GPU
     first_token_s: float = float("nan")  # the first token reaches the client (decode instance has the request)

@@ -143,5 +143,52 @@ def test_watermark_admission_retracts_and_restores_without_losing_tokens():
     decode_tokens = sum(s.batch for s in res.steps if s.kind == DECODE)
     assert decode_tokens == int((reqs.output_len - 1).sum())  # restored KV: nothing is decoded twice
     assert metrics.max_memory_excess(res.mem, costs.kv_capacity_tokens) <= 0
-    reserve_max = Simulator(SimConfig(offload="never"), reqs, costs, FakePolicy(0.0)).run()
+    reserve_max = Simulator(SimConfig(offload="never", decode_kv_admission="reserve-max"), reqs, costs,
+                            FakePolicy(0.0)).run()
     assert not any(r.retractions for r in reserve_max.requests)
+
+
+def test_decode_admission_follows_sglang_pop_preallocated_by_hand():
+    # capacity 4000, 512 reserved per local request: A and B fit (4000 - 0 >= 1000 + 512; 3000 - 512 >= 1512),
+    # C does not (2000 - 2 x 512 = 976 < 1512) and waits, before prefill, until A or B finishes
+    costs = FakeCosts(kv_capacity_tokens=4000)
+    cfg = SimConfig(offload="never", decode_kv_admission="watermark", decode_reserved_tokens=512)
+    reqs = Requests(np.array([0.0, 0.0, 0.0]), np.array([1000, 1000, 1000]), np.array([20, 40, 5]))
+    a, b, c = Simulator(cfg, reqs, costs, FakePolicy(0.0)).run().requests
+    assert a.decode_admit_s == b.decode_admit_s == 0.0
+    assert c.decode_admit_s == pytest.approx(a.finish_s)  # A frees its KV first (20 tokens < 40)
+    assert c.prefill_start_s >= c.decode_admit_s and c.first_token_s > a.finish_s
+    assert all(r.retractions == 0 for r in (a, b, c))
+
+
+@pytest.mark.parametrize("admission", ["reserve-max", "watermark"])
+def test_prefill_holds_no_kv_decode_cannot_take_and_ttft_grows_when_decode_memory_binds(admission):
+    """SGLang's early allocation: decode allocates a request's KV before prefill runs it, so under overload
+    requests queue before prefill (TTFT grows) instead of piling up prefilled KV on the prefill GPU."""
+    costs = FakeCosts(kv_capacity_tokens=20_000)
+    cfg = SimConfig(offload="never", decode_kv_admission=admission, decode_reserved_tokens=64,
+                    prefill_token_budget=2048)
+    runs = {}
+    for rate in (2.0, 200.0):
+        reqs = make_requests(WorkloadConfig(request_rate=rate, num_requests=300, seed=2, max_context=2048))
+        runs[rate] = Simulator(cfg, reqs, costs, FakePolicy(0.0)).run()
+    busy = runs[200.0]
+    for r in busy.requests:
+        assert r.arrival_s <= r.decode_admit_s <= r.prefill_start_s
+    staged = max(m.kv_used_tokens for m in busy.mem if m.kind == "prefill")
+    assert staged <= 2 * cfg.prefill_token_budget + 2048  # one batch computing, one being sent, one long prompt
+    waited = np.mean([r.decode_admit_s - r.arrival_s for r in busy.requests])
+    ttft = {rate: metrics.request_metrics(run.requests).mean_ttft_s for rate, run in runs.items()}
+    assert waited > 0.5 * ttft[200.0] and ttft[200.0] > 20 * ttft[2.0]  # the wait is for decode memory
+
+
+def test_offloaded_requests_take_a_decode_slot_but_no_decode_kv():
+    costs = FakeCosts(kv_capacity_tokens=4000)
+    cfg = SimConfig(offload="always", decode_reserved_tokens=512, max_decode_batch=2, prefill_kv_reserve_tokens=0)
+    reqs = Requests(np.zeros(3), np.array([1000, 1000, 1000]), np.array([10, 10, 10]))
+    res = Simulator(cfg, reqs, costs, FakePolicy(None)).run()
+    assert all(r.offloaded for r in res.requests)
+    assert max(m.kv_reserved_tokens for m in res.mem if m.kind == "decode") == 0
+    a, b, c = res.requests
+    assert a.decode_admit_s == b.decode_admit_s == 0.0  # 2 request slots
+    assert c.decode_admit_s == pytest.approx(min(a.finish_s, b.finish_s))
