@@ -1,7 +1,7 @@
 """Simulated runs for the figures: one point, and the highest load a system sustains within its SLOs.
 
 Sustainable load (figures 7 and 8; experiments/fig7/README.md): the highest Poisson rate at which, over
-the steady window (arrivals 10%..90%), the P99 TPOT stays within `tpot_slo_ms` and the P90 TTFT within
+the steady-state window (arrivals 10%..100%), the P99 TPOT stays within `tpot_slo_ms` and the P90 TTFT within
 `ttft_slo_s` (the queue does not run away), found by geometric bisection in [rate_lo, rate_hi]. The
 throughput reported is what a sustained rate delivers in the long run, rate x mean output tokens (every
 request is served); the decode throughput measured inside the window is kept beside it as a check (it reads
@@ -79,19 +79,21 @@ def run_point(cfg: dict, model: str, policy: str, workload_name: str, rate: floa
 
 
 def steady_metrics(pt: Point) -> dict:
-    """Decode throughput inside the steady window (arrivals 10%..90%), and the TPOT and P90 TTFT of the
-    requests that arrive inside it. Ramp-up and the drain of a finite run are excluded."""
+    """Decode throughput inside the steady-state window (arrivals 10%..100%, `metrics.steady_window`), and
+    the TPOT and P90 TTFT of the requests that arrive inside it. Ramp-up and the drain of a finite run are
+    excluded."""
     window = metrics.steady_window(pt.result.requests)
     inside = [r for r in pt.result.requests if window[0] <= r.arrival_s <= window[1]]
     m = metrics.request_metrics(inside)
     ttft = np.array([r.first_token_s - r.arrival_s for r in inside])
     return {
-        "window_throughput_tok_s": metrics.decode_token_rate(pt.result.steps, window),
+        "steady_throughput_tok_s": metrics.steady_throughput(pt.result, window).decode_tok_s,
         "mean_output_tokens": float(np.mean([r.output_len for r in pt.result.requests])),
         "mean_tpot_ms": m.mean_tpot_ms,
         "p99_tpot_ms": m.p99_tpot_ms,
         "p90_ttft_s": float(np.percentile(ttft, 90)),
         "offloaded_frac": m.offloaded_frac,
+        "achieved_offload_ratio": metrics.achieved_offload_ratio(pt.result.steps, window),
     }
 
 
@@ -103,9 +105,9 @@ def sustainable(cfg: dict, model: str, policy: str, workload_name: str, rate_lo:
         raise ExperimentError(f"sustainable-load search needs 0 < rate_lo < rate_hi, got {rate_lo}, {rate_hi}")
     slo_ms, ttft_s = cluster(cfg, model, policy).tpot_slo_ms, float(cfg["ttft_slo_s"])
     nan = math.nan
-    best = {"request_rate": nan, "decode_throughput_tok_s": nan, "window_throughput_tok_s": nan,
+    best = {"request_rate": nan, "decode_throughput_tok_s": nan, "steady_throughput_tok_s": nan,
             "mean_output_tokens": nan, "mean_tpot_ms": nan, "p99_tpot_ms": nan, "p90_ttft_s": nan,
-            "offloaded_frac": nan}
+            "offloaded_frac": nan, "achieved_offload_ratio": nan}
     lo, hi = rate_lo, rate_hi
     for rate in [rate_lo, rate_hi] + [None] * iterations:
         rate = rate if rate is not None else math.sqrt(lo * hi)
@@ -122,10 +124,11 @@ def sustainable(cfg: dict, model: str, policy: str, workload_name: str, rate_lo:
     return best
 
 
-def max_throughput(cfg: dict, model: str, policy: str, workload_name: str) -> dict:
-    """`sustainable` with the per-workload search settings of `cfg["search"]`."""
-    s = (cfg.get("search") or {}).get(workload_name)
+def max_throughput(cfg: dict, model: str, policy: str, workload_name: str, key: str | None = None) -> dict:
+    """`sustainable` with the search settings `cfg["search"][key]` (key: the workload's name by default)."""
+    key = key or workload_name
+    s = (cfg.get("search") or {}).get(key)
     if s is None:
-        raise ExperimentError(f"config has no search settings for workload {workload_name!r}")
+        raise ExperimentError(f"config has no search settings for {key!r}")
     return sustainable(cfg, model, policy, workload_name, float(s["rate_lo"]), float(s["rate_hi"]),
                        int(s["iterations"]), int(s["num_requests"]))

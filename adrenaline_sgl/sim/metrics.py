@@ -5,10 +5,20 @@ Definitions (the same as SGLang's bench_serving where it has one):
 - TPOT of a request   = (finish_s - first_token_s) / (tokens_out - 1), for tokens_out > 1 (ms).
   mean and P99 TPOT are over requests (P99: numpy's linear-interpolation percentile).
 - decode throughput   = sum(tokens_out) / (max finish_s - min arrival_s) (output tokens/s; bench_serving's
-  output_throughput over the whole run).
+  output_throughput over the whole run). It counts the drain after the last arrival, when the load falls,
+  so past saturation it reads below what the system delivers while loaded.
+- total throughput    = sum(prompt_len + tokens_out) / the same duration (bench_serving's and vLLM's
+  "total token throughput").
 - steady-state window = [arrival of the request at quantile `lo`, arrival at quantile `hi`] (default 10% and
-  90%): ramp-up and drain excluded. Under saturation (all requests queued at once) the window is taken on
-  finish times instead (`finish_window`, 20% to 80%), when the decode GPUs run full batches.
+  100%: the first tenth of the arrivals is the warm-up, the drain after the last arrival is excluded). While
+  requests still arrive the system is as loaded as the rate makes it; past saturation its queues grow.
+- steady-state decode throughput = output tokens the decode steps produce inside the window (pro rata by
+  overlap, all decode instances together) / window length; the first token of each request comes from
+  prefill and is counted when its prefill ends inside the window. Steady-state total throughput adds the
+  prompt tokens of the prefills that end inside the window. Below saturation both equal the offered load
+  (rate x mean output, rate x mean prompt + output); past it, what the system sustains.
+- finish window (`finish_window`, 20% to 80% of finish times): where the decode GPUs run full batches when
+  all requests are queued at once.
 - saturation decode throughput = output tokens of the decode steps inside the finish window (pro rata by
   overlap), summed over decode instances, divided by the window length; the first token of each request
   comes from prefill and is not counted.
@@ -39,6 +49,7 @@ class RequestMetrics:
     mean_tpot_ms: float
     p99_tpot_ms: float
     decode_throughput_tok_s: float
+    total_throughput_tok_s: float  # prompt + output tokens over the same duration
     offloaded_frac: float  # share of requests whose attention was offloaded
 
 
@@ -65,11 +76,13 @@ def request_metrics(requests: Iterable[RequestRecord]) -> RequestMetrics:
         mean_tpot_ms=float(tpot_ms.mean()) if len(tpot_ms) else nan,
         p99_tpot_ms=float(np.percentile(tpot_ms, 99)) if len(tpot_ms) else nan,
         decode_throughput_tok_s=float(tokens.sum() / duration) if duration > 0 else nan,
+        total_throughput_tok_s=float((tokens.sum() + sum(r.prompt_len for r in done)) / duration)
+        if duration > 0 else nan,
         offloaded_frac=float(np.mean([r.offloaded for r in done])),
     )
 
 
-def steady_window(requests: list[RequestRecord], lo: float = 0.1, hi: float = 0.9) -> tuple[float, float]:
+def steady_window(requests: list[RequestRecord], lo: float = 0.1, hi: float = 1.0) -> tuple[float, float]:
     """(start_s, end_s): arrivals of the requests at quantiles lo and hi of arrival order."""
     if not 0.0 <= lo < hi <= 1.0:
         raise ValueError(f"steady window quantiles lo={lo}, hi={hi} must satisfy 0 <= lo < hi <= 1")
@@ -87,6 +100,24 @@ def finish_window(requests: list[RequestRecord], lo: float = 0.2, hi: float = 0.
     finish = np.sort([r.finish_s for r in requests if np.isfinite(r.finish_s)])
     start, end = np.quantile(finish, [lo, hi])
     return float(start), float(max(end, start + 1e-9))
+
+
+@dataclass(frozen=True)
+class SteadyThroughput:
+    window_s: tuple[float, float]
+    decode_tok_s: float  # output tokens/s inside the window (decode steps + first tokens from prefill)
+    total_tok_s: float  # the same plus prompt tokens prefilled inside the window
+
+
+def steady_throughput(result: SimResult, window: tuple[float, float] | None = None) -> SteadyThroughput:
+    """Throughput while the system is loaded (module docstring: steady-state window)."""
+    window = window or steady_window(result.requests)
+    start, end = window
+    prefilled = [r for r in result.requests if start <= r.prefill_end_s < end]
+    first_tokens = len(prefilled) / (end - start)
+    decode = decode_token_rate(result.steps, window) + first_tokens
+    prompts = sum(r.prompt_len for r in prefilled) / (end - start)
+    return SteadyThroughput(window, decode, decode + prompts)
 
 
 def decode_token_rate(steps: Iterable[StepSample], window: tuple[float, float]) -> float:
@@ -176,6 +207,18 @@ def max_memory_excess(mem: Iterable[MemSample], capacity_tokens: int) -> int:
     for m in mem:
         worst = max(worst, m.kv_used_tokens - m.kv_reserved_tokens, m.kv_reserved_tokens - capacity_tokens)
     return worst
+
+
+def achieved_offload_ratio(steps: Iterable[StepSample], window: tuple[float, float]) -> float:
+    """N / M actually decoded: offloaded rows per local row, summed over the decode steps that start inside the
+    window (the paper's offload ratio; the `ratio:F` policy only bounds it). NaN when no local row ran."""
+    start, end = window
+    offloaded = local = 0
+    for s in steps:
+        if s.kind == DECODE and start <= s.start_s < end:
+            offloaded += s.offloaded_rows
+            local += s.batch - s.offloaded_rows
+    return offloaded / local if local else float("nan")
 
 
 def roundtrip_hidden_frac(steps: Iterable[StepSample]) -> float:

@@ -1,9 +1,10 @@
 """Figure 5: mean TTFT, mean and P99 TPOT and decode throughput vs request rate, PD vs Adrenaline.
 
 Writes `$RESULTS_DIR/fig5/e2e.csv` (the contract columns), `e2e_detail.csv` (plus offloaded share, P99
-TTFT, hidden round-trip share), `requests.csv` (raw per-request timestamps of every run, from which
-`adrenaline_sgl.sim.metrics` derives the rest), `config.resolved.yaml`, then `fig5.png`. MODE=real measures live servers
-through experiments/real.py instead of simulating and writes the same e2e.csv.
+TTFT, hidden round-trip share, steady-state and total-token throughputs), `requests.csv` (raw per-request
+timestamps of every run, from which `adrenaline_sgl.sim.metrics` derives the rest), `config.resolved.yaml`,
+then `fig5.png`. MODE=real measures live servers through experiments/real.py instead of simulating and
+writes the same e2e.csv.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ FIG = "fig5"
 COMMON_ARGS = True  # takes experiments.common's flags (experiments/run.py passes `all`'s ARGS)
 E2E_COLUMNS = ["system", "model", "workload", "request_rate", "mean_ttft_s", "mean_tpot_ms", "p99_tpot_ms",
                "decode_throughput_tok_s"]  # fmt: skip
+# e2e_detail.csv adds (docs/simulator.md, "Metrics"): steady_* over the steady-state window (arrivals 10%..100%,
+# the drain after the last arrival excluded); total_* count prompt + output tokens (bench_serving's total).
+DETAIL_COLUMNS = ["p99_ttft_s", "offloaded_frac", "roundtrip_hidden_frac", "completed", "steady_throughput_tok_s",
+                  "total_throughput_tok_s", "steady_total_throughput_tok_s"]  # fmt: skip
 
 
 def _sim_rows(cfg: dict) -> tuple[list, list]:
@@ -28,10 +33,11 @@ def _sim_rows(cfg: dict) -> tuple[list, list]:
     def one(point) -> tuple[list, list]:  # runs in a worker: return rows, not the whole SimResult
         system, rate = point
         pt = sim_runs.run_point(cfg, model, sim_runs.policy_of(system), wl, float(rate))
-        m = pt.req
+        m, steady = pt.req, metrics.steady_throughput(pt.result)
         summary = [system, model, wl, float(rate), m.mean_ttft_s, m.mean_tpot_ms, m.p99_tpot_ms,
                    m.decode_throughput_tok_s, m.p99_ttft_s, m.offloaded_frac,
-                   metrics.roundtrip_hidden_frac(pt.result.steps), m.completed]  # fmt: skip
+                   metrics.roundtrip_hidden_frac(pt.result.steps), m.completed, steady.decode_tok_s,
+                   m.total_throughput_tok_s, steady.total_tok_s]  # fmt: skip
         return summary, [[system, float(rate), *r] for r in sim_runs.request_rows(pt.result)]
 
     runs = common.sweep(points, one, FIG)
@@ -86,8 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = _real_rows(cfg, out)
     else:
         rows, detail, requests = _sim_rows(cfg)
-        common.write_csv(out / "e2e_detail.csv", E2E_COLUMNS + ["p99_ttft_s", "offloaded_frac",
-                                                               "roundtrip_hidden_frac", "completed"], detail)
+        common.write_csv(out / "e2e_detail.csv", E2E_COLUMNS + DETAIL_COLUMNS, detail)
         common.write_csv(out / "requests.csv", ["system", "request_rate", *sim_runs.REQUEST_COLUMNS], requests,
                          digits=12)  # timestamps: microseconds at hours
     common.write_csv(out / "e2e.csv", E2E_COLUMNS, rows)

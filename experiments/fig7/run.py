@@ -31,10 +31,12 @@ def main(argv: list[str] | None = None) -> int:
         thr = d["decode_throughput_tok_s"]
         rows.append([model, wl, system, thr, thr / base if base > 0 else math.nan])
         detail.append([model, wl, system, d["request_rate"], thr, d["mean_tpot_ms"], d["p99_tpot_ms"],
-                       d["p90_ttft_s"], d["offloaded_frac"], d["window_throughput_tok_s"]])
+                       d["p90_ttft_s"], d["offloaded_frac"], d["steady_throughput_tok_s"],
+                       d["achieved_offload_ratio"]])
     common.write_csv(out / "throughput.csv", ["model", "workload", "system", "decode_throughput_tok_s", "gain"], rows)
     common.write_csv(out / "sustainable.csv", ["model", "workload", "system", "request_rate",
                                                "decode_throughput_tok_s", "mean_tpot_ms", "p99_tpot_ms",
-                                               "p90_ttft_s", "offloaded_frac", "window_throughput_tok_s"],
+                                               "p90_ttft_s", "offloaded_frac", "steady_throughput_tok_s",
+                                               "achieved_offload_ratio"],
                      detail)  # fmt: skip
     return common.finish(FIG, out, args.no_plot)

@@ -44,10 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         rows.append([model, wl, label, d["decode_throughput_tok_s"]])
         detail.append([model, wl, label, d["request_rate"], d["decode_throughput_tok_s"],
                        d["mean_tpot_ms"], d["p99_tpot_ms"], d["p90_ttft_s"], d["offloaded_frac"],
-                       d["window_throughput_tok_s"]])
+                       d["steady_throughput_tok_s"], d["achieved_offload_ratio"]])
     common.write_csv(out / "sensitivity.csv", ["model", "workload", "offload_ratio", "decode_throughput_tok_s"], rows)
     common.write_csv(out / "sustainable.csv", ["model", "workload", "offload_ratio", "request_rate",
                                                "decode_throughput_tok_s", "mean_tpot_ms", "p99_tpot_ms",
-                                               "p90_ttft_s", "offloaded_frac", "window_throughput_tok_s"],
+                                               "p90_ttft_s", "offloaded_frac", "steady_throughput_tok_s",
+                                               "achieved_offload_ratio"],
                      detail)  # fmt: skip
     return common.finish(FIG, out, args.no_plot)

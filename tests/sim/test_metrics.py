@@ -108,3 +108,22 @@ def test_finish_window_and_decode_token_rate_by_hand():
         StepSample(EXECUTOR, 0, 1.0, 3.0, 0.0, 0.0, batch=99),  # not a decode step
     ]
     assert metrics.decode_token_rate(steps, (1.0, 3.0)) == pytest.approx(9 / 2.0)
+
+
+def test_steady_state_window_excludes_warmup_and_drain_and_counts_first_tokens():
+    # arrivals at 0..9 s; the window is the 10% arrival quantile to the last arrival: [0.9, 9.0]
+    reqs = [_req(i, float(i), float(i) + 0.5, 30.0, 3) for i in range(10)]
+    for r in reqs:
+        r.prefill_end_s = r.arrival_s + 0.4
+    assert metrics.steady_window(reqs) == pytest.approx((0.9, 9.0))
+    steps = [StepSample(DECODE, 0, 0.0, 9.0, 0.0, 0.0, batch=9),  # 9 tokens over 9 s, 8.1 s inside
+             StepSample(DECODE, 0, 9.0, 30.0, 0.0, 0.0, batch=100)]  # the drain: outside
+    result = SimResult(reqs, steps, [], INFO)
+    st = metrics.steady_throughput(result)
+    inside = [r for r in reqs if 0.9 <= r.prefill_end_s < 9.0]  # prefills of requests 1..8
+    assert len(inside) == 8
+    assert st.decode_tok_s == pytest.approx((9 * 8.1 / 9 + 8) / 8.1)
+    assert st.total_tok_s == pytest.approx(st.decode_tok_s + 8 * 10 / 8.1)
+    whole = metrics.request_metrics(reqs)
+    assert whole.decode_throughput_tok_s == pytest.approx(30 / 30.0)  # the drain dilutes the whole-run value
+    assert whole.total_throughput_tok_s == pytest.approx((30 + 100) / 30.0)
