@@ -1,4 +1,5 @@
-"""Figure 6 from results/fig6/{utilization,capacity_timeline}.csv: utilization vs offload ratio."""
+"""Figure 6 from results/fig6/{utilization,capacity_timeline}.csv: utilization vs offload ratio (each point at
+the highest load it sustains; the decode panel notes that rate and the N/M actually decoded)."""
 
 from __future__ import annotations
 
@@ -26,9 +27,16 @@ def plot(fig_dir: Path) -> Path:
                                              ("prefill_hbm_capacity_frac", "prefill HBM capacity (%)", 100.0))):
         ax = axes[i]
         for j, model in enumerate(models):
-            vals = {r["offload_ratio"]: r[col] * scale for r in util if r["model"] == model}
-            ax.bar(np.arange(len(ratios)) + (j - (len(models) - 1) / 2) * width,
-                   [vals.get(x, np.nan) for x in ratios], width, label=model)
+            mine = {r["offload_ratio"]: r for r in util if r["model"] == model}
+            xs = np.arange(len(ratios)) + (j - (len(models) - 1) / 2) * width
+            heights = [mine[x][col] * scale if x in mine else np.nan for x in ratios]
+            ax.bar(xs, heights, width, label=model)
+            if col == "decode_tflops" and "request_rate" in next(iter(mine.values()), {}):
+                for x, h, ratio in zip(xs, heights, ratios):
+                    r = mine.get(ratio)
+                    if r is not None:
+                        nm = "" if ratio == 0 else f"\nN/M {r['achieved_offload_ratio']:.2f}"
+                        ax.annotate(f"{r['request_rate']:.3g}/s{nm}", (x, h), ha="center", va="bottom", fontsize=6)
         ax.set_xticks(np.arange(len(ratios)), ["PD" if x == 0 else f"{x:.0%}" for x in ratios])
         ax.set_xlabel("offload ratio")
         ax.set_ylabel(label)
