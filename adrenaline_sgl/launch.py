@@ -8,7 +8,9 @@ Every process runs in its own process group with its log in <run_dir>/<timestamp
 `run.json` (resolved config, commands, ports, timings). The launcher waits for /health with a timeout;
 on a failure it prints the tail of the failing process's log; on exit, Ctrl-C or SIGTERM it stops every
 group (SIGTERM, then SIGKILL after `stop_timeout_s`) and checks that no process is left and every port
-is free again. Schema of the YAML: adrenaline_sgl/configs/cluster.py; commands: configs/commands.py.
+is free again. A server with `cpus` in its role is pinned before exec (`sched_setaffinity` in the child:
+SGLang's scheduler and detokenizer processes inherit it) with thread counts to match (configs/cpus.py);
+the proxy is not pinned. Schema of the YAML: adrenaline_sgl/configs/cluster.py; commands: configs/commands.py.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from adrenaline_sgl.configs import cluster
@@ -36,6 +38,7 @@ from adrenaline_sgl.configs.commands import (
     format_command,
     port_is_free,
 )
+from adrenaline_sgl.configs.cpus import check_available, format_cpu_list
 
 CHECK_QUESTION = "What is the capital of France?"
 CHECK_EXPECTED = "Paris"
@@ -63,6 +66,17 @@ def _set_parent_death_signal() -> None:
         pass
 
 
+def _child_setup(cpus: tuple[int, ...]) -> Callable[[], None]:
+    """What runs in the child before exec: the parent-death signal, and the CPU pinning when `cpus`."""
+
+    def setup() -> None:
+        _set_parent_death_signal()
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    return setup
+
+
 class ProcessGroupSet:
     """The launched processes, each the leader of its own process group (`start_new_session`)."""
 
@@ -78,11 +92,13 @@ class ProcessGroupSet:
             with log:
                 popen = subprocess.Popen(
                     spec.argv, env={**os.environ, **spec.env_overrides}, stdout=log, stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_set_parent_death_signal,
+                    stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_child_setup(spec.cpus),
                 )
             self.running.append((spec, popen))
             self.started[spec.name] = popen.pid
-            print(f"launch: started {spec.name} (pid {popen.pid}) on {spec.url}, log {spec.log_name}", flush=True)
+            pinned = f", pinned to CPU {format_cpu_list(spec.cpus)}" if spec.cpus else ""
+            print(f"launch: started {spec.name} (pid {popen.pid}) on {spec.url}{pinned}, log {spec.log_name}",
+                  flush=True)
 
     def _failed(self, spec: ProcessSpec, what: str) -> LaunchError:
         path = self.folder / spec.log_name
@@ -225,8 +241,8 @@ def _run_dir(base: str) -> Path:
 def _write_run_json(folder: Path, cfg: cluster.ClusterConfig, plan: list[ProcessSpec], record: dict) -> None:
     payload = {
         "config": dataclasses.asdict(cfg),
-        "processes": [{"name": p.name, "command": format_command(p), "log": p.log_name, "ports": p.ports}
-                      for p in plan],
+        "processes": [{"name": p.name, "command": format_command(p), "log": p.log_name, "ports": p.ports,
+                       "cpus": format_cpu_list(p.cpus) if p.cpus else None} for p in plan],
         **record,
     }
     (folder / "run.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
@@ -263,6 +279,13 @@ def _check_startable(cfg: cluster.ClusterConfig) -> None:
             f"hosts {sorted(cfg.hosts - set(cluster.LOCAL_HOSTS))} are not this machine; "
             "use --print-commands and run each node's commands there"
         )
+    for name in ("prefill", "decode"):
+        role = getattr(cfg, name)
+        for i in range(len(role.cpus)):
+            try:
+                check_available(role.cpus_of(i, name), f"{name}.cpus[{i}] = {role.cpus[i]!r}")
+            except ValueError as err:
+                raise LaunchError(str(err)) from None
     proxy_module = PROXY_MODULES[cfg.proxy.kind]
     if importlib.util.find_spec(proxy_module) is None:
         raise LaunchError(f"proxy.kind {cfg.proxy.kind!r} needs the module {proxy_module}, which is not installed")

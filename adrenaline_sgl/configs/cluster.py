@@ -6,7 +6,9 @@ errors. SGLang arguments pass through unchanged: `server_args` go to every serve
 `extra_args` only to that role (the plugin's per-role flags go there), `proxy.extra_args` to the proxy.
 Ports left empty are picked free at launch (on one machine) and fixed defaults when only printing the
 per-node commands of a multi-node cluster. Environment: `env` for every process, then each role's and
-the proxy's own `env` on top.
+the proxy's own `env` on top. CPU pinning: each role's `cpus` gives every instance its CPU list ("0",
+"0-3"; `configs/cpus.py`), applied to the server's whole process tree with matching thread counts; with
+`cpu_exclusive` (default) no two pinned instances on one host may share a CPU. The proxy is never pinned.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from adrenaline_sgl.configs.cpus import THREAD_ENV_NAMES, format_cpu_list, parse_cpu_list
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 PROXY_KINDS = ("sglang-router", "adrenaline")
@@ -53,11 +57,17 @@ class RoleConfig:
     )
     extra_args: tuple[str, ...] = field(default=(), metadata={"help": "SGLang args for this role only"})
     env: dict[str, str] = field(default_factory=dict, metadata={"help": "extra environment for this role only"})
+    cpus: tuple[str, ...] = field(
+        default=(), metadata={"help": "CPU list per instance (\"0\", \"0-3\", \"0,2\"); empty = not pinned"}
+    )
 
     def validate(self, role: str) -> None:
         if not isinstance(self.count, int) or not 1 <= self.count <= 64:
             raise ValueError(f"{role}.count must be an integer in 1..64, got {self.count!r}")
-        for name in ("hosts", "ports", "bootstrap_ports"):
+        if not isinstance(self.cpus, tuple):
+            raise ValueError(f"{role}.cpus must be a list with one CPU list per instance (e.g. [\"0\"]), "
+                             f"got {self.cpus!r}")
+        for name in ("hosts", "ports", "bootstrap_ports", "cpus"):
             values = getattr(self, name)
             if values and len(values) != self.count:
                 raise ValueError(f"{role}.{name} must be empty or have count={self.count} entries, got {len(values)}")
@@ -67,6 +77,12 @@ class RoleConfig:
             _check_port(f"{role} port #{i}", port)
         _check_args(f"{role}.extra_args", self.extra_args)
         _check_env(f"{role}.env", self.env)
+        for i in range(len(self.cpus)):
+            self.cpus_of(i, role)
+
+    def cpus_of(self, i: int, role: str = "role") -> tuple[int, ...]:
+        """CPU ids instance `i` is pinned to; () when the role is not pinned."""
+        return parse_cpu_list(self.cpus[i], f"{role}.cpus[{i}]") if self.cpus else ()
 
     def host_of(self, i: int, default: str) -> str:
         return self.hosts[i] if self.hosts else default
@@ -110,14 +126,18 @@ class ClusterConfig:
     run_dir: str = field(default="results/launch", metadata={"help": "logs go to <run_dir>/<timestamp>/"})
     startup_timeout_s: float = field(default=600.0, metadata={"help": "health wait per stage, 10..7200 s"})
     stop_timeout_s: float = field(default=20.0, metadata={"help": "SIGTERM grace before SIGKILL, 1..300 s"})
+    cpu_exclusive: bool = field(
+        default=True, metadata={"help": "pinned instances on one host must not share a CPU (role `cpus`)"}
+    )
 
     def __post_init__(self):
         if not isinstance(self.model, str) or not self.model:
             raise ValueError("model must be a checkpoint directory or smollm2:<dtype>, got an empty value")
         if self.transfer_backend not in TRANSFER_BACKENDS:
             raise ValueError(f"transfer_backend must be one of {TRANSFER_BACKENDS}, got {self.transfer_backend!r}")
-        if not isinstance(self.cpu_support, bool):
-            raise ValueError(f"cpu_support must be true or false, got {self.cpu_support!r}")
+        for name in ("cpu_support", "cpu_exclusive"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         _check_args("server_args", self.server_args)
         _check_env("env", self.env)
         if not 10 <= self.startup_timeout_s <= 7200:
@@ -133,6 +153,29 @@ class ClusterConfig:
             clash = sorted(reserved.intersection(a.split("=", 1)[0] for a in args))
             if clash:
                 raise ValueError(f"{where} must not set {clash}: the launcher sets them from the cluster config")
+        self._check_pinning()
+
+    def _check_pinning(self) -> None:
+        """Thread variables left to the pinning, and (cpu_exclusive) no CPU shared on one host."""
+        owners: dict[tuple[str, int], str] = {}
+        for role_name in ("prefill", "decode"):
+            role = getattr(self, role_name)
+            if not role.cpus:
+                continue
+            for where, env in (("env", self.env), (f"{role_name}.env", role.env)):
+                for name in THREAD_ENV_NAMES:
+                    if name in env:
+                        raise ValueError(f"{where} sets {name}, which {role_name}.cpus sets to each instance's "
+                                         "CPU count; remove it from the env")
+            for i in range(role.count):
+                where = f"{role_name}.cpus[{i}]"
+                for cpu in role.cpus_of(i, role_name):
+                    host = role.host_of(i, self.host)
+                    key = ("this machine" if host in LOCAL_HOSTS else host, cpu)
+                    if self.cpu_exclusive and key in owners:
+                        raise ValueError(f"{where} = {role.cpus[i]!r} shares CPU {format_cpu_list([cpu])} with "
+                                         f"{owners[key]} on {key[0]} (cpu_exclusive: true)")
+                    owners.setdefault(key, where)
 
     @property
     def hosts(self) -> set[str]:

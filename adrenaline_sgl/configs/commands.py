@@ -9,6 +9,7 @@ arguments as SGLang's router, so it can be swapped in by changing one word in th
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shlex
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adrenaline_sgl.configs.cluster import ClusterConfig
+from adrenaline_sgl.configs.cpus import format_cpu_list, thread_env
 
 # Fixed ports for --print-commands (a remote machine's free ports cannot be picked from here).
 DEFAULT_PREFILL_PORT, DEFAULT_DECODE_PORT, DEFAULT_BOOTSTRAP_PORT = 30000, 30100, 8998
@@ -59,6 +61,7 @@ class ProcessSpec:
     env_overrides: dict[str, str] = field(default_factory=dict)
     ports: tuple[int, ...] = ()  # every port this process binds (checked free after stop)
     port: int = 0  # HTTP port
+    cpus: tuple[int, ...] = ()  # CPUs the process tree is pinned to (set before exec); () = not pinned
 
     @property
     def url(self) -> str:
@@ -144,7 +147,8 @@ def _server(cfg: ClusterConfig, role: str, i: int, model_dir: str, ports: Ports,
         argv += ["--disaggregation-bootstrap-port", str(ports.bootstrap[i])]
         bound.append(ports.bootstrap[i])
     argv += [*cfg.server_args, *role_cfg.extra_args]
-    return ProcessSpec(f"{role}-{i}", role, host, tuple(argv), ports=tuple(bound), port=port)
+    return ProcessSpec(f"{role}-{i}", role, host, tuple(argv), ports=tuple(bound), port=port,
+                       cpus=role_cfg.cpus_of(i, role))
 
 
 def _sglang_router(cfg: ClusterConfig, prefill: list[ProcessSpec], bootstrap: tuple[int, ...],
@@ -184,8 +188,9 @@ def build_plan(cfg: ClusterConfig, model_dir: str, ports: Ports, python: str,
         inherited = {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}
         env = server_env({**inherited, **env}, support_dir)
     own_env = {"prefill": cfg.prefill.env, "decode": cfg.decode.env, "proxy": cfg.proxy.env}
-    return [_fill_named_ports(ProcessSpec(p.name, p.role, p.host, p.argv, {**env, **own_env[p.role]}, p.ports,
-                                          p.port), ports.named)
+    pinned = {p.name: thread_env(p.cpus) if p.cpus else {} for p in [*prefill, *decode]}
+    return [_fill_named_ports(dataclasses.replace(p, env_overrides={**env, **own_env[p.role],
+                                                                    **pinned.get(p.name, {})}), ports.named)
             for p in [*prefill, *decode, proxy]]
 
 
@@ -203,9 +208,12 @@ def _fill_named_ports(spec: ProcessSpec, named: dict[str, int]) -> ProcessSpec:
     argv = tuple(fill(a) for a in spec.argv)
     env = {k: fill(v) for k, v in spec.env_overrides.items()}
     ports = tuple(dict.fromkeys([*spec.ports, *used]))
-    return ProcessSpec(spec.name, spec.role, spec.host, argv, env, ports, spec.port)
+    return dataclasses.replace(spec, argv=argv, env_overrides=env, ports=ports)
 
 
 def format_command(spec: ProcessSpec, with_env: bool = False) -> str:
+    """The shell command of `spec`; a pinned process runs under `taskset -c CPUS` (what the launcher does with
+    sched_setaffinity before exec)."""
     env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(spec.env_overrides.items())) if with_env else ""
-    return (env + " " if env else "") + shlex.join(spec.argv)
+    pin = f"taskset -c {format_cpu_list(spec.cpus)} " if spec.cpus else ""
+    return (env + " " if env else "") + pin + shlex.join(spec.argv)

@@ -1,10 +1,12 @@
 """Process-group handling of the launcher with tiny fake servers (plain Python HTTP, no SGLang):
-health wait, failure with the log tail, and a stop that leaves no process and no bound port."""
+health wait, failure with the log tail, a stop that leaves no process and no bound port, and CPU pinning
+of the whole process tree (read back from /proc)."""
 
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 import time
 
@@ -12,6 +14,7 @@ import psutil
 import pytest
 
 from adrenaline_sgl.configs.commands import ProcessSpec, port_is_free
+from adrenaline_sgl.configs.cpus import format_cpu_list
 from adrenaline_sgl.launch import LaunchError, ProcessGroupSet
 
 # A server that answers /health, with a child process in its group (like SGLang's scheduler).
@@ -99,3 +102,31 @@ def test_a_process_ignoring_sigterm_is_killed_with_its_group(tmp_path):
     assert time.monotonic() - t0 < 15
     assert _children_of_group(leader) == []
     assert port_is_free("127.0.0.1", spec.port)
+
+
+def _allowed(pid: int) -> str:
+    with open(f"/proc/{pid}/status") as f:
+        return next(line.split(":", 1)[1].strip() for line in f if line.startswith("Cpus_allowed_list"))
+
+
+def test_started_process_tree_is_pinned_with_its_thread_env(tmp_path):
+    """The launcher's own start path (ProcessGroupSet): the server and the child it spawns (as SGLang spawns
+    its scheduler) run on the spec's CPU only, with the thread variables in their environment."""
+    cpu = max(os.sched_getaffinity(0))
+    base = _spec(tmp_path, "pinned", "ok")
+    spec = ProcessSpec(base.name, base.role, base.host, base.argv, {"OMP_NUM_THREADS": "1"}, base.ports, base.port,
+                       cpus=(cpu,))
+    procs = ProcessGroupSet(tmp_path, stop_timeout_s=5)
+    try:
+        procs.start([spec])
+        procs.wait_healthy([spec], timeout_s=30)
+        leader = procs.running[0][1].pid
+        children = subprocess.run(["pgrep", "-P", str(leader)], capture_output=True, text=True).stdout.split()
+        assert children, "the fake server's child did not start"
+        for pid in [leader, *map(int, children)]:
+            assert _allowed(pid) == str(cpu)
+            environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+            assert b"OMP_NUM_THREADS=1" in environ
+    finally:
+        assert procs.stop_all() == []
+    assert _allowed(os.getpid()) == format_cpu_list(os.sched_getaffinity(0))  # the launcher itself: unchanged
