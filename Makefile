@@ -6,7 +6,7 @@ RESULTS_DIR ?= results
 export RESULTS_DIR
 FIGS := 1 2 5 6 7 8 9
 
-.PHONY: setup test test-fast lint e2e demo demo-check bench-kernels gpu-bundle gpu-import reproduce-all clean help \
+.PHONY: setup test test-fast lint e2e demo demo-check bench-kernels gpu-bundle gpu-import profile-cpu reproduce-all clean help \
 	$(addprefix reproduce-fig,$(FIGS))
 
 help:
@@ -21,6 +21,8 @@ help:
 	@echo "make bench-kernels   decode-attention kernel benchmark CSV into $(RESULTS_DIR)/kernels/"
 	@echo "make gpu-bundle      build .gpu/ for the GPU campaign and print the device call (docs/perf.md)"
 	@echo "make gpu-import DIR=...  a GPU campaign's results into profiles, docs/perf.md tables, figure 9"
+	@echo "make profile-cpu     this machine's CPU profile (one pinned core; run it on a quiet machine) into"
+	@echo "                     $(PROFILE_CPU_OUT)/ (device spec, table, raw measurements)"
 
 setup:
 	@bash .ci/setup.sh
@@ -58,6 +60,11 @@ gpu-bundle: setup
 gpu-import: setup
 	@test -n "$(DIR)" || { echo "usage: make gpu-import DIR=<folder that came back, or campaign.tar.gz>"; exit 2; }
 	$(PY) -m experiments.gpu_campaign.importer "$(DIR)" $(ARGS)
+
+# One pinned core, ~2 minutes; the files say `status: provisional` when the load average was not quiet.
+PROFILE_CPU_OUT ?= adrenaline_sgl/scheduler/profiles
+profile-cpu: setup
+	$(PY) -m adrenaline_sgl.tools.profile_cpu --out $(PROFILE_CPU_OUT) $(ARGS)
 
 $(addprefix reproduce-fig,$(FIGS)): reproduce-fig%: setup
 	$(PY) -m experiments.run fig$* $(ARGS)

@@ -30,12 +30,15 @@ class Decision:
 
 
 def build_policy(spec: str, gpu: str = "h100-sxm", model: str = "llama3-8b", executor_sm_share: float = 0.3):
-    """The scheduler's policy for `spec`; `auto` gets a roofline predictor for (`gpu`, `model`)."""
+    """The scheduler's policy for `spec`; `auto` gets a predictor for (`gpu`, `model`): the measured table where
+    the package has one (CPU devices, profiled GPUs), else the roofline."""
     if spec != "auto":
         return make_policy(spec)
     from adrenaline_sgl.scheduler.cost_model import get_predictor
+    from adrenaline_sgl.scheduler.table import preferred_predictor
 
-    return make_policy("auto", get_predictor("roofline", gpu, model), executor_sm_share=executor_sm_share)
+    predictor = get_predictor(preferred_predictor(gpu, model), gpu, model)
+    return make_policy("auto", predictor, executor_sm_share=executor_sm_share)
 
 
 @dataclass

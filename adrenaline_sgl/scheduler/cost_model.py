@@ -118,8 +118,9 @@ def get_link(name: str | LinkSpec, gpu: GPUSpec) -> LinkSpec:
     """Link by name: `nvlink` (the GPU's own), `pcie4`, `pcie5`, `ib-200g`, `ib-400g`; a spec passes through."""
     if isinstance(name, LinkSpec):
         return name
-    if name == "nvlink":
-        return LinkSpec("nvlink", gpu.nvlink_gbs, LINK_LATENCY_US["nvlink"])
+    if name == "nvlink":  # the device's own link; a measured device (specs.py) carries its measured latency
+        latency = LINK_LATENCY_US["nvlink"] if gpu.link_latency_us is None else gpu.link_latency_us
+        return LinkSpec("nvlink", gpu.nvlink_gbs, latency)
     if name not in _LINK_GBS:
         raise ValueError(f"link must be one of {sorted(LINK_LATENCY_US)}, got {name!r}")
     return LinkSpec(name, _LINK_GBS[name], LINK_LATENCY_US[name])

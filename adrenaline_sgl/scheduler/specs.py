@@ -19,16 +19,22 @@ SGLang's (and vLLM's) parallel linear layers split it: query heads, FFN columns 
 (embedding and LM head) TP ways; KV heads TP ways when TP divides them, else (TP a multiple of the KV
 heads) one KV head per GPU, replicated TP / num_kv_heads times (sglang/srt/layers/linear.py,
 QKVParallelLinear); norms and the hidden size replicated.
+
+Measured devices: a CPU has no data sheet for what one pinned core does with our model, so CPU devices
+(`cpu-*`) are measured by `python -m adrenaline_sgl.tools.profile_cpu` and registered here from the
+`profiles/<name>.device.json` files it writes (GEMM peak, copy bandwidth and the link between two cores on
+one core each; `num_sms` counts cores). `get_gpu("cpu-...")` then works like a GPU name everywhere.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 _GIB = 1024**3
+MEASURED_DEVICES_DIR = Path(__file__).resolve().parent / "profiles"
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,7 @@ class GPUSpec:
     hbm_gib: float  # HBM capacity, GiB
     num_sms: int
     nvlink_gbs: float  # intra-node link bandwidth per direction, 1e9 B/s
+    link_latency_us: float | None = None  # measured one-way latency of that link; None: cost_model's default
 
     def __post_init__(self) -> None:
         for field in ("peak_tflops", "hbm_gbs", "hbm_gib", "nvlink_gbs"):
@@ -48,6 +55,8 @@ class GPUSpec:
                 raise ValueError(f"GPUSpec.{field} must be > 0, got {getattr(self, field)!r}")
         if self.num_sms < 1:
             raise ValueError(f"GPUSpec.num_sms must be >= 1, got {self.num_sms!r}")
+        if self.link_latency_us is not None and not self.link_latency_us >= 0:
+            raise ValueError(f"GPUSpec.link_latency_us must be >= 0 or None, got {self.link_latency_us!r}")
 
     @property
     def peak_flops(self) -> float:
@@ -344,6 +353,26 @@ def model_from_hf_config(path: str | Path) -> ModelSpec:
         raise ValueError(f"{where}: {err}") from err
 
 
+def load_device(path: str | Path) -> GPUSpec:
+    """The device spec in a `<name>.device.json` (its `spec` object); errors name the file."""
+    path = Path(path)
+    try:
+        spec = json.loads(path.read_text())["spec"]
+        unknown = sorted(set(spec) - {f.name for f in fields(GPUSpec)})
+        if unknown:
+            raise ValueError(f"unknown spec keys {unknown}")
+        device = GPUSpec(**spec)
+    except (OSError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"device file {path}: {err}") from err
+    if f"{device.name}.device.json" != path.name:
+        raise ValueError(f"device file {path} holds spec {device.name!r}; name it {device.name}.device.json")
+    return device
+
+
+def _measured_devices(folder: Path = MEASURED_DEVICES_DIR) -> dict[str, GPUSpec]:
+    return {d.name: d for d in map(load_device, sorted(folder.glob("*.device.json")))}
+
+
 GPUS: dict[str, GPUSpec] = {
     g.name: g
     for g in (
@@ -352,6 +381,15 @@ GPUS: dict[str, GPUSpec] = {
         GPUSpec("h200", peak_tflops=989.4, hbm_gbs=4800.0, hbm_gib=140.4, num_sms=132, nvlink_gbs=450.0),
     )
 }
+
+def _register_measured(found: dict[str, GPUSpec]) -> None:
+    clash = sorted(set(found) & set(GPUS))
+    if clash:
+        raise ValueError(f"measured device files {clash} reuse the names of data-sheet GPUs; rename them")
+    GPUS.update(found)
+
+
+_register_measured(_measured_devices())
 
 MODELS: dict[str, ModelSpec] = {
     m.name: m

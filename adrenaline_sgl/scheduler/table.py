@@ -13,6 +13,9 @@ then the columns of `COLUMNS`, one measured call a row (ms = median time of one 
     op,phase,num_tokens,context_tokens,num_seqs,sm_share,ms
     qkv,decode,16,0,1,1.0,0.041
 
+Further `# key: value` lines (a CPU profile's machine, date, load average, status) are kept as provenance
+and written back after the required ones.
+
 Lookup, per (op, phase, sm_share):
 - attention in decode: bilinear over the (batch, context per sequence) grid, which must be complete;
 - every other op: linear in num_tokens (prefill attention: per prompt, num_seqs=1 rows).
@@ -79,6 +82,9 @@ class ProfileTable:
         out = io.StringIO()
         for k in PROVENANCE_KEYS:
             out.write(f"# {k}: {self.provenance[k]}\n")
+        for k, value in self.provenance.items():
+            if k not in PROVENANCE_KEYS:
+                out.write(f"# {k}: {value}\n")
         w = csv.writer(out, lineterminator="\n")
         w.writerow(COLUMNS)
         for r in self.rows:
@@ -119,6 +125,14 @@ class ProfileTable:
 def default_profile_path(gpu: str, model: str) -> Path:
     """Where the measured table for (gpu, model) lives in the package: profiles/<gpu>__<model>.csv."""
     return PROFILES_DIR / f"{gpu}__{model}.csv"
+
+
+def preferred_predictor(gpu: str | GPUSpec, model: str | ModelSpec) -> str:
+    """`table` when the package holds a measured table for (gpu, model), else `roofline`: measured beats
+    modelled (a CPU device has only its table; the roofline's efficiencies are fitted to an A100)."""
+    gpu_name = gpu.name if isinstance(gpu, GPUSpec) else gpu
+    model_name = model.name if isinstance(model, ModelSpec) else model
+    return "table" if default_profile_path(gpu_name, model_name).is_file() else "roofline"
 
 
 class _Series1D:
