@@ -85,6 +85,17 @@ def affinity_readback() -> str:
     return f"Cpus_allowed_list {' / '.join(sorted(lists))} on all threads; torch threads {torch.get_num_threads()}"
 
 
+def _tracked_changes() -> bool:
+    import subprocess
+
+    try:
+        done = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                              text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return bool(done.stdout.strip())
+
+
 def _load_avg() -> str:
     return Path("/proc/loadavg").read_text().strip()
 
@@ -95,6 +106,8 @@ def provenance(device: str, args: argparse.Namespace, argv: list[str]) -> dict:
     from adrenaline_sgl.tools.profile_gpu import provenance as gpu_provenance
 
     prov = gpu_provenance(device, MODEL_SPEC, argv)
+    if _tracked_changes():
+        prov["git_sha"] += " + uncommitted changes"
     prov.update(
         driver="none (CPU)",
         command="python -m adrenaline_sgl.tools.profile_cpu " + " ".join(argv),
