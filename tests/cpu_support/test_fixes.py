@@ -31,7 +31,10 @@ def test_apply_turns_off_host_tensor_indices_and_aliases_the_cuda_event(fresh, c
         event.record()
         event.synchronize()
         assert event.query()
-    assert "adrenaline_sgl CPU fixes applied" in capsys.readouterr().err
+    line = capsys.readouterr().err
+    assert "adrenaline_sgl CPU fixes applied" in line
+    assert f"; CPUs {fixes.threads_line().split('CPUs ', 1)[1]}" in line
+    assert f"torch threads {torch.get_num_threads()}, OMP_NUM_THREADS=" in line
     assert fixes.apply() == applied  # idempotent
 
 

@@ -40,5 +40,16 @@ def apply() -> list[str]:
         _applied.append("torch.cuda.Event=torch.cpu.Event")
     # NOTE: SGLang loads plugins before it configures logging, so an INFO record would be dropped; one
     # stderr line per SGLang process keeps the fixes visible in the server logs (the e2e suite checks it).
-    print(f"adrenaline_sgl CPU fixes applied (pid {os.getpid()}): {', '.join(_applied)}", file=sys.stderr, flush=True)
+    print(f"adrenaline_sgl CPU fixes applied (pid {os.getpid()}): {', '.join(_applied)}; {threads_line()}",
+          file=sys.stderr, flush=True)
     return list(_applied)
+
+
+def threads_line() -> str:
+    """What this process runs with: CPUs, torch's intra-op threads and the thread variables. Printed from
+    inside, because `/proc/<pid>/environ` of SGLang's retitled processes (`sglang::scheduler`) is blank:
+    setproctitle overwrites the block the kernel shows (tests/e2e/test_pinned_pair.py reads both)."""
+    from adrenaline_sgl.configs.cpus import THREAD_ENV_NAMES, format_cpu_list
+
+    env = ", ".join(f"{name}={os.environ.get(name, '')}" for name in THREAD_ENV_NAMES)
+    return f"CPUs {format_cpu_list(os.sched_getaffinity(0))}, torch threads {torch.get_num_threads()}, {env}"
