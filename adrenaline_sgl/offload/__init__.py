@@ -2,11 +2,13 @@
 
 Public API (see docs/design.md for how the pieces fit):
     KVPool, SlotAllocator            SGLang-layout KV pools (shared with prefill, or standalone)
-    AttentionExecutor, ExecutorStats adopt / begin_step / step / release; capacity and time for the scheduler
-    ExecutorService                  the executor's side of the protocol, for any transport
+    AttentionExecutor, ExecutorStats adopt / begin_step / run_layer / release, one open step per decode client;
+                                     capacity and time for the scheduler
+    ExecutorService                  the executor's side of the protocol, for any transport and any number of
+                                     clients (static checks once at connect)
     OffloadClient, ClientConfig      begin_step / submit / wait, timeouts raising OffloadError
     create_channel, TRANSPORTS       `inproc` | `mooncake` by name
-    OffloadError and subclasses      PoolFullError, UnknownRequestError, SlotError
+    OffloadError and subclasses      PoolFullError, UnknownRequestError, SlotError, NotReadyError
 Heavier pieces import on demand: `.transports.mooncake` (mooncake), `.process`. The decode harness and
 the check and bench CLIs are in `adrenaline_sgl.tools`.
 """

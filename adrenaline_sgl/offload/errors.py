@@ -17,3 +17,14 @@ class UnknownRequestError(OffloadError):
 
 class SlotError(OffloadError):
     """A slot operation would corrupt the pool: double free, double adoption, out-of-range slot."""
+
+
+class NotReadyError(OffloadError):
+    """The op cannot run yet (a request id the prefill scheduler has not handed over) but may within `wait_s`
+    seconds: a caller that can block retries it (`ExecutorService.control`); a server loop parks it and keeps
+    serving its other clients meanwhile (`RouterServer`). After `wait_s` the caller raises `final`."""
+
+    def __init__(self, final: OffloadError, wait_s: float):
+        super().__init__(f"not ready yet (retried for up to {wait_s} s): {final}")
+        self.final = final
+        self.wait_s = wait_s

@@ -62,6 +62,13 @@ class RowLayout:
     def reply_bytes(self, rows: int) -> int:
         return rows * self.num_q_heads * (self.head_dim * self.elem_bytes + 4)
 
+    def rows_match(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+        """q `[N, Hq, D]`, k, v `[N, Hkv, D]` in this dtype (for transports that pass tensors, not bytes)."""
+        n = q.shape[0]
+        kv_shape = (n, self.num_kv_heads, self.head_dim)
+        return (tuple(q.shape) == (n, self.num_q_heads, self.head_dim) and tuple(k.shape) == kv_shape
+                and tuple(v.shape) == kv_shape and q.dtype == k.dtype == v.dtype == self.dtype)
+
     def to_json(self) -> dict[str, Any]:
         return {"num_q_heads": self.num_q_heads, "num_kv_heads": self.num_kv_heads, "head_dim": self.head_dim,
                 "dtype": dtype_name(self.dtype)}

@@ -13,8 +13,13 @@
   executor's server thread runs on the partition's stream and plans the decode kernel with the partition's
   real SM count. With `--adrenaline-ttft-slo-ms` the share follows load (`colocation/replan.py`): a new
   partition is taken at `begin_step` (a step boundary), on the server thread: new stream, new `num_sms`.
+  With several decode instances that boundary is one client's; another client's open step keeps the kernel
+  plan it was built with (same results, split for the old SM count) until its own next `begin_step`.
   NOTE: the stream is entered on the server thread only; prompt KV written by the prefill forward is
   complete before adoption (the first token was read back to the host before the inflight queue runs).
+- Several decode instances may share this executor, each with its own open step (`ExecutorService`). A
+  `begin_step` for a request the scheduler has not adopted yet does not block the server thread: it is
+  parked and retried (`NotReadyError`, up to `ADOPT_WAIT_S`) while the other clients' layers are served.
 - Transports: `offload.hosted.HostedExecutor` serves it on a thread of this process, the server class from
   `offload.hosted.SERVERS` by `--adrenaline-transport` (`mooncake`, `cuda_ipc`);
   `cuda_ipc` needs the KV pool on a CUDA GPU and says so at start-up; `inproc` serves nothing (tests attach
@@ -25,11 +30,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Callable
 
 from adrenaline_sgl.colocation.replan import PrefillColocation
-from adrenaline_sgl.offload.errors import OffloadError
+from adrenaline_sgl.offload.errors import NotReadyError, OffloadError, UnknownRequestError
 from adrenaline_sgl.offload.executor import AttentionExecutor
 from adrenaline_sgl.offload.hosted import HostedExecutor, check_transport_here
 from adrenaline_sgl.offload.pool import KVPool, ReservedSlots
@@ -53,27 +57,28 @@ class PrefillExecutorService(ExecutorService):
         self.colocation: PrefillColocation | None = None  # the executor's partition (and its re-planning)
         self.on_new_partition: Callable | None = None  # HostedExecutor: move its thread to the new stream
 
-    def _op_fault_stop(self, args, tensors):
+    def _op_fault_stop(self, args, tensors, client):
         """Fault injection: stop serving after this reply (the executor is gone, SGLang serves on)."""
         if self.on_fault_stop is None:
             raise OffloadError("fault_stop: fault injection is off (--adrenaline-enable-fault-injection)")
         self.on_fault_stop()
         return None, {}
 
-    def _op_release(self, args, tensors):
+    def _op_release(self, args, tensors, client):
         self.kept.request_release(args["rid"])
         return None, {}
 
-    def _op_begin_step(self, args, tensors):
+    def _op_begin_step(self, args, tensors, client):
         # NOTE: decode may see the handoff (first token) a moment before this instance's scheduler has run
-        # its inflight queue and adopted the KV; wait for that, bounded, instead of failing the step.
-        deadline = time.monotonic() + ADOPT_WAIT_S
+        # its inflight queue and adopted the KV; the step is retried for up to ADOPT_WAIT_S instead of failing
+        # (parked by the server loop, which serves the other decode clients meanwhile).
         known = set(self.executor.rids)
-        while any(rid not in known for rid in args["rids"]) and time.monotonic() < deadline:
-            time.sleep(0.002)
-            known = set(self.executor.rids)
+        missing = [rid for rid in args["rids"] if rid not in known]
+        if missing:
+            raise NotReadyError(UnknownRequestError(f"begin_step: unknown request {missing[0]!r} (not adopted "
+                                                    f"within {ADOPT_WAIT_S} s)"), ADOPT_WAIT_S)
         self._step_boundary()
-        return super()._op_begin_step(args, tensors)
+        return super()._op_begin_step(args, tensors, client)
 
     def _step_boundary(self) -> None:
         """Between steps: take a re-planned partition (its SM count for this step's kernel plan, its stream)."""
@@ -85,7 +90,7 @@ class PrefillExecutorService(ExecutorService):
             self.on_new_partition(part)
         logger.info("adrenaline: executor moved to its new partition: %s SMs", part.executor_sms or "all")
 
-    def _op_stats(self, args, tensors):
+    def _op_stats(self, args, tensors, client):
         stats = dataclasses.asdict(self.executor.stats())
         if self.colocation is not None:
             stats["colocation"] = self.colocation.stats()

@@ -45,8 +45,8 @@ def test_submit_wait_equals_direct_executor_step(make_executor):
 def test_submit_returns_before_the_executor_finishes(make_executor):
     ex = make_executor()
     gate = threading.Event()
-    real_step = ex.step
-    ex.step = lambda *a: (gate.wait(5), real_step(*a))[1]  # a slow executor
+    real_run_layer = ex.run_layer
+    ex.run_layer = lambda *a: (gate.wait(5), real_run_layer(*a))[1]  # a slow executor
     client = _client(ex)
     try:
         client.adopt_copy("a", *random_kv(3))
@@ -64,7 +64,7 @@ def test_submit_returns_before_the_executor_finishes(make_executor):
 def test_stalled_executor_times_out_with_address_and_layer(make_executor):
     ex = make_executor()
     gate = threading.Event()
-    ex.step = lambda *a: gate.wait(10)
+    ex.run_layer = lambda *a: gate.wait(10)
     client = _client(ex, layer_timeout_s=0.3)
     try:
         client.adopt_copy("a", *random_kv(3))

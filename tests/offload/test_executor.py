@@ -58,7 +58,7 @@ def test_adopt_shares_the_pool_without_copy_and_hands_back_adopted_slots():
     ex.begin_step(["a"])
     q, k_new, v_new = random_rows(1)
     o, _ = ex.step(0, ["a"], q, k_new, v_new)
-    new_slot = int(ex._plan.new_slots[0])
+    new_slot = int(ex.open_plan().new_slots[0])
     torch.testing.assert_close(k_buffers[0][new_slot], k_new[0])  # appended in place in the shared buffer
     o_ref, _ = _expected(k_buffers[0][prompt_slots], v_buffers[0][prompt_slots], k_new, v_new, q)
     torch.testing.assert_close(o, o_ref, rtol=1e-5, atol=1e-5)
@@ -158,10 +158,115 @@ def test_triton_executor_matches_reference_executor(make_executor, num_q_heads):
         ex.adopt_copy("a", *random_kv(9, seed=3))
         ex.adopt_copy("b", *random_kv(2, seed=4))
         ex.begin_step(["b", "a"])
-    assert (tri._plan.attention_plan is not None) == (num_q_heads is not None)
+    assert (tri.open_plan().attention_plan is not None) == (num_q_heads is not None)
     q, k, v = random_rows(2, seed=5)
     o_t, lse_t = tri.step(1, ["b", "a"], q, k, v)
     o_r, lse_r = ref.step(1, ["b", "a"], q, k, v)
     torch.testing.assert_close(o_t, o_r, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(lse_t, lse_r, rtol=1e-4, atol=1e-4)
     assert torch.equal(tri.pool.k_buffers[1], ref.pool.k_buffers[1])  # append_kv wrote the same rows
+
+
+# ---- several clients (decode instances) of one executor ----
+
+
+def _run_all_layers(ex, client, rids, seed=0):
+    plan = ex.open_plan(client)
+    return [ex.run_layer(client, plan.step_id, layer, *random_rows(len(rids), seed=seed + layer))
+            for layer in range(LAYERS)]
+
+
+def test_release_mid_step_keeps_the_rest_of_the_step_and_holds_only_its_slot(make_executor):
+    ex, direct = make_executor(num_slots=40), make_executor(num_slots=40)
+    for e in (ex, direct):
+        e.adopt_copy("a", *random_kv(3, seed=1))
+        e.adopt_copy("b", *random_kv(4, seed=2))
+        e.adopt_copy("c", *random_kv(2, seed=3))
+    ex.begin_step(["a", "b"], client="A")
+    ex.begin_step(["c"], client="B")
+    direct.begin_step(["a", "b"])
+    q, k, v = random_rows(2, seed=4)
+    ex.run_layer("A", ex.open_plan("A").step_id, 0, q, k, v)
+    direct.step(0, ["a", "b"], q, k, v)
+    free = ex.stats().slots_free
+    ex.release("a")  # mid-step: 3 prompt slots free now, its step slot once A's step is over
+    assert ex.stats().slots_free == free + 3 and ex.rids == ["b", "c"]
+    for layer in range(1, LAYERS):  # b's row goes on exactly as without the release
+        q, k, v = random_rows(2, seed=10 + layer)
+        o, lse = ex.run_layer("A", ex.open_plan("A").step_id, layer, q, k, v)
+        o_ref, lse_ref = direct.step(layer, ["a", "b"], q, k, v)
+        assert torch.equal(o[1], o_ref[1]) and torch.equal(lse[1], lse_ref[1])
+    assert ex.open_plan("B") is not None and ex.seq_len("c") == 3  # the other client's step is untouched
+    assert ex.stats().slots_free == free + 4  # A's step ran its last layer: the held slot is back
+    assert ex.stats().tokens_held == 5 + 3
+
+
+def test_release_after_the_steps_last_layer_frees_everything_at_once(make_executor):
+    ex = make_executor(num_slots=40)
+    ex.adopt_copy("a", *random_kv(3))
+    ex.begin_step(["a"], client="A")
+    _run_all_layers(ex, "A", ["a"])
+    ex.release("a")
+    assert ex.stats().slots_free == 40
+    with pytest.raises(OffloadError, match="no open step|all its 2 layers"):
+        ex.run_layer("A", 0, 0, *random_rows(1))
+
+
+def test_releasing_every_row_of_an_unfinished_step_closes_it(make_executor):
+    """How a client that vanished without a goodbye gives its step slots back: decode releases its requests."""
+    ex = make_executor(num_slots=40)
+    ex.adopt_copy("a", *random_kv(3, seed=1))
+    ex.adopt_copy("b", *random_kv(2, seed=2))
+    ex.begin_step(["a", "b"], client="gone")
+    step_id = ex.open_plan("gone").step_id
+    ex.run_layer("gone", step_id, 0, *random_rows(2))
+    ex.release("a")
+    assert ex.open_plan("gone") is not None  # b still decodes in it
+    ex.release("b")
+    assert ex.open_plan("gone") is None and ex.stats().slots_free == 40
+    with pytest.raises(OffloadError, match="no open step"):
+        ex.run_layer("gone", step_id, 1, *random_rows(2))
+
+
+def test_run_layer_checks_what_can_change_per_layer(make_executor):
+    ex = make_executor()
+    ex.adopt_copy("a", *random_kv(4))
+    with pytest.raises(OffloadError, match="no open step for this client"):
+        ex.run_layer("A", 0, 0, *random_rows(1))
+    step_id = ex.begin_step(["a"], client="A").step_id
+    with pytest.raises(OffloadError, match=f"step {step_id + 1} is not this client's open step \\({step_id}\\)"):
+        ex.run_layer("A", step_id + 1, 0, *random_rows(1))
+    with pytest.raises(OffloadError, match="layer must lie in"):
+        ex.run_layer("A", step_id, LAYERS, *random_rows(1))
+    with pytest.raises(OffloadError, match="2 rows, but step"):
+        ex.run_layer("A", step_id, 0, *random_rows(2))
+    _run_all_layers(ex, "A", ["a"])
+    with pytest.raises(OffloadError, match="has run all its 2 layers"):  # no append after the step is complete
+        ex.run_layer("A", step_id, 0, *random_rows(1))
+    assert ex.seq_len("a") == 5
+
+
+def test_a_request_in_another_clients_unfinished_step_is_refused(make_executor):
+    ex = make_executor()
+    ex.adopt_copy("a", *random_kv(4))
+    ex.begin_step(["a"], client="A")
+    with pytest.raises(OffloadError, match="another client's unfinished step"):
+        ex.begin_step(["a"], client="B")
+    _run_all_layers(ex, "A", ["a"])
+    ex.begin_step(["a"], client="B")  # A's step is complete: its token stays, B may step the request now
+    assert ex.open_plan("A") is None and ex.seq_len("a") == 6
+
+
+def test_end_client_rolls_back_an_unfinished_step_and_keeps_a_finished_one(make_executor):
+    ex = make_executor(num_slots=40)
+    ex.adopt_copy("a", *random_kv(4, seed=1))
+    ex.adopt_copy("b", *random_kv(4, seed=2))
+    ex.begin_step(["a"], client="A")
+    ex.begin_step(["b"], client="B")
+    _run_all_layers(ex, "B", ["b"])
+    ex.run_layer("A", ex.open_plan("A").step_id, 0, *random_rows(1))
+    ex.end_client("A")
+    ex.end_client("B")
+    assert (ex.seq_len("a"), ex.seq_len("b")) == (4, 5)
+    s = ex.stats()
+    assert (s.steps, s.layer_calls, s.clients, s.slots_free) == (2, 1 + LAYERS, (), 40 - 9)

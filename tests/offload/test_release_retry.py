@@ -18,12 +18,12 @@ from adrenaline_sgl.offload.transports.router import RouterServer
 
 
 class RecordingService:
-    """The executor protocol's `control` entry, recording what it was asked."""
+    """The executor protocol's `try_control` entry (what `RouterServer` calls), recording what it was asked."""
 
     def __init__(self):
         self.calls: list[tuple[str, dict]] = []
 
-    def control(self, op, args, tensors):
+    def try_control(self, op, args, tensors, client):
         self.calls.append((op, args))
         if op == "boom":
             raise OffloadError("boom: refused")

@@ -21,6 +21,7 @@ class Channel(ABC):
     """Client end of a connection to one attention executor."""
 
     address: str  # where the executor is, for error messages ("inproc", "127.0.0.1:5555", ...)
+    client_id: str  # this connection's id at the executor (one open step per id; its line in the stats)
 
     @abstractmethod
     def call(

@@ -117,11 +117,11 @@ class CudaIpcServer(RouterServer):
         reply_ready = torch.cuda.Event.from_ipc_handle(self.device, bytes.fromhex(header["reply_ready"]))
         return _Peer(identity, layout, req_buf, reply_buf, req_ready, reply_ready, max_rows), {}
 
-    def _run_layer(self, peer: _Peer, step_id: int, layer: int, rows: int) -> None:
+    def _run_layer(self, peer: _Peer, client: str, step_id: int, layer: int, rows: int) -> None:
         with torch.cuda.stream(self._stream):
             self._stream.wait_stream(torch.cuda.default_stream(self.device))  # begin_step's plan tensors
             self._stream.wait_event(peer.req_ready)
             q, k, v = peer.layout.unpack_request(peer.req_buf, rows)
-            o, lse = self.service.layer(step_id, layer, q, k, v)
+            o, lse = self.service.layer(client, step_id, layer, q, k, v)
             peer.layout.pack_reply(peer.reply_buf, o, lse)
             peer.reply_ready.record(self._stream)

@@ -4,18 +4,25 @@ The worker thread gives the same overlap as a remote executor: `send_layer` queu
 attention runs on the caller's thread meanwhile (torch releases the GIL in its kernels). On a GPU the
 worker runs on its own CUDA stream, ordered after the caller's stream by an event on the way in and
 before it by an event on the way out, so remote and local attention can overlap on the device too.
+
+Each channel is one client of the service (its own id, open step and worker thread): several channels on
+one service are several decode instances sharing an executor. `close` disconnects it (an unfinished step
+is rolled back). The rows' shapes are checked here, against the layout the channel's `hello` gave, since
+this transport hands tensors over instead of unpacking bytes with that layout.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import uuid
 from typing import Any
 
 import torch
 
 from ..errors import OffloadError
 from ..service import ExecutorService
+from ..wire import RowLayout
 from .base import Channel
 
 _STOP = object()
@@ -25,6 +32,8 @@ class InprocChannel(Channel):
     def __init__(self, service: ExecutorService):
         self.address = "inproc"
         self.service = service
+        self.client_id = uuid.uuid4().hex
+        self._layout: RowLayout | None = None  # from this channel's hello
         device = service.executor.pool.device
         self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self._jobs: queue.Queue = queue.Queue()
@@ -33,9 +42,16 @@ class InprocChannel(Channel):
         self._worker.start()
 
     def call(self, op: str, args: dict[str, Any], tensors: dict[str, torch.Tensor] | None, timeout_s: float):
-        return self.service.control(op, args, tensors or {})
+        result = self.service.control(op, args, tensors or {}, self.client_id)
+        if op == "hello":
+            self._layout = RowLayout.from_json(args["layout"])
+        return result
 
     def send_layer(self, step_id: int, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        if self._layout is not None and not self._layout.rows_match(q, k, v):
+            raise OffloadError(f"executor at {self.address}, layer {layer}: rows must be q [N, Hq, D], k, v "
+                               f"[N, Hkv, D] of {self._layout}, got {tuple(q.shape)}, {tuple(k.shape)}, "
+                               f"{tuple(v.shape)} {q.dtype}")
         ready = None
         if self._stream is not None:  # q, k, v are being produced on the caller's stream
             ready = torch.cuda.Event()
@@ -63,6 +79,7 @@ class InprocChannel(Channel):
     def close(self) -> None:
         self._jobs.put(_STOP)
         self._worker.join(timeout=5)
+        self.service.disconnect(self.client_id)
 
     def _run(self) -> None:
         while True:
@@ -72,13 +89,13 @@ class InprocChannel(Channel):
             step_id, layer, q, k, v, ready = job
             try:
                 if self._stream is None:
-                    result = (*self.service.layer(step_id, layer, q, k, v), None)
+                    result = (*self.service.layer(self.client_id, step_id, layer, q, k, v), None)
                 else:
                     with torch.cuda.stream(self._stream):
                         self._stream.wait_event(ready)
                         for t in (q, k, v):
                             t.record_stream(self._stream)
-                        o, lse = self.service.layer(step_id, layer, q, k, v)
+                        o, lse = self.service.layer(self.client_id, step_id, layer, q, k, v)
                         done = torch.cuda.Event()
                         done.record()
                     result = (o, lse, done)

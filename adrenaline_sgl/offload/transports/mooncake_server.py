@@ -2,7 +2,8 @@
 
 Per connected client it registers, once, a request buffer (the client writes q|k|v into it) and a reply
 buffer (o|lse, written into the client's registered reply buffer with one batched write per layer). The
-loop is single-threaded: it runs the executor's layers itself, in arrival order.
+loop is single-threaded: it runs the executor's layers itself, in arrival order, each client's in its own
+open step.
 """
 
 from __future__ import annotations
@@ -43,10 +44,10 @@ class MooncakeServer(RouterServer):
         peer = _Peer(identity, header["session"], int(header["reply_addr"]), layout, req_buf, reply_buf, max_rows)
         return peer, {"session": self._session, "req_addr": req_buf.data_ptr()}
 
-    def _run_layer(self, peer: _Peer, step_id: int, layer: int, rows: int) -> None:
+    def _run_layer(self, peer: _Peer, client: str, step_id: int, layer: int, rows: int) -> None:
         device = self.service.executor.pool.device  # host staging; the pool may sit on a GPU
         q, k, v = (t.to(device) for t in peer.layout.unpack_request(peer.req_buf, rows))
-        o, lse = self.service.layer(step_id, layer, q, k, v)
+        o, lse = self.service.layer(client, step_id, layer, q, k, v)
         nbytes = peer.layout.pack_reply(peer.reply_buf, o, lse)
         rc = self._engine.batch_transfer_sync_write(peer.session, [peer.reply_buf.data_ptr()], [peer.reply_addr],
                                                     [nbytes])

@@ -5,6 +5,13 @@ doorbells back, polled with deadlines. Server: one ROUTER socket, a single-threa
 `connect` / `call` / `disconnect` and runs each `layer` doorbell. How the layer bytes move (Mooncake
 writes, CUDA IPC buffers) is the subclasses' business. Every reply carries the request's `seq`, so a late
 answer to an abandoned request is skipped, never mistaken for the current one.
+
+Several clients (decode instances) share one server, each with its own open step in the executor, keyed
+by the client id every message carries. Fairness: the loop takes messages in arrival order (ZMQ's ROUTER
+fair-queues between peers) and each is one layer or one short control op; an op that must wait (a
+`begin_step` whose request the prefill scheduler has not handed over yet, `NotReadyError`) is parked and
+retried between messages, so it never holds up another client's layers. Per layer the server checks only
+the row count against the client's buffers; the layout was checked at `connect` (`ExecutorService`).
 """
 
 from __future__ import annotations
@@ -18,7 +25,8 @@ import torch
 import zmq
 
 from .. import errors
-from ..errors import OffloadError
+from ..errors import NotReadyError, OffloadError
+from ..executor import DIRECT
 from ..service import ExecutorService
 from ..wire import RowLayout, decode, encode
 from .base import Channel
@@ -48,6 +56,11 @@ class RouterChannel(Channel):
         self._main = self._socket(f"{self._client_id}-main")
         self._seq = 0
         self._broken: str | None = None
+
+    @property
+    def client_id(self) -> str:
+        """This channel's id at the executor (its open step, its line in the executor's stats)."""
+        return self._client_id
 
     def call(self, op: str, args: dict[str, Any], tensors: dict[str, torch.Tensor] | None, timeout_s: float):
         self._check_usable(op)
@@ -130,6 +143,9 @@ class RouterChannel(Channel):
             return header
 
     def _say_goodbye(self) -> None:
+        """Tell the executor this client is gone (it rolls back an unfinished step, frees the buffers).
+        NOTE: not from a broken channel: a Mooncake write of ours may still be in flight into those buffers.
+        The step of a client that vanished is closed once decode has released its requests (executor)."""
         if self._broken is None:
             try:
                 self._main.send_multipart(encode("disconnect", {"client": self._client_id}), zmq.NOBLOCK)
@@ -138,6 +154,7 @@ class RouterChannel(Channel):
 
 
 MAX_ROWS = 65536  # the most rows a client may ask the executor to size its buffers for
+_PARKED_POLL_MS = 2  # how often parked ops are retried while nothing arrives
 
 
 class RouterServer:
@@ -154,6 +171,7 @@ class RouterServer:
             self._router.bind(f"tcp://{host}:{port}")
         self.address = f"{host}:{port}"
         self._peers: dict[str, Any] = {}
+        self._parked: list[tuple[bytes, dict, dict, float]] = []  # (identity, header, tensors, give-up time)
         self.layers_served = 0
 
     # ---- what a transport provides ----
@@ -162,8 +180,9 @@ class RouterServer:
         """Set up a client's buffers; returns (peer state, the `connect` reply)."""
         raise NotImplementedError
 
-    def _run_layer(self, peer: Any, step_id: int, layer: int, rows: int) -> None:
-        """Read the peer's q|k|v, run the executor, deliver o|lse to the peer (before the doorbell)."""
+    def _run_layer(self, peer: Any, client: str, step_id: int, layer: int, rows: int) -> None:
+        """Read the peer's q|k|v, run `client`'s layer on the executor, deliver o|lse to the peer (before the
+        doorbell)."""
         raise NotImplementedError
 
     def _close_peer(self, peer: Any) -> None:
@@ -174,12 +193,15 @@ class RouterServer:
     def serve(self, stop: threading.Event, poll_ms: int = 100) -> None:
         """Answer messages until `stop` is set."""
         while not stop.is_set():
-            if self._router.poll(poll_ms, zmq.POLLIN):
+            if self._router.poll(_PARKED_POLL_MS if self._parked else poll_ms, zmq.POLLIN):
                 self.handle(self._router.recv_multipart())
+            if self._parked:
+                self._retry_parked()
 
     def close(self) -> None:
-        for peer in self._peers.values():
+        for client, peer in self._peers.items():
             self._close_peer(peer)
+            self.service.disconnect(client)
         self._peers.clear()
         self._router.close(linger=0)
 
@@ -193,18 +215,19 @@ class RouterServer:
         if kind == "layer":
             self._layer(header)
             return
+        if kind == "call":
+            self._call(identity, header, tensors, None)
+            return
         seq = header.get("seq")
         try:
             if kind == "connect":
                 result = self._connect(identity, header)
             elif kind == "disconnect":
-                peer = self._peers.pop(header.get("client"), None)
+                client = header.get("client")
+                peer = self._peers.pop(client, None)
                 if peer is not None:
                     self._close_peer(peer)
-                return
-            elif kind == "call":
-                result, out_tensors = self.service.control(header["op"], header.get("args", {}), tensors)
-                self._reply(identity, "ok", {"seq": seq, "result": result}, out_tensors)
+                    self.service.disconnect(client)
                 return
             else:
                 raise OffloadError(f"unknown message kind {kind!r}")
@@ -213,28 +236,56 @@ class RouterServer:
             return
         self._reply(identity, "ok", {"seq": seq, "result": result})
 
+    def _call(self, identity: bytes, header: dict, tensors: dict, give_up_at: float | None) -> None:
+        """One control op for the client the header names (none: the control socket, `DIRECT`); one that is
+        not ready yet is parked until `give_up_at` (then its final error goes back)."""
+        seq = header.get("seq")
+        try:
+            try:
+                result, out_tensors = self.service.try_control(header["op"], header.get("args", {}), tensors,
+                                                               header.get("client") or DIRECT)
+            except NotReadyError as wait:
+                now = time.monotonic()
+                give_up_at = give_up_at if give_up_at is not None else now + wait.wait_s
+                if now < give_up_at:
+                    self._parked.append((identity, header, tensors, give_up_at))
+                    return
+                raise wait.final from None
+        except Exception as exc:  # every failure goes back to the caller, the loop keeps serving
+            self._reply(identity, "err", {"seq": seq, "error": str(exc), "type": type(exc).__name__})
+            return
+        self._reply(identity, "ok", {"seq": seq, "result": result}, out_tensors)
+
+    def _retry_parked(self) -> None:
+        parked, self._parked = self._parked, []
+        for identity, header, tensors, give_up_at in parked:
+            self._call(identity, header, tensors, give_up_at)
+
     def _connect(self, identity: bytes, header: dict) -> dict:
         layout = RowLayout.from_json(header["layout"])
         max_rows = int(header["max_rows"])
         if not 1 <= max_rows <= MAX_ROWS:
             raise OffloadError(f"connect: max_rows must lie in [1, {MAX_ROWS}], got {max_rows}")
-        old = self._peers.pop(header["client"], None)
+        client = header["client"]
+        old = self._peers.pop(client, None)
         if old is not None:
             self._close_peer(old)
+        self.service.connect(client, layout, max_rows)  # layout against the pool, once per client
         peer, reply = self._open_peer(identity, header, layout, max_rows)
-        self._peers[header["client"]] = peer
+        self._peers[client] = peer
         return reply
 
     def _layer(self, header: dict) -> None:
-        peer = self._peers.get(header.get("client"))
+        client = header.get("client")
+        peer = self._peers.get(client)
         if peer is None:
             return  # a doorbell from a client that never connected: nobody to answer
         step_id, layer, rows = int(header["step_id"]), int(header["layer"]), int(header["rows"])
         answer = {"step_id": step_id, "layer": layer, "rows": rows}
         try:
-            if not 0 <= rows <= peer.max_rows:
+            if not 0 <= rows <= peer.max_rows:  # the one transport check: the rows fit this client's buffers
                 raise OffloadError(f"layer {layer}: {rows} rows exceed max_rows {peer.max_rows}")
-            self._run_layer(peer, step_id, layer, rows)
+            self._run_layer(peer, client, step_id, layer, rows)
         except Exception as exc:
             self._reply(peer.reply_to, "layer_err", {**answer, "error": str(exc), "type": type(exc).__name__})
             return
