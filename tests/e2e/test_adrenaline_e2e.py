@@ -18,8 +18,6 @@ import json
 import os
 import re
 import signal
-import socket
-import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,23 +29,23 @@ import yaml
 
 from adrenaline_sgl.configs.commands import port_is_free
 
+from .conftest import (
+    ADMITTED_OFFLOADED,
+    CPU_DEMO,
+    PROMPTS,
+    REQUEST_TIMEOUT_S,
+    ExtraProxy,
+    decode_kv_used,
+    generate,
+    ids_for_all,
+    load,
+    log_count,
+    wait_for,
+)
+
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
-CPU_DEMO = ROOT / "adrenaline_sgl" / "configs" / "cpu_demo.yaml"
 REMOTE_TIMEOUT_S = 2.0  # decode's wait for one layer's reply from the executor
-REQUEST_TIMEOUT_S = 300
-PROMPTS = [
-    "The capital of France is", "Water boils at a temperature of", "The largest planet in the solar system is",
-    "A haiku about the sea:", "def fibonacci(n):", "The three primary colors are", "Once upon a time, a small robot",
-    "To make a cup of tea, first",
-]  # fmt: skip
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _config(run_dir: Path) -> Path:
@@ -60,40 +58,6 @@ def _config(run_dir: Path) -> Path:
     path = run_dir / "e2e.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
-
-
-class ExtraProxy:
-    """One more adrenaline proxy (its own process group) with another policy, same prefill and decode."""
-
-    def __init__(self, base_argv: tuple[str, ...], env: dict, policy: str, log: Path):
-        argv = list(base_argv)
-        for flag, value in (("--port", str(_free_port())), ("--prometheus-port", str(_free_port())),
-                            ("--policy", policy)):  # fmt: skip
-            argv[argv.index(flag) + 1] = value
-        self.url = f"http://127.0.0.1:{argv[argv.index('--port') + 1]}"
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, log.read_text()[-2000:]
-            try:
-                if requests.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        raise AssertionError(f"proxy {policy} not healthy in 60 s: {log.read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-        except ProcessLookupError:
-            pass
 
 
 @pytest.fixture(scope="module")
@@ -119,49 +83,14 @@ def stack(tmp_path_factory):
         assert port_is_free("127.0.0.1", int(proxy.url.rsplit(":", 1)[1]))
 
 
-def generate(url: str, prompt: str, max_new_tokens: int, ignore_eos: bool = True) -> requests.Response:
-    body = {"text": prompt, "sampling_params": {"temperature": 0, "max_new_tokens": max_new_tokens,
-                                                "ignore_eos": ignore_eos}}  # fmt: skip
-    return requests.post(url + "/generate", json=body, timeout=REQUEST_TIMEOUT_S)
-
-
-def load(running, name: str) -> dict:
-    reply = requests.get(running.spec(name).url + "/adrenaline/load", timeout=10)
-    reply.raise_for_status()
-    return reply.json()
-
-
-def decode_kv_used(running) -> tuple[int, int]:
-    """(KV tokens in use, running requests) on decode, from SGLang's own `/v1/loads` (scheduler snapshot)."""
-    reply = requests.get(running.spec("decode-0").url + "/v1/loads?include=core", timeout=10)
-    reply.raise_for_status()
-    loads = reply.json()["loads"]
-    return sum(d["num_used_tokens"] for d in loads), sum(d["num_running_reqs"] for d in loads)
-
-
-def log_count(running, name: str, pattern: str) -> int:
-    return len(re.findall(pattern, (running.folder / f"{name}.log").read_text(errors="replace")))
-
-
-ADMITTED_OFFLOADED = r"adrenaline: admitted \S+ offloaded to"
-
-
-def _ids_for_all(url: str, max_new_tokens: int = 32) -> list[list[int]]:
-    with ThreadPoolExecutor(len(PROMPTS)) as pool:
-        replies = list(pool.map(lambda p: generate(url, p, max_new_tokens, ignore_eos=False), PROMPTS))
-    for reply in replies:
-        assert reply.status_code == 200, reply.text
-    return [reply.json()["output_ids"] for reply in replies]
-
-
 def test_greedy_token_ids_identical_with_offload_always_and_ratio_half(stack):
     running, proxies = stack
-    reference = _ids_for_all(proxies["never"])
+    reference = ids_for_all(proxies["never"])
     assert log_count(running, "decode-0", ADMITTED_OFFLOADED) == 0  # never: all local
     assert all(ids for ids in reference)
     for policy, expect in (("always", "all"), ("ratio:0.5", "some")):
         before = log_count(running, "decode-0", ADMITTED_OFFLOADED)
-        ids = _ids_for_all(proxies[policy])
+        ids = ids_for_all(proxies[policy])
         offloaded = log_count(running, "decode-0", ADMITTED_OFFLOADED) - before
         if expect == "all":
             assert offloaded == len(PROMPTS), offloaded
@@ -204,21 +133,10 @@ def test_streamed_offloaded_answers_equal_local_ones(stack):
     assert streamed == local  # the proxy relays decode's event stream of offloaded requests
 
 
-def _wait_for(predicate, timeout_s: float, poke=None, what: str = "") -> float:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout_s:
-        if predicate():
-            return time.monotonic() - t0
-        if poke is not None:
-            poke()
-        time.sleep(0.2)
-    raise AssertionError(f"not within {timeout_s} s: {what}")
-
-
 def _settle(running, proxies) -> None:
     """Releases of finished requests are applied at the prefill scheduler's next pass, and an idle
     `--sleep-on-idle` scheduler passes only when woken: a tiny local request wakes it."""
-    _wait_for(lambda: load(running, "prefill-0")["executor_kv_tokens"] == 0, 60,
+    wait_for(lambda: load(running, "prefill-0")["executor_kv_tokens"] == 0, 60,
               poke=lambda: generate(proxies["never"], "Hi", 1), what="earlier KV freed on prefill")  # fmt: skip
 
 
@@ -242,12 +160,12 @@ def test_decode_load_reports_its_real_round_trip_and_running_offloaded_requests(
         assert reply.status_code == 200, reply.text
         chunks = reply.iter_lines()
         next(chunks)  # decoding, offloaded
-        _wait_for(lambda: load(running, "decode-0")["offloaded_reqs"] == 1, 30, what="decode counts it offloaded")
-        _wait_for(lambda: load(running, "decode-0")["offload_rtt_ms"] > 0, 30, what="decode reports a round trip")
+        wait_for(lambda: load(running, "decode-0")["offloaded_reqs"] == 1, 30, what="decode counts it offloaded")
+        wait_for(lambda: load(running, "decode-0")["offload_rtt_ms"] > 0, 30, what="decode reports a round trip")
         report = load(running, "decode-0")
         assert report["offload_stats_ok"] is True and report["offload_rtt_samples"] > 0, report
         assert 0 < report["offload_rtt_p50_ms"] <= report["offload_rtt_p99_ms"], report
-        _wait_for(lambda: (_proxy_gauge(running, "adrenaline_offload_round_trip_ms", decode_url) or 0) > 0, 30,
+        wait_for(lambda: (_proxy_gauge(running, "adrenaline_offload_round_trip_ms", decode_url) or 0) > 0, 30,
                   what="the proxy exports decode's round trip")  # fmt: skip
         assert _proxy_gauge(running, "adrenaline_decode_offload_stats_ok", decode_url) == 1.0
     print(f"decode per-layer round trip (CPU loopback Mooncake TCP, not performance): "
@@ -265,7 +183,7 @@ def test_aborted_offloaded_request_frees_its_kv_on_prefill(stack):
         assert reply.status_code == 200, reply.text
         chunks = reply.iter_lines()
         next(chunks)  # decoding, offloaded
-        _wait_for(lambda: load(running, "prefill-0")["offloaded_reqs"] == 1, 30, what="executor holds the request")
+        wait_for(lambda: load(running, "prefill-0")["offloaded_reqs"] == 1, 30, what="executor holds the request")
         held = load(running, "prefill-0")["executor_kv_tokens"]
         assert held > 5, held  # the prompt's KV plus decoded tokens, on prefill
         streamed = sum(1 for _, line in zip(range(40), chunks, strict=False) if line)  # ~20 more decode steps
@@ -274,7 +192,7 @@ def test_aborted_offloaded_request_frees_its_kv_on_prefill(stack):
         assert running_reqs == 1 and used == 0, (running_reqs, used, streamed)
     # closing the stream: the proxy drops its decode connection, SGLang aborts the request, decode tells the
     # executor, prefill frees at its scheduler's next pass (a small local request wakes an idle scheduler)
-    freed_s = _wait_for(lambda: load(running, "prefill-0")["executor_kv_tokens"] == 0, 60,
+    freed_s = wait_for(lambda: load(running, "prefill-0")["executor_kv_tokens"] == 0, 60,
                         poke=lambda: generate(proxies["never"], "Hi", 1), what="KV freed on prefill")  # fmt: skip
     assert load(running, "prefill-0")["offloaded_reqs"] == 0
     print(f"aborted offloaded request: {held} KV tokens on prefill freed {freed_s:.1f} s after the close")
@@ -291,7 +209,7 @@ def test_executor_stalling_mid_decode_aborts_only_that_request(stack):
 
     worker = threading.Thread(target=long_request)
     worker.start()
-    _wait_for(lambda: load(running, "prefill-0")["offloaded_reqs"] == 1, 60, what="executor holds the request")
+    wait_for(lambda: load(running, "prefill-0")["offloaded_reqs"] == 1, 60, what="executor holds the request")
     time.sleep(1.0)
     group = running.pid("prefill-0")
     os.killpg(group, signal.SIGSTOP)
@@ -302,10 +220,10 @@ def test_executor_stalling_mid_decode_aborts_only_that_request(stack):
     assert not worker.is_alive()
     reply = outcome["reply"]
     assert reply.status_code != 200 and "adrenaline executor" in reply.text and "failed" in reply.text, reply.text
-    _wait_for(lambda: load(running, "prefill-0")["executor_healthy"], 30, what="executor answers again")
+    wait_for(lambda: load(running, "prefill-0")["executor_healthy"], 30, what="executor answers again")
     again = generate(proxies["always"], "The capital of France is", 8)
     assert again.status_code == 200 and again.json()["meta_info"]["completion_tokens"] == 8, again.text
-    _wait_for(lambda: load(running, "prefill-0")["executor_kv_tokens"] == 0, 60,
+    wait_for(lambda: load(running, "prefill-0")["executor_kv_tokens"] == 0, 60,
               poke=lambda: generate(proxies["never"], "Hi", 1), what="stalled request's KV freed")  # fmt: skip
 
 
@@ -322,7 +240,7 @@ def test_killed_executor_fails_offloaded_requests_fast_local_ones_finish_servers
     workers += [threading.Thread(target=run, args=(f"local{i}", proxies["never"], 48)) for i in range(2)]
     for w in workers:
         w.start()
-    _wait_for(lambda: load(running, "prefill-0")["offloaded_reqs"] == 2, 60, what="both offloaded requests held")
+    wait_for(lambda: load(running, "prefill-0")["offloaded_reqs"] == 2, 60, what="both offloaded requests held")
     stop = requests.post(prefill_url + "/adrenaline/executor/stop", timeout=30)
     killed_at = time.monotonic()
     assert stop.status_code == 200, stop.text
@@ -338,7 +256,7 @@ def test_killed_executor_fails_offloaded_requests_fast_local_ones_finish_servers
         assert local.status_code == 200 and local.json()["meta_info"]["completion_tokens"] == 48, local.text
     for name in ("prefill-0", "decode-0"):  # both servers stay up
         assert requests.get(running.spec(name).url + "/health", timeout=10).status_code == 200
-    _wait_for(lambda: not load(running, "prefill-0")["executor_healthy"], 10, what="load reports the executor dead")
+    wait_for(lambda: not load(running, "prefill-0")["executor_healthy"], 10, what="load reports the executor dead")
     time.sleep(3)  # the proxy's next load pull (1 s period) sees it too
     after = generate(proxies["always"], "The capital of France is", 8)  # the proxy falls back to local decoding
     assert after.status_code == 200 and after.json()["meta_info"]["completion_tokens"] == 8, after.text
