@@ -74,6 +74,7 @@ class _Client:
     new_slots: list[int] = field(default_factory=list)  # the open step's slots, host copy (rollback, release)
     layers_run: int = 0  # layers of the open step served; == num_layers: the step is complete
     deferred: list[int] = field(default_factory=list)  # slots of requests released mid-step (see `release`)
+    busy: bool = False  # one of its layers is running (set before the plan is read: see `release`)
     steps: int = 0
     layer_calls: int = 0
     attention_time_s: float = 0.0
@@ -205,7 +206,9 @@ class AttentionExecutor:
                 owner.deferred.append(int(slots[-1]))  # this step's slot of the row (begin_step appended it)
                 keep = 1
                 if not any(r in self._requests for r in owner.plan.rids):
-                    self._close_step(owner)  # nothing left to decode in it (or its client vanished): slots back
+                    # nothing left to decode in it (or its client vanished): closed, its later layers refused;
+                    # NOTE: a layer of it running now (another thread) may still write: then `_reap` frees
+                    self._close_step(owner, free_now=not owner.busy)
             freed = slots[: req.length - keep]
             self._held[freed] = False
             if req.free_on_release:
@@ -287,24 +290,30 @@ class AttentionExecutor:
         range and not past the step's last, the row count is the step's.
         """
         state = self._clients.get(client)
-        plan = state.plan if state is not None else None
-        num_layers = self.pool.num_layers
-        if plan is None or plan.step_id != step_id or not 0 <= layer < num_layers \
-                or state.layers_run >= num_layers or q.shape[0] != len(plan.rids):
-            raise OffloadError(self._refusal(state, step_id, layer, q.shape[0]))
-        if not plan.rids:
+        if state is None:
+            raise OffloadError(self._refusal(None, step_id, layer, q.shape[0]))
+        state.busy = True
+        try:
+            plan = state.plan
+            num_layers = self.pool.num_layers
+            if plan is None or plan.step_id != step_id or not 0 <= layer < num_layers \
+                    or state.layers_run >= num_layers or q.shape[0] != len(plan.rids):
+                raise OffloadError(self._refusal(state, step_id, layer, q.shape[0]))
+            if not plan.rids:
+                state.layers_run += 1
+                return torch.empty_like(q), torch.empty(0, q.shape[1], dtype=torch.float32, device=q.device)
+            if plan.attention_plan is None:  # first layer of a step whose query head count was unknown
+                plan = state.plan = self._plan_attention(plan, q.shape[1])
+            start = time.perf_counter()
+            k_buffer, v_buffer = self.pool.k_buffers[layer], self.pool.v_buffers[layer]
+            self.ops.append_kv(k_buffer, v_buffer, plan.new_slots, k_new, v_new)
+            o, lse = self.ops.run(plan.attention_plan, q, k_buffer, v_buffer)
+            state.attention_time_s += time.perf_counter() - start  # NOTE: launch time only on a GPU (no sync)
+            state.layer_calls += 1
             state.layers_run += 1
-            return torch.empty_like(q), torch.empty(0, q.shape[1], dtype=torch.float32, device=q.device)
-        if plan.attention_plan is None:  # first layer of a step whose query head count was unknown
-            plan = state.plan = self._plan_attention(plan, q.shape[1])
-        start = time.perf_counter()
-        k_buffer, v_buffer = self.pool.k_buffers[layer], self.pool.v_buffers[layer]
-        self.ops.append_kv(k_buffer, v_buffer, plan.new_slots, k_new, v_new)
-        o, lse = self.ops.run(plan.attention_plan, q, k_buffer, v_buffer)
-        state.attention_time_s += time.perf_counter() - start  # NOTE: launch time only on a GPU (no sync here)
-        state.layer_calls += 1
-        state.layers_run += 1
-        return o, lse
+            return o, lse
+        finally:
+            state.busy = False
 
     def step(
         self, layer: int, rids: Sequence[str], q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
@@ -378,11 +387,13 @@ class AttentionExecutor:
                 return state
         return None
 
-    def _close_step(self, state: _Client) -> None:
-        """The step is over and its tokens stay; the slots of rows released mid-step go back now."""
-        if state.deferred:
+    def _close_step(self, state: _Client, free_now: bool = True) -> None:
+        """The step is over and its tokens stay; the slots of rows released mid-step go back (now, or at the
+        next `_reap` when a layer of it may still be running)."""
+        if state.deferred and free_now:
             self._free_cpu(state.deferred)
-        state.plan, state.rid_set, state.new_slots, state.deferred, state.layers_run = None, frozenset(), [], [], 0
+            state.deferred = []
+        state.plan, state.rid_set, state.new_slots, state.layers_run = None, frozenset(), [], 0
 
     def _roll_back(self, state: _Client) -> None:
         """Undo the open step: every row still held gives its step slot back (a row released meanwhile took its
@@ -400,9 +411,10 @@ class AttentionExecutor:
         self._close_step(state)
 
     def _reap(self) -> None:
-        """Free the slots of rows released mid-step whose step has run all its layers since."""
+        """Free the slots of rows released mid-step whose step has run all its layers (or was closed) since."""
         for state in self._clients.values():
-            if state.deferred and state.layers_run >= self.pool.num_layers:
+            if state.deferred and not state.busy and (state.plan is None
+                                                      or state.layers_run >= self.pool.num_layers):
                 self._free_cpu(state.deferred)
                 state.deferred = []
 

@@ -270,3 +270,32 @@ def test_end_client_rolls_back_an_unfinished_step_and_keeps_a_finished_one(make_
     assert (ex.seq_len("a"), ex.seq_len("b")) == (4, 5)
     s = ex.stats()
     assert (s.steps, s.layer_calls, s.clients, s.slots_free) == (2, 1 + LAYERS, (), 40 - 9)
+
+
+def test_a_step_closed_while_its_layer_runs_frees_its_slot_only_after_that_layer(make_executor):
+    """The last row of a step released (from another thread) while a layer of it is writing: the step closes,
+    but the slot that layer writes to stays held until the layer is over (no other request can get it)."""
+    import dataclasses
+    import threading
+
+    ex = make_executor(num_slots=40)
+    ex.adopt_copy("a", *random_kv(3))
+    step_id = ex.begin_step(["a"], client="A").step_id
+    entered, gate = threading.Event(), threading.Event()
+    real_append = ex.ops.append_kv
+
+    def slow_append(*args):
+        entered.set()
+        gate.wait(5)
+        real_append(*args)
+
+    ex.ops = dataclasses.replace(ex.ops, append_kv=slow_append)
+    layer = threading.Thread(target=lambda: ex.run_layer("A", step_id, 0, *random_rows(1)))
+    layer.start()
+    assert entered.wait(5)
+    ex.release("a")  # its only row: the step is closed
+    assert ex.open_plan("A") is None
+    assert ex.stats().slots_free == 39  # the step slot the running layer writes is still held
+    gate.set()
+    layer.join(timeout=5)
+    assert ex.stats().slots_free == 40  # freed by the next control call after the layer
