@@ -228,6 +228,7 @@ class RouterServer:
                 if peer is not None:
                     self._close_peer(peer)
                     self.service.disconnect(client)
+                    self._parked = [p for p in self._parked if p[1].get("client") != client]  # nobody to answer
                 return
             else:
                 raise OffloadError(f"unknown message kind {kind!r}")
