@@ -246,9 +246,8 @@ def test_disconnect_rolls_back_only_that_clients_unfinished_step(cluster):
     assert cluster.stats()["slots_free"] == base["slots_free"]
 
 
+@pytest.mark.parametrize("cluster", TRANSPORTS[1:], indirect=True)  # inproc has no staging buffers (max_rows)
 def test_begin_step_with_more_rows_than_the_clients_buffers_is_refused_at_the_step(cluster):
-    if cluster.transport == "inproc":
-        pytest.skip("inproc has no staging buffers (no max_rows)")
     ref = Reference()
     client = cluster.connect()
     rids = cluster.adopt(client, ref, [f"m{i}" for i in range(9)], seed=9)  # max_rows is 8
