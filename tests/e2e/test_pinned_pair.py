@@ -24,7 +24,7 @@ import pytest
 import requests
 import yaml
 
-from .test_adrenaline_e2e import ADMITTED_OFFLOADED, CPU_DEMO, decode_kv_used, generate, load, log_count
+from .conftest import ADMITTED_OFFLOADED, CPU_DEMO, decode_kv_used, generate, load, log_count
 
 pytestmark = pytest.mark.e2e
 
