@@ -7,6 +7,8 @@ import json
 
 from aiohttp import web
 
+from adrenaline_sgl.protocol import LOAD_PATH
+
 
 class StandIn:
     """Records every body posted to it; answers /generate and the OpenAI endpoints like an instance would."""
@@ -25,7 +27,7 @@ class StandIn:
         for path in ("/generate", "/v1/chat/completions", "/v1/completions"):
             app.router.add_post(path, self._generate)
         if self.load is not None:
-            app.router.add_get("/adrenaline/load", self._load)
+            app.router.add_get(LOAD_PATH, self._load)
         for path in ("/v1/models", "/get_server_info"):  # read-only info, each answer names this instance
             app.router.add_get(path, self._info)
         # handler_cancellation: a client that gives up (the proxy timing out) cancels the handler, as in SGLang.

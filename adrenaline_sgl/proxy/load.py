@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from adrenaline_sgl.sglang_ext.load_report import LOAD_PATH, LoadReport
+from adrenaline_sgl.protocol import LOAD_PATH, LoadReport
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""`GET /adrenaline/load` on an instance's HTTP server: what the proxy pulls (schema: `load_report.py`).
+"""`GET /adrenaline/load` on an instance's HTTP server: what the proxy pulls (schema: `protocol.py`).
 
 Hook (registered only in the launcher process, where the HTTP server runs): AROUND
 `sglang.srt.entrypoints.http_server.launch_server`. Changes: when `--adrenaline-role` is set, one route is
@@ -17,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from adrenaline_sgl.protocol import FAULT_STOP_PATH, LOAD_PATH, LoadReport
 from adrenaline_sgl.sglang_ext import decode_stats, flags
-from adrenaline_sgl.sglang_ext.load_report import LOAD_PATH, LoadReport
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,6 @@ def make_handler(args: flags.AdrenalineArgs, get_tokenizer_manager,
 
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
-FAULT_STOP_PATH = "/adrenaline/executor/stop"
 FAULT_STOP_TIMEOUT_S = 5.0
 
 

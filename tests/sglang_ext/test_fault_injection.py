@@ -8,8 +8,9 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from adrenaline_sgl.protocol import FAULT_STOP_PATH
 from adrenaline_sgl.sglang_ext import flags
-from adrenaline_sgl.sglang_ext.load_endpoint import FAULT_STOP_PATH, executor_call, make_fault_stop_handler
+from adrenaline_sgl.sglang_ext.load_endpoint import executor_call, make_fault_stop_handler
 
 
 def _free_port() -> int:

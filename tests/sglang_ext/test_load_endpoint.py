@@ -8,10 +8,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sglang.srt.managers.load_snapshot import LoadSnapshot
 
+from adrenaline_sgl.protocol import LOAD_PATH, LoadReport
 from adrenaline_sgl.sglang_ext import flags
 from adrenaline_sgl.sglang_ext.decode_stats import DecodeStats
 from adrenaline_sgl.sglang_ext.load_endpoint import make_handler, report_from_loads
-from adrenaline_sgl.sglang_ext.load_report import LOAD_PATH, LoadReport
 
 
 class FakeTokenizerManager:

@@ -299,8 +299,8 @@ def test_a_profile_flag_pointing_at_a_committed_profile_is_used(sgl_context, mon
 
 
 def test_load_report_carries_the_share_and_the_last_plan():
+    from adrenaline_sgl.protocol import LoadReport
     from adrenaline_sgl.sglang_ext.load_endpoint import colocation_report, report_from_loads
-    from adrenaline_sgl.sglang_ext.load_report import LoadReport
 
     args = _prefill_args(ttft_slo_ms=SLO_MS)
     plan = {"predicted_ttft_ms": 87.5, "slo_met": True}

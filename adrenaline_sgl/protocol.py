@@ -1,6 +1,9 @@
-"""What an instance's `GET /adrenaline/load` returns: the schema shared by the plugin and the proxy.
+"""The proxy <-> server contract, declared once: the request mark's keys, the plugin's HTTP paths and what
+`GET /adrenaline/load` returns (`LoadReport`).
 
-Pure data, no sglang import: the proxy (a separate process without SGLang's scheduler) parses it.
+The proxy writes the mark into a request's custom params (SGLang carries them to
+`req.sampling_params.custom_params` on both instances) and pulls each instance's load report; the plugin
+(`sglang_ext/`) reads the mark and serves the report. Standard library only: the proxy imports no SGLang.
 """
 
 from __future__ import annotations
@@ -8,7 +11,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-LOAD_PATH = "/adrenaline/load"
+OFFLOAD_KEY = "adrenaline_offload"  # bool: the proxy's decision for the request
+EXECUTOR_KEY = "adrenaline_executor"  # "host:port" of the executor on the chosen prefill (when offloaded)
+LOAD_PATH = "/adrenaline/load"  # GET on every instance with --adrenaline-role: a LoadReport as JSON
+FAULT_STOP_PATH = "/adrenaline/executor/stop"  # POST, prefill with --adrenaline-enable-fault-injection (tests)
 
 
 @dataclass(frozen=True)
@@ -24,7 +30,7 @@ class LoadReport:
     executor_healthy: bool = False  # prefill: the executor answers; False makes the proxy decode locally
     executor_kv_tokens: int = 0  # prefill: KV tokens held for offloaded requests
     executor_kv_bytes: int = 0  # prefill: bytes of that KV
-    executor_sm_share: float = 0.0  # prefill: the executor's current SM share (0 = not known: no partition here)
+    executor_sm_share: float = 0.0  # prefill: the executor's SM share now (0 = not known: the proxy uses its own)
     # prefill, SM planner (--adrenaline-ttft-slo-ms): predicted mean TTFT of its last plan (0 = no planner, -1 =
     # prefill cannot keep up at any split) and whether that meets the SLO (True without a planner)
     colocation_ttft_ms: float = 0.0
