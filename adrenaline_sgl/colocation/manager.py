@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from adrenaline_sgl.colocation.arch import DeviceInfo
 from adrenaline_sgl.colocation.config import ColocationConfig
-from adrenaline_sgl.colocation.partitioner import SMPartitioner, make_partitioner
+from adrenaline_sgl.colocation.partitioner import SMPartitioner, executor_partitioner
 from adrenaline_sgl.colocation.planner import Plan, PlannerConfig, PrefillLoad, SMSharePlanner
 from adrenaline_sgl.colocation.profiles import default_profile, load_profile
 
@@ -51,7 +51,7 @@ def make_manager(cfg: ColocationConfig, device_info: DeviceInfo | None = None, *
     """Partitioner at cfg.executor_sm_share; a planner too when cfg.ttft_slo_ms is set.
 
     `device_info` overrides what the partitioner reports (the fake partitioner, tests)."""
-    part = make_partitioner(cfg.partitioner, cfg.executor_sm_share, cfg.device, **partitioner_kw)
+    part = executor_partitioner(cfg.executor_sm_share, cfg.device, cfg.partitioner, **partitioner_kw)
     planner = None
     if cfg.ttft_slo_ms is not None:
         info = device_info or getattr(part, "info", None)

@@ -13,7 +13,8 @@ so C2 fails: the first requests of an idle system always decode locally.
 
 Policies (`make_policy(spec, ...)`): `never`, `always` (offload whenever the prefill side has the memory,
 ignoring OB: an ablation), `ratio:F` (OB = F, fixed; the paper sweeps F = 0.4, 0.6, 0.8) and `auto` (OB
-from `compute_bounds` on the live statistics). The proxy and the simulator both call `policy.decide`.
+from `compute_bounds` on the live statistics). The proxy and the simulator both call `policy.decide`; every
+parser of a policy string (proxy, simulator, experiments) goes through `parse_policy`.
 """
 
 from __future__ import annotations
@@ -24,16 +25,34 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from adrenaline_sgl.scheduler.bounds import (
+    DEFAULT_EXECUTOR_SM_SHARE,
     DEFAULT_TPOT_SLO_MS,
     Bounds,
     BoundsInput,
     PrefillCapacity,
+    check_executor_sm_share,
     compute_bounds,
 )
-from adrenaline_sgl.scheduler.cost_model import Predictor, check_sm_share
+from adrenaline_sgl.scheduler.cost_model import Predictor
 
 MAX_OFFLOAD_RATIO = 10.0  # valid range of a fixed ratio: [0, MAX_OFFLOAD_RATIO]
 POLICY_NAMES = ("never", "always", "ratio:F", "auto")
+
+
+def parse_policy(text: str, field: str = "policy") -> tuple[str, float]:
+    """`never | always | auto | ratio:F` -> (kind, F); F is the fixed bound OB (offloaded per local), 0 <= F <=
+    MAX_OFFLOAD_RATIO, and 0.0 for the other kinds. ValueError naming `field` otherwise."""
+    if text in ("never", "always", "auto"):
+        return text, 0.0
+    kind, _, value = str(text).partition(":")
+    try:
+        ratio = float(value) if kind == "ratio" else -1.0
+    except ValueError:
+        ratio = -1.0
+    if not 0.0 <= ratio <= MAX_OFFLOAD_RATIO:  # also rejects nan
+        raise ValueError(f"{field}={text!r}: expected never, always, auto or ratio:F with 0 <= F <= "
+                         f"{MAX_OFFLOAD_RATIO:g}")  # fmt: skip
+    return "ratio", ratio
 
 
 @dataclass(frozen=True)
@@ -72,6 +91,8 @@ class LiveStats:
     offloaded_max_tokens: int = 0  # their summed maximum sequence lengths (prompt + max_new_tokens)
     decode_kv_capacity_tokens: int = 0  # HBM_d in tokens
     prefill_offload_capacity_tokens: tuple[int, ...] = ()  # per prefill instance: KV tokens for offloaded reqs
+    # per prefill instance: its executor's SM share now, in [0, 1] (0 or absent: unknown, the policy's own)
+    prefill_executor_sm_shares: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         for field in (
@@ -88,6 +109,11 @@ class LiveStats:
         if any(c < 0 for c in caps):
             raise ValueError(f"LiveStats.prefill_offload_capacity_tokens must be >= 0, got {caps}")
         object.__setattr__(self, "prefill_offload_capacity_tokens", caps)
+        shares = tuple(float(s) for s in self.prefill_executor_sm_shares)
+        if len(shares) > len(caps) or not all(0.0 <= s <= 1.0 for s in shares):
+            raise ValueError(f"LiveStats.prefill_executor_sm_shares must be at most one share in [0, 1] per prefill "
+                             f"instance ({len(caps)}), got {shares}")  # fmt: skip
+        object.__setattr__(self, "prefill_executor_sm_shares", shares)
 
     @property
     def prefill_capacity_tokens(self) -> int:
@@ -185,8 +211,7 @@ class RatioPolicy(OffloadPolicy):
     spec: str = ""
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.ratio <= MAX_OFFLOAD_RATIO:
-            raise ValueError(f"offload ratio must be in [0, {MAX_OFFLOAD_RATIO:g}], got {self.ratio!r}")
+        parse_policy(f"ratio:{self.ratio!r}", "offload ratio")
         object.__setattr__(self, "spec", f"ratio:{self.ratio:g}")
 
     def decide(self, request: RequestInfo, stats: LiveStats) -> Decision:
@@ -196,8 +221,9 @@ class RatioPolicy(OffloadPolicy):
 class AutoPolicy(OffloadPolicy):
     """OB from `compute_bounds` on the live statistics (the scheduler's own choice).
 
-    The average context is the live one when requests are decoding, else `default_context_tokens`. Bounds
-    are cached per (context bucket of 64 tokens, capacities), so per-request cost stays small.
+    The average context is the live one when requests are decoding, else `default_context_tokens`; each
+    prefill's executor runs at the SM share it reports, else `executor_sm_share`. Bounds are cached per
+    (context bucket of 64 tokens, capacities, shares), so per-request cost stays small.
     """
 
     spec = "auto"
@@ -206,11 +232,11 @@ class AutoPolicy(OffloadPolicy):
         self,
         predictor: Predictor,
         tpot_slo_ms: float = DEFAULT_TPOT_SLO_MS,
-        executor_sm_share: float = 0.3,
+        executor_sm_share: float = DEFAULT_EXECUTOR_SM_SHARE,
         bw_contention_frac: float = 0.0,
         default_context_tokens: float = 512.0,
     ) -> None:
-        check_sm_share(executor_sm_share, "executor_sm_share")
+        check_executor_sm_share(executor_sm_share)
         if not tpot_slo_ms > 0:
             raise ValueError(f"tpot_slo_ms must be > 0 (milliseconds), got {tpot_slo_ms!r}")
         if not default_context_tokens > 0:
@@ -225,9 +251,12 @@ class AutoPolicy(OffloadPolicy):
     def bounds(self, stats: LiveStats) -> Bounds:
         ctx = stats.avg_context_tokens or self.default_context_tokens
         bucket = max(64, int(round(ctx / 64.0)) * 64)
-        return self._bounds_cached(bucket, stats.decode_kv_capacity_tokens, stats.prefill_offload_capacity_tokens)
+        caps, live = stats.prefill_offload_capacity_tokens, stats.prefill_executor_sm_shares
+        shares = tuple(live[i] if i < len(live) and live[i] > 0 else self.executor_sm_share for i in range(len(caps)))
+        return self._bounds_cached(bucket, stats.decode_kv_capacity_tokens, caps, shares)
 
-    def _bounds_uncached(self, ctx: int, decode_cap_tokens: int, prefill_caps: tuple[int, ...]) -> Bounds:
+    def _bounds_uncached(self, ctx: int, decode_cap_tokens: int, prefill_caps: tuple[int, ...],
+                         shares: tuple[float, ...]) -> Bounds:  # fmt: skip
         kv = self.predictor.model.kv_bytes_per_token
         return compute_bounds(
             BoundsInput(
@@ -235,7 +264,7 @@ class AutoPolicy(OffloadPolicy):
                 tpot_slo_ms=self.tpot_slo_ms,
                 decode_kv_capacity_bytes=decode_cap_tokens * kv,
                 prefill=tuple(
-                    PrefillCapacity(c * kv, self.executor_sm_share, self.bw_contention_frac) for c in prefill_caps
+                    PrefillCapacity(c * kv, s, self.bw_contention_frac) for c, s in zip(prefill_caps, shares)
                 ),
                 avg_context_tokens=ctx,
             )
@@ -249,18 +278,9 @@ def make_policy(spec: str, predictor: Predictor | None = None, **auto_kwargs) ->
     """Policy from its spec string: `never`, `always`, `ratio:F` (0 <= F <= 10) or `auto`.
 
     `auto` needs `predictor` (and takes AutoPolicy's keyword arguments)."""
-    if spec == "never":
-        return NeverPolicy()
-    if spec == "always":
-        return AlwaysPolicy()
-    if spec == "auto":
+    kind, ratio = parse_policy(spec)
+    if kind == "auto":
         if predictor is None:
             raise ValueError("policy 'auto' needs a predictor (get_predictor(...))")
         return AutoPolicy(predictor, **auto_kwargs)
-    if spec.startswith("ratio:"):
-        try:
-            ratio = float(spec.split(":", 1)[1])
-        except ValueError:
-            raise ValueError(f"policy ratio:F needs a number F in [0, {MAX_OFFLOAD_RATIO:g}], got {spec!r}") from None
-        return RatioPolicy(ratio)
-    raise ValueError(f"policy must be one of {list(POLICY_NAMES)}, got {spec!r}")
+    return RatioPolicy(ratio) if kind == "ratio" else NeverPolicy() if kind == "never" else AlwaysPolicy()

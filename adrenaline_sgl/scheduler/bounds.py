@@ -27,9 +27,20 @@ from adrenaline_sgl.scheduler.cost_model import Predictor, check_sm_share
 from adrenaline_sgl.scheduler.specs import GPUSpec, ModelSpec
 
 DEFAULT_TPOT_SLO_MS = 100.0  # our choice (the paper gives none); see docs/simulator.md
+# The executor's share of the prefill GPU's SMs, for every layer (SGLang flag, colocation, proxy, simulator):
+# decode attention is memory-bound and the paper measures ~20% of A100 SMs drawing ~60% of HBM bandwidth.
+DEFAULT_EXECUTOR_SM_SHARE = 0.2
 DEFAULT_MAX_BATCH = 2048  # search cap for B_slo and B_max
 DEFAULT_MEM_FRACTION = 0.88  # share of HBM for weights + KV (SGLang's mem_fraction_static on 80 GB GPUs)
 DEFAULT_PREFILL_RESERVE_TOKENS = 16384  # KV a prefill instance keeps for its own batches and pending sends
+
+
+def check_executor_sm_share(share: float, field: str = "executor_sm_share") -> float:
+    """The knob's one validator: a fraction of the prefill GPU's SMs in (0, 1); prefill keeps the rest (an
+    executor on every SM is the `none` partitioner, not a share of 1)."""
+    if isinstance(share, bool) or not isinstance(share, int | float) or not 0.0 < share < 1.0:
+        raise ValueError(f"{field} must be in (0, 1) (the executor's fraction of the prefill GPU's SMs), got {share!r}")
+    return float(share)
 
 
 def kv_capacity_bytes(gpu: GPUSpec, model: ModelSpec, mem_fraction: float = DEFAULT_MEM_FRACTION) -> float:
@@ -44,7 +55,7 @@ class PrefillCapacity:
     """What one prefill instance offers to offloaded requests."""
 
     spare_kv_bytes: float  # HBM it can hold offloaded KV in (free + already held by offloaded requests)
-    executor_sm_share: float = 0.3  # SM share of the attention executor (colocation planner)
+    executor_sm_share: float = DEFAULT_EXECUTOR_SM_SHARE  # what the executor runs at now, (0, 1]: 1 = unpartitioned
     bw_contention_frac: float = 0.0  # share of the executor's bandwidth the colocated prefill takes, [0, 1)
 
     def __post_init__(self) -> None:

@@ -12,9 +12,11 @@ import math
 from dataclasses import dataclass, field, fields
 
 from adrenaline_sgl.scheduler.bounds import (
+    DEFAULT_EXECUTOR_SM_SHARE,
     DEFAULT_MEM_FRACTION,
     DEFAULT_PREFILL_RESERVE_TOKENS,
     DEFAULT_TPOT_SLO_MS,
+    check_executor_sm_share,
 )
 
 DECODE_KV_ADMISSIONS = ("reserve-max", "watermark")
@@ -56,9 +58,8 @@ class SimConfig:
     )
     offload: str = _help("offload policy: never (PD disaggregation) | always | ratio:F | auto", "auto")
     executor_sm_share: float = _help(
-        "fraction of the prefill GPU's SMs given to the attention executor (unless offload is never); "
-        "the paper reports ~20% of A100 SMs reach ~60% of HBM bandwidth",
-        0.2,
+        "fraction of the prefill GPU's SMs given to the attention executor (unless offload is never), in (0, 1)",
+        DEFAULT_EXECUTOR_SM_SHARE,
     )
     prefill_token_budget: int = _help("max prompt tokens in one prefill batch (a longer prompt runs alone)", 8192)
     prefill_kv_reserve_tokens: int = _help(
@@ -88,7 +89,7 @@ class SimConfig:
         if isinstance(self.tp, bool) or not isinstance(self.tp, int):
             raise ValueError(f"tp={self.tp!r} must be an integer in [1, 64]")
         _check_range("tp", self.tp, 1, 64)
-        _check_range("executor_sm_share", self.executor_sm_share, 0.0, 0.9, lo_open=True)
+        check_executor_sm_share(self.executor_sm_share)
         _check_range("prefill_token_budget", self.prefill_token_budget, 1, 1 << 20)
         _check_range("prefill_kv_reserve_tokens", self.prefill_kv_reserve_tokens, 0, 1 << 24)
         if self.decode_kv_admission not in DECODE_KV_ADMISSIONS:

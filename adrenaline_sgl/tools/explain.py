@@ -19,6 +19,7 @@ import json
 import sys
 
 from adrenaline_sgl.scheduler.bounds import (
+    DEFAULT_EXECUTOR_SM_SHARE,
     DEFAULT_MEM_FRACTION,
     DEFAULT_PREFILL_RESERVE_TOKENS,
     DEFAULT_TPOT_SLO_MS,
@@ -44,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--tp", type=int, default=1, help="tensor parallelism of every instance (GPUs per instance)")
     ap.add_argument("--prefill-instances", type=int, default=1, help="prefill instances serving the decode one")
     ap.add_argument("--tpot-slo-ms", type=float, default=DEFAULT_TPOT_SLO_MS, help="TPOT SLO, ms (> 0)")
-    ap.add_argument("--executor-sm-share", type=float, default=0.3, help="executor SM share on prefill, (0, 1]")
+    ap.add_argument("--executor-sm-share", type=float, default=DEFAULT_EXECUTOR_SM_SHARE,
+                    help="executor SM share on prefill, (0, 1] (1: unpartitioned)")  # fmt: skip
     ap.add_argument(
         "--bw-contention",
         type=float,

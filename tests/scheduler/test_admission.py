@@ -11,6 +11,7 @@ from adrenaline_sgl.scheduler.admission import (
     RequestInfo,
     admit,
     make_policy,
+    parse_policy,
 )
 from adrenaline_sgl.scheduler.cost_model import get_predictor
 
@@ -105,13 +106,44 @@ def test_auto_policy_uses_the_bounds():
     assert tight.bounds(s).ob == 0.0 and not tight.decide(RequestInfo(500, 500), s).offload
 
 
+def test_auto_policy_takes_each_prefills_live_sm_share():
+    """A prefill reporting its executor's share: the prefill-bandwidth bound follows it; 0 = unknown falls back
+    to the policy's own share (the default, 0.2)."""
+    auto, cap = make_policy("auto", P), 118_000
+
+    def ob(*shares):
+        return auto.bounds(LiveStats(100, 100 * 512, 0, 0, 0, cap, (3 * cap,), shares)).ob
+
+    assert ob() == ob(0.0) == ob(0.2) == make_policy("auto", P, executor_sm_share=0.2).bounds(
+        LiveStats(100, 100 * 512, 0, 0, 0, cap, (3 * cap,))).ob  # fmt: skip
+    assert ob(0.05) < ob(0.2) < ob(0.6)
+    fixed = make_policy("auto", P, executor_sm_share=0.6)
+    assert fixed.bounds(LiveStats(100, 100 * 512, 0, 0, 0, cap, (3 * cap,))).ob == ob(0.6)
+    with pytest.raises(ValueError, match=r"prefill_executor_sm_shares must be at most one share in \[0, 1\]"):
+        LiveStats(prefill_offload_capacity_tokens=(1,), prefill_executor_sm_shares=(0.5, 0.5))
+    with pytest.raises(ValueError, match=r"prefill_executor_sm_shares"):
+        LiveStats(prefill_offload_capacity_tokens=(1,), prefill_executor_sm_shares=(1.5,))
+
+
+@pytest.mark.parametrize(
+    "text, parsed", [("never", ("never", 0.0)), ("always", ("always", 0.0)), ("auto", ("auto", 0.0)),
+                     ("ratio:0.4", ("ratio", 0.4)), ("ratio:0", ("ratio", 0.0)), ("ratio:10", ("ratio", 10.0))],
+)  # fmt: skip
+def test_parse_policy_is_the_one_grammar(text, parsed):
+    assert parse_policy(text) == parsed
+    with pytest.raises(ValueError, match=r"^offload='ratio:11': expected never, always, auto or ratio:F"):
+        parse_policy("ratio:11", "offload")
+
+
 @pytest.mark.parametrize(
     "spec, match",
     [
-        ("ratio:1.5e9", r"offload ratio must be in \[0, 10\]"),
-        ("ratio:-0.1", r"offload ratio must be in \[0, 10\]"),
-        ("ratio:abc", r"policy ratio:F needs a number F in \[0, 10\]"),
-        ("sometimes", r"policy must be one of \['never', 'always', 'ratio:F', 'auto'\]"),
+        ("ratio:1.5e9", r"policy='ratio:1.5e9': expected never, always, auto or ratio:F with 0 <= F <= 10"),
+        ("ratio:-0.1", r"policy='ratio:-0.1': expected never, always, auto or ratio:F with 0 <= F <= 10"),
+        ("ratio:abc", r"policy='ratio:abc': expected never"),
+        ("ratio:nan", r"policy='ratio:nan': expected never"),
+        ("share:0.5", r"policy='share:0.5': expected never"),
+        ("sometimes", r"policy='sometimes': expected never, always, auto or ratio:F"),
         ("auto", r"policy 'auto' needs a predictor"),
     ],
 )

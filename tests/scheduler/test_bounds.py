@@ -6,7 +6,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adrenaline_sgl.scheduler.bounds import BoundsInput, PrefillCapacity, compute_bounds, kv_capacity_bytes
+from adrenaline_sgl.scheduler.bounds import (
+    DEFAULT_EXECUTOR_SM_SHARE,
+    BoundsInput,
+    PrefillCapacity,
+    check_executor_sm_share,
+    compute_bounds,
+    kv_capacity_bytes,
+)
 from adrenaline_sgl.scheduler.cost_model import get_predictor
 
 P = get_predictor("roofline", "a100-80g", "llama2-7b")
@@ -101,6 +108,13 @@ def test_bad_inputs_are_one_line_errors(kwargs, match):
     with pytest.raises(ValueError, match=match) as exc:
         _inp(**kwargs)
     assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0, 1.5, -0.1, float("nan"), True, "0.2"])
+def test_the_executor_sm_share_knob_is_a_fraction_strictly_inside_0_1(share):
+    assert check_executor_sm_share(DEFAULT_EXECUTOR_SM_SHARE) == 0.2
+    with pytest.raises(ValueError, match=r"^sm_share must be in \(0, 1\) \(the executor's fraction"):
+        check_executor_sm_share(share, "sm_share")
 
 
 def test_bad_prefill_capacity():

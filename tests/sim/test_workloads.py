@@ -131,7 +131,7 @@ def test_missing_file_and_bad_configs_name_the_problem(tmp_path):
         WorkloadConfig(name="alpaca")
     with pytest.raises(ValueError, match="azure_conv.*is a trace"):
         WorkloadConfig(name="azure_conv")
-    with pytest.raises(ValueError, match=r"executor_sm_share=1.5 is out of range; valid: \(0.0, 0.9\]"):
+    with pytest.raises(ValueError, match=r"executor_sm_share must be in \(0, 1\) \(the executor's fraction"):
         SimConfig(executor_sm_share=1.5)
     with pytest.raises(ValueError, match="offload='' is invalid; valid: never"):
         SimConfig(offload="")
