@@ -1,9 +1,13 @@
 """Adrenaline's server flags: a frozen config, the argparse group SGLang's parser gets, and its lookup.
 
 SGLang 0.5.23 builds its parser in `ServerArgs.add_cli_args` and its record in `ServerArgs.from_cli_args`
-(a msgspec Struct; unknown fields are dropped). The plugin wraps both (see `hooks_args.py`): the first adds
+(a msgspec Struct; unknown fields are dropped). The plugin wraps both (see `args_hooks.py`): the first adds
 the group below, the second attaches an `AdrenalineArgs` to the record as `server_args._adrenaline`, an
 underscore "bookkeeping" attribute that `ServerArgs.__reduce__` carries into the scheduler subprocesses.
+
+Knobs other layers share are declared by their owners and imported here: the executor's SM share and its
+validator (`scheduler.bounds`), the partitioner names and default (`colocation.config`), the transport names
+(the `offload.transports` registry).
 """
 
 from __future__ import annotations
@@ -14,33 +18,26 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from adrenaline_sgl.colocation.config import EXECUTOR_PARTITIONERS, ColocationConfig
+from adrenaline_sgl.offload.transports.base import TRANSPORTS
+from adrenaline_sgl.scheduler.bounds import DEFAULT_EXECUTOR_SM_SHARE, check_executor_sm_share
+
 ROLES = ("none", "prefill", "decode")
-TRANSPORTS = ("inproc", "mooncake", "cuda_ipc")
-POLICY_WORDS = ("never", "always", "auto")
-# "auto": green contexts on a GPU, none elsewhere (= adrenaline_sgl.colocation.executor_partitioner; import-free)
-EXECUTOR_PARTITIONERS = ("auto", "green_context", "mps", "none")
 MAX_REPLAN_INTERVAL_S = 3600.0
 ATTR_NAME = "_adrenaline"  # attribute on sglang's ServerArgs record
 
 
-MAX_OFFLOAD_RATIO = 10.0  # = adrenaline_sgl.scheduler.admission.MAX_OFFLOAD_RATIO (kept import-free here)
-
-
-def validate_policy(text: str, field_name: str = "offload_policy") -> str:
-    """Check `never | always | auto | ratio:F` (F = offloaded/local bound OB, 0 <= F <= 10), as the scheduler
-    defines them; return it unchanged or raise ValueError naming the field."""
-    if text in POLICY_WORDS:
-        return text
-    if text.startswith("ratio:"):
-        try:
-            ratio = float(text.split(":", 1)[1])
-        except ValueError:
-            ratio = -1.0
-        if 0.0 <= ratio <= MAX_OFFLOAD_RATIO:
-            return text
-    raise ValueError(
-        f"{field_name}={text!r}: expected one of never, always, auto, ratio:F with 0 <= F <= {MAX_OFFLOAD_RATIO:g}"
-    )
+def parse_unmarked(text: str, field_name: str = "unmarked_offload") -> float:
+    """`never` (0), `always` (1) or `share:P` (0 <= P <= 1) -> the share of unmarked requests to offload."""
+    words = {"never": 0.0, "always": 1.0}
+    kind, _, value = str(text).partition(":")
+    try:
+        share = words[text] if text in words else float(value) if kind == "share" else -1.0
+    except ValueError:
+        share = -1.0
+    if not 0.0 <= share <= 1.0:  # also rejects nan
+        raise ValueError(f"{field_name}={text!r}: expected never, always or share:P with 0 <= P <= 1")
+    return share
 
 
 def _opt(help_text: str, **kw):
@@ -68,16 +65,19 @@ class AdrenalineArgs:
     )
     executor_port: int = _opt("Port of the executor's control endpoint (1..65535).", default=31000)
     executor_sm_share: float = _opt(
-        "Prefill: share of the GPU's SMs given to the executor's stream, in (0, 1].", default=0.5
+        "Prefill: share of the GPU's SMs given to the executor's stream, in (0, 1) (every SM, unpartitioned: "
+        "--adrenaline-executor-partitioner none); with --adrenaline-ttft-slo-ms, the starting split.",
+        default=DEFAULT_EXECUTOR_SM_SHARE,
     )
     executor_max_tokens: int = _opt(
         "Prefill: most KV tokens the executor may hold for offloaded requests (0 = no limit beyond the pool).",
         default=0,
     )
-    offload_policy: str = _opt(
-        "Decision for requests that arrive without custom_params['adrenaline_offload'] (the proxy's mark "
-        "wins): never, always, ratio:F (offload a share F/(1+F), picked by bootstrap room so prefill and decode "
-        "agree), or auto (= never here; the proxy owns the global view).",
+    unmarked_offload: str = _opt(
+        "Requests that arrive without the proxy's mark custom_params['adrenaline_offload'] (the mark wins): "
+        "never, always, or share:P (offload a share P of them, 0 <= P <= 1, picked by a hash of the bootstrap "
+        "room so prefill and decode agree without talking). Not the scheduler's policy (no bound, no load): "
+        "the proxy's --policy decides marked requests.",
         default="never",
     )
     inner_attention_backend: str = _opt(
@@ -98,8 +98,8 @@ class AdrenalineArgs:
     executor_partitioner: str = _opt(
         "Prefill: how the executor's SM share is enforced: green_context (in-process, re-partitioned live), mps "
         "(the process must run as an MPS client; a new plan needs a restart), none (not enforced), auto "
-        "(green_context on a GPU, none elsewhere).",
-        default="auto",
+        "(green_context on a GPU, none elsewhere), fake (tests only).",
+        default=ColocationConfig.partitioner,
     )
     ttft_slo_ms: float | None = _opt(
         "Prefill: mean TTFT target in ms (> 0). Set, the executor's SM share follows load: every "
@@ -131,11 +131,10 @@ class AdrenalineArgs:
             raise ValueError("adrenaline executor_host is empty: expected a host name or IP address")
         if not 1 <= self.executor_port <= 65535:
             raise ValueError(f"adrenaline executor_port={self.executor_port}: expected 1..65535")
-        if not 0.0 < self.executor_sm_share <= 1.0:
-            raise ValueError(f"adrenaline executor_sm_share={self.executor_sm_share}: expected 0 < share <= 1")
+        check_executor_sm_share(self.executor_sm_share, "adrenaline executor_sm_share")
         if self.executor_max_tokens < 0:
             raise ValueError(f"adrenaline executor_max_tokens={self.executor_max_tokens}: expected >= 0")
-        validate_policy(self.offload_policy, "adrenaline offload_policy")
+        parse_unmarked(self.unmarked_offload, "adrenaline unmarked_offload")
         if not self.inner_attention_backend or self.inner_attention_backend == "adrenaline":
             raise ValueError(
                 f"adrenaline inner_attention_backend={self.inner_attention_backend!r}: expected a stock SGLang "
@@ -153,9 +152,6 @@ class AdrenalineArgs:
         if slo is not None and (isinstance(slo, bool) or not isinstance(slo, int | float) or not math.isfinite(slo)
                                 or slo <= 0):  # fmt: skip
             raise ValueError(f"adrenaline ttft_slo_ms={slo!r}: expected a number of ms > 0 (or unset)")
-        if slo is not None and self.executor_sm_share == 1.0:
-            raise ValueError("adrenaline ttft_slo_ms needs executor_sm_share < 1 (the starting split; 1 means "
-                             "the whole GPU, unpartitioned)")
         for name in ("replan_interval_s", "arrival_window_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and 0 < value <= MAX_REPLAN_INTERVAL_S):
@@ -169,11 +165,16 @@ class AdrenalineArgs:
         return self.role != "none"
 
     @property
+    def unmarked_share(self) -> float:
+        """The share of requests without the proxy's mark that are offloaded (see `unmarked_offload`)."""
+        return parse_unmarked(self.unmarked_offload)
+
+    @property
     def executor_addr(self) -> str:
         return f"{self.executor_host}:{self.executor_port}"
 
 
-_CHOICES = {"role": ROLES, "transport": TRANSPORTS, "executor_partitioner": EXECUTOR_PARTITIONERS}
+_CHOICES = {"role": ROLES, "transport": tuple(TRANSPORTS), "executor_partitioner": EXECUTOR_PARTITIONERS}
 _TYPES = {"ttft_slo_ms": float}  # fields whose default (None) does not give the type
 
 

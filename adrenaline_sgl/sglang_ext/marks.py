@@ -1,16 +1,16 @@
-"""Is a request offloaded? The proxy's mark, else this instance's `--adrenaline-offload-policy`.
+"""Is a request offloaded? The proxy's mark, else this instance's `--adrenaline-unmarked-offload`.
 
-The mark travels in `req.sampling_params.custom_params` (the proxy writes it; SGLang carries the custom
-params unchanged to both instances). The fallback policy must give prefill and decode the same answer
-without talking, so `ratio:F` hashes the bootstrap room both sides share.
+The mark travels in `req.sampling_params.custom_params` under the keys of `adrenaline_sgl.protocol` (the
+proxy writes them; SGLang carries the custom params unchanged to both instances). The fallback for unmarked
+requests must give prefill and decode the same answer without talking, so `share:P` hashes the bootstrap room
+both sides share.
 """
 
 from __future__ import annotations
 
+from adrenaline_sgl.protocol import EXECUTOR_KEY, OFFLOAD_KEY
 from adrenaline_sgl.sglang_ext.flags import AdrenalineArgs
 
-OFFLOAD_KEY = "adrenaline_offload"  # same keys as adrenaline_sgl.proxy.request
-EXECUTOR_KEY = "adrenaline_executor"
 _HASH_MULT = 0x9E3779B97F4A7C15  # Fibonacci hashing of the 63-bit room into [0, 1)
 
 
@@ -30,13 +30,9 @@ def is_offloaded(req, args: AdrenalineArgs) -> bool:
     mark = _custom_params(req).get(OFFLOAD_KEY)
     if isinstance(mark, bool):
         return mark
-    policy = args.offload_policy
-    if policy == "always":
-        return True
-    if policy.startswith("ratio:") and getattr(req, "bootstrap_room", None) is not None:
-        ratio = float(policy.split(":", 1)[1])  # OB = offloaded / local, so a share OB / (1 + OB) of requests
-        return room_share(req.bootstrap_room) < ratio / (1.0 + ratio)
-    return False  # never, auto (the proxy decides), or no room to agree on
+    share = args.unmarked_share
+    room = getattr(req, "bootstrap_room", None)
+    return share >= 1.0 or (share > 0.0 and room is not None and room_share(room) < share)
 
 
 def offload_id(req) -> str:

@@ -26,7 +26,7 @@ from adrenaline_sgl.sglang_ext import flags
 from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS
 args = prepare_server_args(["--model-path", "m", "--disaggregation-mode", "decode",
                             "--attention-backend", "adrenaline",
-                            "--adrenaline-role", "decode", "--adrenaline-offload-policy", "ratio:0.5",
+                            "--adrenaline-role", "decode", "--adrenaline-unmarked-offload", "share:0.5",
                             "--adrenaline-executor-port", "4242"])
 child = pickle.loads(pickle.dumps(args))  # what a scheduler subprocess receives
 parser = argparse.ArgumentParser()
@@ -60,7 +60,7 @@ def test_sglang_loader_applies_hooks_and_flags_parse():
     expected = {target for target, _, _ in plugin.hook_table()}  # imports sglang's registry, patches nothing
     assert expected <= set(out["patched"]), f"not applied: {expected - set(out['patched'])}"
     assert out["parsed"]["role"] == "decode"
-    assert out["parsed"]["offload_policy"] == "ratio:0.5"
+    assert out["parsed"]["unmarked_offload"] == "share:0.5"
     assert out["parsed"]["executor_port"] == 4242
     assert out["child"] == out["parsed"]
     assert out["stock"]["role"] == "none"
