@@ -1,5 +1,6 @@
 """`python -m adrenaline_sgl.proxy --prefill URL [BOOTSTRAP_PORT] --decode URL [--host H] [--port P]
-[--policy never|always|ratio:F|auto] [--metrics-port M]`: run the proxy until SIGINT/SIGTERM."""
+[--policy never|always|ratio:F|auto] [--model SPEC --gpu SPEC] [--model-path DIR] [--metrics-port M]`: run
+the proxy until SIGINT/SIGTERM (`--help` lists every setting)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=ns.log_level.upper(), format="[%(asctime)s] %(name)s: %(message)s")
     try:
         proxy = Proxy(from_args(ns))
-    except ValueError as err:
+    except (ValueError, FileNotFoundError) as err:  # a bad setting, or a predictor's missing profile
         print(f"adrenaline proxy: {err}", file=sys.stderr)
         return 2
     asyncio.run(_serve(proxy))

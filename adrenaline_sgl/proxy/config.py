@@ -1,12 +1,21 @@
-"""Proxy settings: a frozen config and its CLI (flag names mirror `sglang_router.launch_router`)."""
+"""Proxy settings: a frozen config and its CLI (flag names mirror `sglang_router.launch_router`).
+
+Every setting is declared once, as a field: its default and help are the CLI's (`build_parser` reads them).
+Knobs other layers share come from their owners: the policy grammar (`scheduler.admission.parse_policy`), the
+executor's SM share and the TPOT SLO (`scheduler.bounds`), the spec and predictor registries.
+"""
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
-from adrenaline_sgl.sglang_ext.flags import validate_policy
+from adrenaline_sgl.scheduler.admission import parse_policy
+from adrenaline_sgl.scheduler.bounds import DEFAULT_EXECUTOR_SM_SHARE, DEFAULT_TPOT_SLO_MS, check_executor_sm_share
+from adrenaline_sgl.scheduler.cost_model import predictor_names
+from adrenaline_sgl.scheduler.specs import GPUS, MODELS
 
 
 def _check_url(url: str, field: str) -> None:
@@ -15,25 +24,40 @@ def _check_url(url: str, field: str) -> None:
         raise ValueError(f"{field}={url!r}: expected an http(s)://host:port URL")
 
 
+def _opt(default, help_text: str, *flags: str):
+    """A CLI setting: `flags` (default `--<name>`), its default and help."""
+    return field(default=default, metadata={"help": help_text, "flags": flags})
+
+
 @dataclass(frozen=True)
 class ProxyConfig:
     """Everything the proxy needs. Units in names; every wait has a timeout."""
 
     prefill: tuple[tuple[str, int | None], ...]  # (url, bootstrap port or None = decode's default)
     decode: tuple[str, ...]
-    host: str = "127.0.0.1"
-    port: int = 30040
-    policy: str = "never"  # never | always | ratio:F | auto: the scheduler's policies (see decide.py)
-    gpu: str = "h100-sxm"  # policy auto: the GPU spec its cost model uses (adrenaline_sgl.scheduler.specs)
-    model: str = "llama3-8b"  # policy auto: the model spec
-    executor_sm_share: float = 0.3  # policy auto: SM share of the prefill GPU the executor gets
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int | None = None  # None: /metrics on the proxy's own port only
-    request_timeout_s: float = 1800.0  # whole request through prefill and decode
-    connect_timeout_s: float = 5.0  # TCP connect to an instance
-    load_interval_s: float = 1.0  # how often instances' /adrenaline/load is pulled
-    load_timeout_s: float = 2.0  # one load pull
-    load_stale_s: float = 10.0  # a report older than this counts as missing (no offload to that prefill)
+    host: str = _opt("127.0.0.1", "Bind address (127.0.0.1 unless opened on purpose).")
+    port: int = _opt(30040, "Listen port (0: any free port).")
+    policy: str = _opt("never", "Offload policy (the scheduler's): never, always, ratio:F (the bound OB = F, "
+                       "0..10), auto (OB from the cost model on live load).")  # fmt: skip
+    model: str | None = _opt(None, "Policy auto: the served model's spec in adrenaline_sgl.scheduler.specs "
+                             "(the launcher passes the cluster config's).")  # fmt: skip
+    gpu: str | None = _opt(None, "Policy auto: the spec of the hardware the servers run on (scheduler.specs).")
+    predictor: str = _opt("preferred", "Policy auto: the cost predictor, one of the scheduler's registry, or "
+                          "preferred: its measured table for (gpu, model) where it has one, else roofline.")  # fmt: skip
+    executor_sm_share: float = _opt(DEFAULT_EXECUTOR_SM_SHARE, "Policy auto: the executor's SM share, in (0, 1), "
+                                    "for a prefill whose load report does not give its own.")  # fmt: skip
+    tpot_slo_ms: float = _opt(DEFAULT_TPOT_SLO_MS, "Policy auto: the TPOT SLO the bounds keep, ms.")
+    model_path: str | None = _opt(None, "Checkpoint folder of the served model: its tokenizer counts prompt "
+                                  "tokens (without it: characters / 4).")  # fmt: skip
+    metrics_host: str = _opt("127.0.0.1", "Bind address of the Prometheus endpoint.", "--metrics-host",
+                             "--prometheus-host")  # fmt: skip
+    metrics_port: int | None = _opt(None, "Separate Prometheus port; without it /metrics is served on --port.",
+                                    "--metrics-port", "--prometheus-port")  # fmt: skip
+    request_timeout_s: float = _opt(1800.0, "Whole request through prefill and decode, s.", "--request-timeout-secs")
+    connect_timeout_s: float = _opt(5.0, "TCP connect to an instance, s.")
+    load_interval_s: float = _opt(1.0, "Period of the /adrenaline/load pulls, s.", "--load-interval-secs")
+    load_timeout_s: float = _opt(2.0, "One load pull, s.")
+    load_stale_s: float = _opt(10.0, "A load report older than this counts as missing (no offload there), s.")
 
     def __post_init__(self):
         if not self.prefill:
@@ -50,19 +74,22 @@ class ProxyConfig:
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 65535:
                 raise ValueError(f"{name}={value}: expected 0..65535 (0 = any free port)")
-        validate_policy(self.policy, "policy")
-        if self.policy == "auto":
-            from adrenaline_sgl.scheduler.specs import GPUS, MODELS
-
-            if self.gpu not in GPUS:
-                raise ValueError(f"gpu={self.gpu!r}: expected one of {sorted(GPUS)}")
-            if self.model not in MODELS:
-                raise ValueError(f"model={self.model!r}: expected one of {sorted(MODELS)}")
-        if not 0.0 < self.executor_sm_share <= 1.0:
-            raise ValueError(f"executor_sm_share={self.executor_sm_share}: expected 0 < share <= 1")
-        for name in ("request_timeout_s", "connect_timeout_s", "load_interval_s", "load_timeout_s", "load_stale_s"):
+        if parse_policy(self.policy, "policy")[0] == "auto":
+            for name, known in (("model", MODELS), ("gpu", GPUS)):
+                if getattr(self, name) not in known:
+                    raise ValueError(f"policy auto needs the served {name}'s spec: --{name} must be one of "
+                                     f"{sorted(known)}, got {getattr(self, name)!r}")  # fmt: skip
+        if self.predictor not in ("preferred", *predictor_names()):
+            raise ValueError(f"predictor={self.predictor!r}: expected preferred or one of {predictor_names()}")
+        check_executor_sm_share(self.executor_sm_share)
+        for name in ("tpot_slo_ms", "request_timeout_s", "connect_timeout_s", "load_interval_s", "load_timeout_s",
+                     "load_stale_s"):  # fmt: skip
             if not getattr(self, name) > 0:
-                raise ValueError(f"{name}={getattr(self, name)}: expected > 0 seconds")
+                raise ValueError(f"{name}={getattr(self, name)}: expected > 0")
+
+
+_SETTINGS = [f for f in dataclasses.fields(ProxyConfig) if f.name not in ("prefill", "decode")]
+_TYPES = {"metrics_port": int}  # fields whose default (None) does not give the type; other None ones are str
 
 
 def _prefill_arg(values: list[str]) -> tuple[str, int | None]:
@@ -85,21 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="A prefill instance: URL and optional bootstrap port (repeat for several).")  # fmt: skip
     p.add_argument("--decode", action="append", metavar="URL", required=True,
                    help="A decode instance URL (repeat for several).")  # fmt: skip
-    p.add_argument("--host", default="127.0.0.1", help="Bind address (127.0.0.1 unless opened on purpose).")
-    p.add_argument("--port", type=int, default=30040, help="Listen port.")
-    p.add_argument("--policy", default="never",
-                   help="Offload policy (the scheduler's): never, always, ratio:F (OB = F, 0..10), auto.")  # fmt: skip
-    p.add_argument("--gpu", default="h100-sxm", help="Policy auto: GPU spec name for the cost model.")
-    p.add_argument("--model", default="llama3-8b", help="Policy auto: model spec name for the cost model.")
-    p.add_argument("--executor-sm-share", type=float, default=0.3, help="Policy auto: executor SM share.")
-    p.add_argument("--metrics-host", "--prometheus-host", default="127.0.0.1",
-                   help="Bind address of the Prometheus endpoint.")  # fmt: skip
-    p.add_argument("--metrics-port", "--prometheus-port", type=int, default=None,
-                   help="Separate Prometheus port; without it /metrics is served on --port.")  # fmt: skip
+    for f in _SETTINGS:
+        kind = _TYPES.get(f.name, str if f.default is None else type(f.default))
+        p.add_argument(*(f.metadata["flags"] or ["--" + f.name.replace("_", "-")]), dest=f.name, type=kind,
+                       default=f.default, help=f"{f.metadata['help']} Default: {f.default}.")  # fmt: skip
     p.add_argument("--pd-disaggregation", action="store_true",
                    help="Accepted for sglang_router compatibility; this proxy is always PD.")  # fmt: skip
-    p.add_argument("--request-timeout-secs", type=float, default=1800.0, help="Timeout of one request, seconds.")
-    p.add_argument("--load-interval-secs", type=float, default=1.0, help="Period of the load pulls, seconds.")
     p.add_argument("--log-level", default="info", help="Python logging level.")
     return p
 
@@ -111,17 +129,5 @@ def from_args(ns: argparse.Namespace) -> ProxyConfig:
             prefill.append(_prefill_arg(values))
         except argparse.ArgumentTypeError as err:
             raise ValueError(str(err)) from err
-    return ProxyConfig(
-        prefill=tuple(prefill),
-        decode=tuple(ns.decode),
-        host=ns.host,
-        port=ns.port,
-        policy=ns.policy,
-        gpu=ns.gpu,
-        model=ns.model,
-        executor_sm_share=ns.executor_sm_share,
-        metrics_host=ns.metrics_host,
-        metrics_port=ns.metrics_port,
-        request_timeout_s=ns.request_timeout_secs,
-        load_interval_s=ns.load_interval_secs,
-    )
+    settings = {f.name: getattr(ns, f.name) for f in _SETTINGS}
+    return ProxyConfig(prefill=tuple(prefill), decode=tuple(ns.decode), **settings)

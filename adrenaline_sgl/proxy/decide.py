@@ -6,7 +6,8 @@ The policies (`never`, `always`, `ratio:F`, `auto`) and admission (C1, C2) are
   lengths; prompt length stands in for the current length, a lower bound);
 - capacities from the instances' `/adrenaline/load` reports: the decode KV pool (HBM_d in tokens) and,
   per prefill instance, the tokens it can devote to offloaded KV (its free tokens plus what the ledger
-  has already placed there at maximum length, or its `--adrenaline-executor-max-tokens` share).
+  has already placed there at maximum length, or its `--adrenaline-executor-max-tokens` share) and the SM
+  share its executor runs at now (`auto` uses the configured share where a report gives 0, unknown).
 A decision is taken only when the chosen prefill can take it: its report is fresh, its role is `prefill`
 and its executor answers; and the decode runs the plugin. Otherwise the request decodes locally (stock PD),
 which is how an unreachable executor is handled without failing or hanging requests.
@@ -17,8 +18,9 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+from adrenaline_sgl.protocol import LoadReport
+from adrenaline_sgl.proxy.config import ProxyConfig
 from adrenaline_sgl.scheduler.admission import LiveStats, OffloadPolicy, RequestInfo, make_policy
-from adrenaline_sgl.sglang_ext.load_report import LoadReport
 
 __all__ = ["Decision", "Ledger", "RequestInfo", "build_policy", "decide", "executor_available"]
 
@@ -29,16 +31,17 @@ class Decision:
     reason: str  # the scheduler's reason ("ok", "c1-budget", "c2-batch", ...) or why it was not asked
 
 
-def build_policy(spec: str, gpu: str = "h100-sxm", model: str = "llama3-8b", executor_sm_share: float = 0.3):
-    """The scheduler's policy for `spec`; `auto` gets a predictor for (`gpu`, `model`): the measured table where
-    the package has one (CPU devices, profiled GPUs), else the roofline."""
-    if spec != "auto":
-        return make_policy(spec)
+def build_policy(cfg: ProxyConfig) -> OffloadPolicy:
+    """The scheduler's policy `cfg.policy`; `auto` gets `cfg.predictor` for the served (`cfg.gpu`, `cfg.model`):
+    `preferred` is the measured table where the package has one (CPU devices, profiled GPUs), else the roofline."""
+    if cfg.policy != "auto":
+        return make_policy(cfg.policy)
     from adrenaline_sgl.scheduler.cost_model import get_predictor
     from adrenaline_sgl.scheduler.table import preferred_predictor
 
-    predictor = get_predictor(preferred_predictor(gpu, model), gpu, model)
-    return make_policy("auto", predictor, executor_sm_share=executor_sm_share)
+    name = preferred_predictor(cfg.gpu, cfg.model) if cfg.predictor == "preferred" else cfg.predictor
+    predictor = get_predictor(name, cfg.gpu, cfg.model)
+    return make_policy("auto", predictor, executor_sm_share=cfg.executor_sm_share, tpot_slo_ms=cfg.tpot_slo_ms)
 
 
 @dataclass
@@ -72,13 +75,14 @@ class Ledger:
             items = [i for i in self._items.values() if i.decode == decode]
         local = [i.info for i in items if not i.offloaded]
         off = [i for i in items if i.offloaded]
-        caps = []
+        caps, shares = [], []
         for url, report in prefills.items():
             if report is None:
                 continue
             placed = sum(i.info.max_seq_tokens for i in off if i.prefill == url)
             free = int((1.0 - report.token_usage) * report.max_total_tokens)
             caps.append(placed + free)
+            shares.append(report.executor_sm_share)
         return LiveStats(
             local_requests=len(local),
             local_tokens=sum(i.prompt_tokens for i in local),
@@ -87,6 +91,7 @@ class Ledger:
             offloaded_max_tokens=sum(i.info.max_seq_tokens for i in off),
             decode_kv_capacity_tokens=decode_report.max_total_tokens,
             prefill_offload_capacity_tokens=tuple(caps),
+            prefill_executor_sm_shares=tuple(shares),
         )
 
     def __len__(self) -> int:

@@ -2,9 +2,9 @@
 
 Same wire protocol as SGLang's mini load balancer (`sglang_router/mini_lb.py`): `bootstrap_host`,
 `bootstrap_port`, `bootstrap_room` are added (lists for a batched /generate), and the same body goes to the
-prefill and the decode instance. The decision travels in the request's custom params, which SGLang carries
-to `req.sampling_params.custom_params` on both instances: `sampling_params.custom_params` for /generate,
-the top-level `custom_params` for the OpenAI endpoints.
+prefill and the decode instance. The decision travels in the request's custom params (keys in
+`adrenaline_sgl.protocol`), which SGLang carries to `req.sampling_params.custom_params` on both instances:
+`sampling_params.custom_params` for /generate, the top-level `custom_params` for the OpenAI endpoints.
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ from __future__ import annotations
 import copy
 import random
 
+from adrenaline_sgl.protocol import EXECUTOR_KEY, OFFLOAD_KEY
 from adrenaline_sgl.proxy.decide import RequestInfo
+from adrenaline_sgl.proxy.tokens import TokenCounter
 
-OFFLOAD_KEY = "adrenaline_offload"  # bool: the proxy's decision
-EXECUTOR_KEY = "adrenaline_executor"  # "host:port" of the executor on the chosen prefill (when offloaded)
 DEFAULT_MAX_NEW_TOKENS = 128  # SGLang's default when a request does not say
+_ESTIMATE = TokenCounter()  # characters / 4
 
 
 class BadRequest(ValueError):
@@ -69,24 +70,18 @@ def _int_field(body: dict, name: str, value) -> int | None:
     return value
 
 
-def request_info(body: dict, endpoint: str) -> RequestInfo:
-    """Validate the body and estimate its sizes (the largest item of a batch)."""
+def request_info(body: dict, endpoint: str, tokens: TokenCounter = _ESTIMATE) -> RequestInfo:
+    """Validate the body and count its sizes (the largest item of a batch) with `tokens`."""
     if not isinstance(body, dict):
         raise BadRequest(f"request body: expected a JSON object, got {type(body).__name__}")
     _check_types(body, endpoint)
     if endpoint == "generate":
-        ids = body.get("input_ids")
-        if ids is not None:
-            prompt = max(len(x) for x in ids) if isinstance(ids[0], list) else len(ids)
-        else:
-            text = body["text"]
-            prompt = max((len(t) for t in text), default=0) // 4 if isinstance(text, list) else len(text) // 4
+        prompt = tokens.prompt(body["input_ids"] if body.get("input_ids") is not None else body["text"])
         sp = body.get("sampling_params")
         items = [item or {} for item in (sp if isinstance(sp, list) else [sp])]
         new = max((_int_field(body, "sampling_params.max_new_tokens", i.get("max_new_tokens")) or 0) for i in items)
     else:
-        source = body["messages"] if endpoint == "v1/chat/completions" else body["prompt"]
-        prompt = len(str(source)) // 4
+        prompt = tokens.chat(body["messages"]) if endpoint == "v1/chat/completions" else tokens.prompt(body["prompt"])
         new = _int_field(body, "max_tokens", body.get("max_completion_tokens", body.get("max_tokens"))) or 0
     return RequestInfo(prompt_tokens=prompt, max_new_tokens=new or DEFAULT_MAX_NEW_TOKENS)
 

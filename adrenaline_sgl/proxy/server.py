@@ -22,6 +22,7 @@ from adrenaline_sgl.proxy.config import ProxyConfig
 from adrenaline_sgl.proxy.decide import Ledger, build_policy, decide
 from adrenaline_sgl.proxy.load import LoadPoller
 from adrenaline_sgl.proxy.metrics import CONTENT_TYPE, ProxyMetrics
+from adrenaline_sgl.proxy.tokens import TokenCounter, load_counter
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +51,11 @@ def _bootstrap_host(url: str) -> str:
 class Proxy:
     """Start with `await proxy.start()`; `proxy.url` is where it listens; stop with `await proxy.stop()`."""
 
-    def __init__(self, cfg: ProxyConfig, policy=None, rng: random.Random | None = None):
+    def __init__(self, cfg: ProxyConfig, policy=None, rng: random.Random | None = None,
+                 tokens: TokenCounter | None = None):  # fmt: skip
         self.cfg = cfg
-        self.policy = policy if policy is not None else build_policy(cfg.policy, cfg.gpu, cfg.model,
-                                                                     cfg.executor_sm_share)  # fmt: skip
+        self.policy = policy if policy is not None else build_policy(cfg)
+        self.tokens = tokens if tokens is not None else load_counter(cfg.model_path)
         self.ledger = Ledger()
         self.rng = rng or random.Random()
         self.metrics = ProxyMetrics()
@@ -152,7 +154,7 @@ class Proxy:
         t0 = time.monotonic()
         try:
             body = json.loads(await request.read())
-            info = rq.request_info(body, endpoint)
+            info = rq.request_info(body, endpoint, self.tokens)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             self.metrics.errors.labels(kind="bad_request").inc()
             return error_response(400, "invalid_request", f"request body is not valid JSON: {err}")

@@ -1,0 +1,57 @@
+"""Prompt tokens of a request as the served model counts them: its Hugging Face tokenizer (loaded once, at
+start, from `--model-path`), chat messages through its chat template. Without a tokenizer: characters / 4.
+
+Why exact: admission checks the offloaded KV at each request's maximum length (C1) and the offloaded/local
+token ratio (C2); characters / 4 is an English-prose estimate that can be off 2x for code or other scripts.
+"""
+
+from __future__ import annotations
+
+import logging
+
+logger = logging.getLogger(__name__)
+
+
+class TokenCounter:
+    """`tokenizer=None`: the characters / 4 estimate."""
+
+    def __init__(self, tokenizer=None):
+        self.tokenizer = tokenizer
+
+    def text(self, text: str) -> int:
+        return len(text) // 4 if self.tokenizer is None else len(self.tokenizer.encode(text))
+
+    def prompt(self, prompt) -> int:
+        """A /v1/completions or /generate prompt: text, token ids, or a batch of either (its largest item)."""
+        if isinstance(prompt, str):
+            return self.text(prompt)
+        if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+            return len(prompt)
+        if isinstance(prompt, list):
+            return max((self.prompt(p) for p in prompt), default=0)
+        return len(str(prompt)) // 4
+
+    def chat(self, messages: list) -> int:
+        """Chat messages as the server sees them: through the tokenizer's chat template when it has one."""
+        if self.tokenizer is not None and getattr(self.tokenizer, "chat_template", None):
+            try:
+                out = self.tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+                return len(out["input_ids"] if hasattr(out, "keys") else out)
+            except Exception as err:  # noqa: BLE001 (a message the template rejects: the server answers it)
+                logger.debug("chat template failed (%s): counting the message texts", err)
+        texts = [m.get("content") if isinstance(m, dict) else m for m in messages]
+        return self.text(" ".join(t if isinstance(t, str) else str(t) for t in texts))
+
+
+def load_counter(model_path: str | None) -> TokenCounter:
+    """The served model's tokenizer (transformers), or the estimate with a warning when there is none."""
+    if not model_path:
+        logger.warning("no --model-path: prompt tokens are estimated as characters / 4")
+        return TokenCounter()
+    try:
+        from transformers import AutoTokenizer
+
+        return TokenCounter(AutoTokenizer.from_pretrained(model_path))
+    except (ImportError, OSError, ValueError) as err:
+        logger.warning("no tokenizer at %s (%s): prompt tokens are estimated as characters / 4", model_path, err)
+        return TokenCounter()
