@@ -9,6 +9,8 @@ per-node commands of a multi-node cluster. Environment: `env` for every process,
 the proxy's own `env` on top. CPU pinning: each role's `cpus` gives every instance its CPU list ("0",
 "0-3"; `configs/cpus.py`), applied to the server's whole process tree with matching thread counts; with
 `cpu_exclusive` (default) no two pinned instances on one host may share a CPU. The proxy is never pinned.
+The `adrenaline` proxy also gets what is served: the checkpoint (its tokenizer counts prompt tokens) and, for
+its `auto` policy, the scheduler's specs of the model and the hardware.
 """
 
 from __future__ import annotations
@@ -89,8 +91,9 @@ class RoleConfig:
 
 
 @dataclass(frozen=True)
-class ProxyConfig:
-    """The request router in front of the servers."""
+class ProxyLaunchConfig:
+    """How the launcher starts the request router in front of the servers (its own settings are its CLI's:
+    `adrenaline_sgl.proxy.config.ProxyConfig` for the `adrenaline` kind)."""
 
     kind: str = field(default="sglang-router", metadata={"help": f"one of {PROXY_KINDS}"})
     host: str | None = field(default=None, metadata={"help": "bind host; empty = cluster host"})
@@ -113,6 +116,11 @@ class ClusterConfig:
     """A whole PD cluster: model, servers, proxy, and how the launcher runs them."""
 
     model: str = field(metadata={"help": "checkpoint directory, or smollm2:<dtype> for the bundled test model"})
+    model_spec: str | None = field(default=None, metadata={
+        "help": "the model's spec in adrenaline_sgl.scheduler.specs, for the adrenaline proxy's auto policy; "
+                "empty: smollm2-135m for smollm2:<dtype>, else none"})  # fmt: skip
+    gpu: str | None = field(default=None, metadata={
+        "help": "the servers' hardware spec in adrenaline_sgl.scheduler.specs, for the proxy's auto policy"})
     host: str = field(default="127.0.0.1", metadata={"help": "default host of every process (bind address)"})
     cpu_support: bool = field(
         default=False, metadata={"help": "CPU machines: SGLANG_USE_CPU_ENGINE=1 plus the stand-ins (sglang_ext/cpu)"}
@@ -122,7 +130,7 @@ class ClusterConfig:
     env: dict[str, str] = field(default_factory=dict, metadata={"help": "extra environment for every process"})
     prefill: RoleConfig = field(default_factory=RoleConfig, metadata={"help": "prefill servers"})
     decode: RoleConfig = field(default_factory=RoleConfig, metadata={"help": "decode servers"})
-    proxy: ProxyConfig = field(default_factory=ProxyConfig, metadata={"help": "the router in front"})
+    proxy: ProxyLaunchConfig = field(default_factory=ProxyLaunchConfig, metadata={"help": "the router in front"})
     run_dir: str = field(default="results/launch", metadata={"help": "logs go to <run_dir>/<timestamp>/"})
     startup_timeout_s: float = field(default=600.0, metadata={"help": "health wait per stage, 10..7200 s"})
     stop_timeout_s: float = field(default=20.0, metadata={"help": "SIGTERM grace before SIGKILL, 1..300 s"})
@@ -146,6 +154,7 @@ class ClusterConfig:
             raise ValueError(f"stop_timeout_s must be in 1..300, got {self.stop_timeout_s!r}")
         self.prefill.validate("prefill")
         self.decode.validate("decode")
+        self._check_specs()
         reserved = {"--disaggregation-mode", "--port", "--host", "--disaggregation-bootstrap-port", "--model-path",
                     "--disaggregation-transfer-backend"}
         for where, args in (("server_args", self.server_args), ("prefill.extra_args", self.prefill.extra_args),
@@ -176,6 +185,24 @@ class ClusterConfig:
                         raise ValueError(f"{where} = {role.cpus[i]!r} shares CPU {format_cpu_list([cpu])} with "
                                          f"{owners[key]} on {key[0]} (cpu_exclusive: true)")
                     owners.setdefault(key, where)
+
+    def _check_specs(self) -> None:
+        from adrenaline_sgl.scheduler.specs import GPUS, MODELS
+
+        for name, value, known in (("model_spec", self.model_spec, MODELS), ("gpu", self.gpu, GPUS)):
+            if value is not None and value not in known:
+                raise ValueError(f"{name} must be one of {sorted(known)} (scheduler.specs), got {value!r}")
+        args = self.proxy.extra_args
+        auto = "--policy=auto" in args or any(a == "--policy" and b == "auto" for a, b in zip(args, args[1:]))
+        if self.proxy.kind == "adrenaline" and auto and (self.served_model_spec is None or self.gpu is None):
+            raise ValueError(f"proxy --policy auto needs the served model's and hardware's specs: set model_spec "
+                             f"(model {self.model!r} is not a known spec; one of {sorted(MODELS)}) and gpu (one of "
+                             f"{sorted(GPUS)})")  # fmt: skip
+
+    @property
+    def served_model_spec(self) -> str | None:
+        """The scheduler's spec of what is served: `model_spec`, else the bundled SmolLM2's, else None."""
+        return self.model_spec or ("smollm2-135m" if self.model.startswith(SMOLLM2_PREFIX) else None)
 
     @property
     def hosts(self) -> set[str]:
@@ -212,7 +239,7 @@ def from_dict(data: dict[str, Any]) -> ClusterConfig:
         if role in kwargs:
             kwargs[role] = RoleConfig(**_build(RoleConfig, kwargs[role] or {}, role))
     if "proxy" in kwargs:
-        kwargs["proxy"] = ProxyConfig(**_build(ProxyConfig, kwargs["proxy"] or {}, "proxy"))
+        kwargs["proxy"] = ProxyLaunchConfig(**_build(ProxyLaunchConfig, kwargs["proxy"] or {}, "proxy"))
     if "model" not in kwargs:
         raise ValueError("cluster config: `model` is required (a checkpoint directory or smollm2:<dtype>)")
     return ClusterConfig(**kwargs)

@@ -3,8 +3,9 @@
 Pure code (no process is started here), shared by the launcher and `--print-commands`. Any arg or env
 value may name a cluster-wide port as `{port:NAME}` (e.g. the Adrenaline executor's port, given to both
 prefill and decode): each NAME gets one free port, the same everywhere. Proxy command
-builders sit in a tiny registry keyed by `proxy.kind`; the `adrenaline` proxy (issue 8) gets the same
-arguments as SGLang's router, so it can be swapped in by changing one word in the YAML.
+builders sit in a tiny registry keyed by `proxy.kind`; the `adrenaline` proxy gets the same arguments as
+SGLang's router, so it can be swapped in by changing one word in the YAML, plus what is served
+(`--model-path`, and `--model` / `--gpu`, the scheduler's specs, where the cluster config knows them).
 """
 
 from __future__ import annotations
@@ -151,8 +152,8 @@ def _server(cfg: ClusterConfig, role: str, i: int, model_dir: str, ports: Ports,
                        cpus=role_cfg.cpus_of(i, role))
 
 
-def _sglang_router(cfg: ClusterConfig, prefill: list[ProcessSpec], bootstrap: tuple[int, ...],
-                   decode: list[ProcessSpec], ports: Ports, python: str, module: str) -> tuple[str, ...]:
+def _router(cfg: ClusterConfig, prefill: list[ProcessSpec], bootstrap: tuple[int, ...], decode: list[ProcessSpec],
+            ports: Ports, python: str, module: str, model_dir: str) -> tuple[str, ...]:
     host = cfg.proxy.host or cfg.host
     argv = [python, "-m", module, "--pd-disaggregation"]
     for spec, boot in zip(prefill, bootstrap, strict=True):
@@ -160,12 +161,17 @@ def _sglang_router(cfg: ClusterConfig, prefill: list[ProcessSpec], bootstrap: tu
     for spec in decode:
         argv += ["--decode", spec.url]
     argv += ["--host", host, "--port", str(ports.proxy),
-             "--prometheus-host", host, "--prometheus-port", str(ports.prometheus), *cfg.proxy.extra_args]
-    return tuple(argv)
+             "--prometheus-host", host, "--prometheus-port", str(ports.prometheus)]
+    if cfg.proxy.kind == "adrenaline":  # what is served: its tokenizer, and the specs of the auto policy
+        argv += ["--model-path", model_dir]
+        for flag, value in (("--model", cfg.served_model_spec), ("--gpu", cfg.gpu)):
+            argv += [flag, value] if value else []
+    return (*argv, *cfg.proxy.extra_args)
 
 
 # proxy.kind -> module run with `python -m` and the router's arguments (`--pd-disaggregation --prefill URL
-# BOOTSTRAP_PORT ... --decode URL ... --host --port --prometheus-host --prometheus-port` + extra_args).
+# BOOTSTRAP_PORT ... --decode URL ... --host --port --prometheus-host --prometheus-port` + extra_args; the adrenaline
+# proxy also gets --model-path, --model, --gpu before extra_args, so extra_args can override them).
 PROXY_MODULES: dict[str, str] = {
     "sglang-router": "sglang_router.launch_router",
     "adrenaline": "adrenaline_sgl.proxy",
@@ -178,7 +184,7 @@ def build_plan(cfg: ClusterConfig, model_dir: str, ports: Ports, python: str,
     prefill = [_server(cfg, "prefill", i, model_dir, ports, python) for i in range(cfg.prefill.count)]
     decode = [_server(cfg, "decode", i, model_dir, ports, python) for i in range(cfg.decode.count)]
     module = PROXY_MODULES[cfg.proxy.kind]
-    argv = _sglang_router(cfg, prefill, ports.bootstrap, decode, ports, python, module)
+    argv = _router(cfg, prefill, ports.bootstrap, decode, ports, python, module, model_dir)
     proxy = ProcessSpec("proxy", "proxy", cfg.proxy.host or cfg.host, argv,
                         ports=(ports.proxy, ports.prometheus), port=ports.proxy)
     env = dict(cfg.env)  # overrides on top of the launcher's environment
