@@ -12,6 +12,7 @@ FIGS := 1 2 5 6 7 8 9
 help:
 	@echo "make setup           create .venv with the CPU stack (GPU stack where nvidia-smi sees a GPU)"
 	@echo "make test            setup, then the CPU test suite (GPU tests skip with a reason)"
+	@echo "make test-fast       the layer rules and the pure layers (scheduler, proxy, sim, colocation): < 60 s"
 	@echo "make lint            ruff"
 	@echo "make reproduce-figN  figure N ($(FIGS)) into $(RESULTS_DIR)/figN/ (simulated on CPU)"
 	@echo "make reproduce-all   every figure"
@@ -29,6 +30,11 @@ setup:
 
 test: setup
 	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
+
+# No SGLang server, model run or kernel: pytest took 26 s on the 2-core dev machine at load average 5.6.
+FAST_TESTS := tests/test_architecture.py tests/scheduler tests/proxy tests/sim tests/colocation
+test-fast: setup
+	$(PY) -m pytest -m "not e2e" $(FAST_TESTS) $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check adrenaline_sgl kernels experiments plots tests

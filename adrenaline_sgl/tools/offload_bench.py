@@ -29,7 +29,7 @@ from adrenaline_sgl.offload.client import ClientConfig, OffloadClient
 from adrenaline_sgl.offload.executor import AttentionExecutor
 from adrenaline_sgl.offload.pool import KVPool
 from adrenaline_sgl.offload.service import ExecutorService
-from adrenaline_sgl.offload.transports.base import create_channel
+from adrenaline_sgl.offload.transports.base import TRANSPORTS, create_channel
 from adrenaline_sgl.offload.wire import RowLayout
 from adrenaline_sgl.tools.decode_harness import DecodeHarness
 from adrenaline_sgl.tools.harness_models import DTYPES, MODELS, load_model
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", choices=sorted(MODELS), default="tiny-random", help="which Llama to drive")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="model and KV dtype")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="model device")
-    p.add_argument("--transport", choices=("inproc", "mooncake", "cuda_ipc"), default="inproc",
+    p.add_argument("--transport", choices=tuple(TRANSPORTS), default="inproc",
                    help="client-executor transport (mooncake, cuda_ipc: the executor in a second process)")
     p.add_argument("--attention", choices=ATTENTION_CHOICES, default="auto", help="decode attention kernel")
     p.add_argument("--local", type=int_in("local", 0, 4096), default=8, help="M: rows attended locally")

@@ -29,7 +29,7 @@ from adrenaline_sgl.offload.errors import OffloadError
 from adrenaline_sgl.offload.executor import AttentionExecutor
 from adrenaline_sgl.offload.pool import KVPool
 from adrenaline_sgl.offload.service import ExecutorService
-from adrenaline_sgl.offload.transports.base import create_channel
+from adrenaline_sgl.offload.transports.base import TRANSPORTS, create_channel
 from adrenaline_sgl.offload.wire import RowLayout
 from adrenaline_sgl.tools.decode_harness import DecodeHarness
 from adrenaline_sgl.tools.harness_models import DTYPES, MODELS, load_model
@@ -67,7 +67,7 @@ def _seconds(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m adrenaline_sgl.tools.offload_check", description=__doc__.split("\n")[0])
-    p.add_argument("--transport", choices=("inproc", "mooncake", "cuda_ipc"), default="inproc",
+    p.add_argument("--transport", choices=tuple(TRANSPORTS), default="inproc",
                    help="client-executor transport (mooncake, cuda_ipc: the executor in a second process)")
     p.add_argument("--offload-fraction", type=_fraction, default=0.5, help="share of requests offloaded, in [0, 1]")
     p.add_argument("--prompts", type=int_in("prompts", 1, 8), default=8, help="number of chat prompts, 1..8")
