@@ -51,7 +51,9 @@ def load_counter(model_path: str | None) -> TokenCounter:
     try:
         from transformers import AutoTokenizer
 
-        return TokenCounter(AutoTokenizer.from_pretrained(model_path))
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
     except (ImportError, OSError, ValueError) as err:
         logger.warning("no tokenizer at %s (%s): prompt tokens are estimated as characters / 4", model_path, err)
         return TokenCounter()
+    logger.info("prompt tokens counted by the tokenizer of %s", model_path)
+    return TokenCounter(tokenizer)

@@ -45,9 +45,11 @@ def test_without_a_tokenizer_the_estimate_is_chars_over_4_and_says_so(tmp_path, 
     assert request_info({"text": "y" * 80}, "generate").prompt_tokens == 20
 
 
-def test_the_proxy_loads_the_served_tokenizer_once_at_start(smollm2_dir):
+def test_the_proxy_loads_the_served_tokenizer_once_at_start(smollm2_dir, caplog):
     from adrenaline_sgl.proxy.config import ProxyConfig
     from adrenaline_sgl.proxy.server import Proxy
 
-    proxy = Proxy(ProxyConfig(prefill=(("http://h:1", None),), decode=("http://h:2",), model_path=str(smollm2_dir)))
+    with caplog.at_level(logging.INFO, logger="adrenaline_sgl.proxy.tokens"):
+        proxy = Proxy(ProxyConfig(prefill=(("http://h:1", None),), decode=("http://h:2",), model_path=str(smollm2_dir)))
     assert proxy.tokens.tokenizer is not None and proxy.tokens.text("hello world") == 2
+    assert [r.getMessage() for r in caplog.records] == [f"prompt tokens counted by the tokenizer of {smollm2_dir}"]
