@@ -13,7 +13,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from adrenaline_sgl.scheduler.admission import Decision, LiveStats, OffloadPolicy, RequestInfo, make_policy
+from adrenaline_sgl.scheduler.admission import (
+    Decision,
+    LiveStats,
+    OffloadPolicy,
+    RequestInfo,
+    make_policy,
+    parse_policy,
+)
 
 from .config import SimConfig
 
@@ -39,14 +46,10 @@ def _scheduler_policy(cfg: SimConfig, costs) -> OffloadPolicy:
 
 
 def _fake_policy(cfg: SimConfig, costs) -> OffloadPolicy:
-    name = cfg.offload
-    if name == "never":
-        return FakePolicy(0.0)
-    if name == "always":
-        return FakePolicy(None)
-    if name.startswith("ratio:"):
-        return FakePolicy(float(name.split(":", 1)[1]))
-    raise ValueError(f"offload={name!r} has no fake; valid for the fake: never | always | ratio:F")
+    kind, ratio = parse_policy(cfg.offload, "offload")
+    if kind == "auto":
+        raise ValueError(f"offload={cfg.offload!r} has no fake; valid for the fake: never | always | ratio:F")
+    return FakePolicy(None if kind == "always" else ratio)
 
 
 POLICIES: dict[str, Callable[[SimConfig, object], OffloadPolicy]] = {
