@@ -187,22 +187,29 @@ class ClusterConfig:
                     owners.setdefault(key, where)
 
     def _check_specs(self) -> None:
-        from adrenaline_sgl.scheduler.specs import GPUS, MODELS
+        from adrenaline_sgl.scheduler.specs import GPUS, MODELS, get_gpu, get_model
 
-        for name, value, known in (("model_spec", self.model_spec, MODELS), ("gpu", self.gpu, GPUS)):
-            if value is not None and value not in known:
-                raise ValueError(f"{name} must be one of {sorted(known)} (scheduler.specs), got {value!r}")
+        for name, value, lookup in (("model_spec", self.model_spec, get_model), ("gpu", self.gpu, get_gpu)):
+            if value is not None:
+                try:
+                    lookup(value)
+                except ValueError as err:
+                    raise ValueError(f"{name}: {err}") from None
         args = self.proxy.extra_args
         auto = "--policy=auto" in args or any(a == "--policy" and b == "auto" for a, b in zip(args, args[1:]))
         if self.proxy.kind == "adrenaline" and auto and (self.served_model_spec is None or self.gpu is None):
             raise ValueError(f"proxy --policy auto needs the served model's and hardware's specs: set model_spec "
-                             f"(model {self.model!r} is not a known spec; one of {sorted(MODELS)}) and gpu (one of "
-                             f"{sorted(GPUS)})")  # fmt: skip
+                             f"(model {self.model!r} is not a known spec and has no config.json here; one of "
+                             f"{sorted(MODELS)} or a Llama config.json) and gpu (one of {sorted(GPUS)})")  # fmt: skip
 
     @property
     def served_model_spec(self) -> str | None:
-        """The scheduler's spec of what is served: `model_spec`, else the bundled SmolLM2's, else None."""
-        return self.model_spec or ("smollm2-135m" if self.model.startswith(SMOLLM2_PREFIX) else None)
+        """The scheduler's spec of what is served: `model_spec`, else the bundled SmolLM2's, else the checkpoint's
+        `config.json` where it is on this machine, else None."""
+        if self.model_spec or self.model.startswith(SMOLLM2_PREFIX):
+            return self.model_spec or "smollm2-135m"
+        hf_config = Path(self.model).expanduser() / "config.json"
+        return str(hf_config) if hf_config.is_file() else None
 
     @property
     def hosts(self) -> set[str]:

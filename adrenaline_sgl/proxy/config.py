@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 from adrenaline_sgl.scheduler.admission import parse_policy
 from adrenaline_sgl.scheduler.bounds import DEFAULT_EXECUTOR_SM_SHARE, DEFAULT_TPOT_SLO_MS, check_executor_sm_share
 from adrenaline_sgl.scheduler.cost_model import predictor_names
-from adrenaline_sgl.scheduler.specs import GPUS, MODELS
+from adrenaline_sgl.scheduler.specs import get_gpu, get_model
 
 
 def _check_url(url: str, field: str) -> None:
@@ -39,8 +39,8 @@ class ProxyConfig:
     port: int = _opt(30040, "Listen port (0: any free port).")
     policy: str = _opt("never", "Offload policy (the scheduler's): never, always, ratio:F (the bound OB = F, "
                        "0..10), auto (OB from the cost model on live load).")  # fmt: skip
-    model: str | None = _opt(None, "Policy auto: the served model's spec in adrenaline_sgl.scheduler.specs "
-                             "(the launcher passes the cluster config's).")  # fmt: skip
+    model: str | None = _opt(None, "Policy auto: the served model's spec in adrenaline_sgl.scheduler.specs, or "
+                             "its Llama config.json (the launcher passes the cluster config's).")  # fmt: skip
     gpu: str | None = _opt(None, "Policy auto: the spec of the hardware the servers run on (scheduler.specs).")
     predictor: str = _opt("preferred", "Policy auto: the cost predictor, one of the scheduler's registry, or "
                           "preferred: its measured table for (gpu, model) where it has one, else roofline.")  # fmt: skip
@@ -75,10 +75,11 @@ class ProxyConfig:
             if value is not None and not 0 <= value <= 65535:
                 raise ValueError(f"{name}={value}: expected 0..65535 (0 = any free port)")
         if parse_policy(self.policy, "policy")[0] == "auto":
-            for name, known in (("model", MODELS), ("gpu", GPUS)):
-                if getattr(self, name) not in known:
-                    raise ValueError(f"policy auto needs the served {name}'s spec: --{name} must be one of "
-                                     f"{sorted(known)}, got {getattr(self, name)!r}")  # fmt: skip
+            for name, lookup in (("model", get_model), ("gpu", get_gpu)):
+                try:
+                    lookup(getattr(self, name))
+                except ValueError as err:
+                    raise ValueError(f"policy auto needs the served {name}'s spec (--{name}): {err}") from None
         if self.predictor not in ("preferred", *predictor_names()):
             raise ValueError(f"predictor={self.predictor!r}: expected preferred or one of {predictor_names()}")
         check_executor_sm_share(self.executor_sm_share)

@@ -121,10 +121,10 @@ def test_configured_port_in_use_is_a_clear_error():
         ({"model": "m", "server_args": "--device cpu"}, "server_args must be a list of strings"),
         ({"host": "127.0.0.1"}, "`model` is required"),
         ({"model": "m", "decode": {"env": {"X": 1}}}, r"decode.env must map names to strings \(quote numbers"),
-        ({"model": "m", "model_spec": "Llama-3.1-8B"}, r"model_spec must be one of \[.*'llama3-8b'"),
-        ({"model": "m", "gpu": "tpu-v5"}, r"gpu must be one of \['a100-80g'"),
+        ({"model": "m", "model_spec": "Llama-3.1-8B"}, r"model_spec: model must be one of \[.*'llama3-8b'.* or the"),
+        ({"model": "m", "gpu": "tpu-v5"}, r"gpu: gpu must be one of \['a100-80g'"),
         ({"model": "models/L", "gpu": "h100-sxm", "proxy": {"kind": "adrenaline", "extra_args": ["--policy", "auto"]}},
-         r"proxy --policy auto needs .* set model_spec \(model 'models/L' is not a known spec; one of \["),
+         r"proxy --policy auto needs .* set model_spec \(model 'models/L' is not a known spec and has no config"),
         ({"model": "smollm2:bfloat16", "proxy": {"kind": "adrenaline", "extra_args": ["--policy=auto"]}},
          r"proxy --policy auto needs the served model's and hardware's specs: .* and gpu \(one of"),
     ],
@@ -147,7 +147,7 @@ def test_missing_model_directory_is_a_clear_error(tmp_path):
         cluster.resolve_model(str(tmp_path / "nope"))
 
 
-def test_the_adrenaline_proxy_gets_what_is_served_and_its_parser_takes_the_command():
+def test_the_adrenaline_proxy_gets_what_is_served_and_its_parser_takes_the_command(smollm2_dir):
     """The launcher passes the checkpoint (tokenizer) and the scheduler specs; the proxy's own CLI accepts the
     whole command the launcher builds, so the two cannot drift apart."""
     from adrenaline_sgl.proxy.config import build_parser, from_args
@@ -164,6 +164,11 @@ def test_the_adrenaline_proxy_gets_what_is_served_and_its_parser_takes_the_comma
     argv = list(build_plan(auto, "models/L", assign_ports(auto, pick_free=False), "py", None)[-1].argv)
     cfg = from_args(build_parser().parse_args(argv[3:]))
     assert (cfg.model, cfg.gpu, cfg.policy, cfg.model_path) == ("llama3-8b", "h100-sxm", "auto", "models/L")
+    local = cluster.from_dict({"model": str(smollm2_dir), "gpu": "h200",
+                               "proxy": {"kind": "adrenaline", "extra_args": ["--policy", "auto"]}})  # fmt: skip
+    argv = list(build_plan(local, str(smollm2_dir), assign_ports(local, pick_free=False), "py", None)[-1].argv)
+    assert _argv_value(argv, "--model") == str(smollm2_dir / "config.json")  # no name: the checkpoint's config
+    assert from_args(build_parser().parse_args(argv[3:])).model == str(smollm2_dir / "config.json")
     stock = cluster.load(CONFIGS / "cpu_demo_pd.yaml")  # SGLang's router takes none of these
     router = list(build_plan(stock, "/ckpt", assign_ports(stock, pick_free=False), "py", None)[-1].argv)
     assert not {"--model-path", "--model", "--gpu"} & set(router)

@@ -105,9 +105,11 @@ def test_ledger_builds_live_stats_per_decode_instance():
     [
         ({"policy": "ratio:11"}, "policy='ratio:11': expected never, always, auto or ratio:F"),
         ({"policy": "share:0.5"}, "policy='share:0.5'"),  # the plugin's unmarked fallback is not a policy
-        ({"policy": "auto", "gpu": "h100-sxm"}, "policy auto needs the served model's spec: --model must be one of"),
-        ({"policy": "auto", "model": "llama3-8b"}, "policy auto needs the served gpu's spec: --gpu must be one of"),
-        ({"policy": "auto", "model": "Llama-3.1-8B", "gpu": "h100-sxm"}, "got 'Llama-3.1-8B'"),
+        ({"policy": "auto", "gpu": "h100-sxm"}, "policy auto needs the served model's spec (--model): model must be"),
+        ({"policy": "auto", "model": "llama3-8b"}, "policy auto needs the served gpu's spec (--gpu): gpu must be one"),
+        ({"policy": "auto", "model": "Llama-3.1-8B", "gpu": "h100-sxm"}, "or the path of a Llama config.json, got "
+                                                                         "'Llama-3.1-8B'"),
+        ({"policy": "auto", "model": "no/such/config.json", "gpu": "h100-sxm"}, "(--model): model config"),
         ({"predictor": "oracle"}, "predictor='oracle': expected preferred or one of ['roofline', 'table'"),
         ({"executor_sm_share": 1.0}, r"executor_sm_share must be in (0, 1)"),
         ({"tpot_slo_ms": 0}, "tpot_slo_ms=0: expected > 0"),
@@ -155,6 +157,14 @@ def test_auto_builds_the_named_predictor_for_the_served_specs_with_the_slo(tmp_p
     assert (policy.tpot_slo_ms, policy.executor_sm_share) == (60.0, 0.3)
     assert _policy("auto", gpu="a100-80g", model="llama2-7b").predictor.name == "table"  # preferred: the table
     assert _policy("auto", gpu="h200", model="smollm2-135m").predictor.name == "roofline"  # none: the roofline
+
+
+def test_auto_takes_the_served_checkpoints_config_json(smollm2_dir):
+    """A model without a name in the specs: its Llama config.json is the spec (scheduler.specs.get_model)."""
+    policy = _policy("auto", gpu="h200", model=str(smollm2_dir / "config.json"))
+    named = _policy("auto", gpu="h200", model="smollm2-135m").predictor.model
+    assert policy.predictor.model.kv_bytes_per_token == named.kv_bytes_per_token
+    assert policy.predictor.model.num_layers == named.num_layers == 30
 
 
 def test_load_report_rejects_bad_values_and_ignores_unknown_keys():
