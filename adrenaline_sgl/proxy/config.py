@@ -43,7 +43,7 @@ class ProxyConfig:
                              "its Llama config.json (the launcher passes the cluster config's).")  # fmt: skip
     gpu: str | None = _opt(None, "Policy auto: the spec of the hardware the servers run on (scheduler.specs).")
     predictor: str = _opt("preferred", "Policy auto: the cost predictor, one of the scheduler's registry, or "
-                          "preferred: its measured table for (gpu, model) where it has one, else roofline.")  # fmt: skip
+                          "preferred: its measured table for (gpu, model) if it has one, else roofline.")  # fmt: skip
     executor_sm_share: float = _opt(DEFAULT_EXECUTOR_SM_SHARE, "Policy auto: the executor's SM share, in (0, 1), "
                                     "for a prefill whose load report does not give its own.")  # fmt: skip
     tpot_slo_ms: float = _opt(DEFAULT_TPOT_SLO_MS, "Policy auto: the TPOT SLO the bounds keep, ms.")

@@ -127,7 +127,9 @@ def test_the_committed_table_reproduces_its_measured_decode_steps():
 
 
 def test_the_proxy_auto_policy_uses_the_cpu_table():
+    from adrenaline_sgl.proxy.config import ProxyConfig
     from adrenaline_sgl.proxy.decide import build_policy
 
-    policy = build_policy("auto", gpu=CPU, model=MODEL, executor_sm_share=1.0)
+    policy = build_policy(ProxyConfig(prefill=(("http://h:1", None),), decode=("http://h:2",), policy="auto",
+                                      gpu=CPU, model=MODEL))  # fmt: skip (predictor "preferred": the table)
     assert isinstance(policy.predictor, TablePredictor) and policy.predictor.gpu.name == CPU
