@@ -6,7 +6,7 @@ RESULTS_DIR ?= results
 export RESULTS_DIR
 FIGS := 1 2 5 6 7 8 9
 
-.PHONY: setup test test-fast lint e2e demo demo-check bench-kernels gpu-bundle gpu-import profile-cpu reproduce-all clean help \
+.PHONY: setup test test-fast lint e2e chaos demo demo-check bench-kernels gpu-bundle gpu-import profile-cpu reproduce-all clean help \
 	$(addprefix reproduce-fig,$(FIGS))
 
 help:
@@ -19,6 +19,7 @@ help:
 	@echo "make demo            1P1D SGLang stack with Adrenaline on loopback, until Ctrl-C"
 	@echo "make demo-check      start the demo stack, ask one question, check the answer, stop"
 	@echo "make e2e             end-to-end suite against real SGLang servers"
+	@echo "make chaos           load and fault replay on the demo stack, figures into $(RESULTS_DIR)/chaos/ (ARGS=--quick)"
 	@echo "make bench-kernels   decode-attention kernel benchmark CSV into $(RESULTS_DIR)/kernels/"
 	@echo "make gpu-bundle      build .gpu/ for the GPU campaign and print the device call (docs/perf.md)"
 	@echo "make gpu-import DIR=...  a GPU campaign's results into profiles, docs/perf.md tables, figure 9"
@@ -41,6 +42,17 @@ lint: setup
 
 e2e: setup
 	$(PY) -m pytest -m e2e tests/e2e $(PYTEST_ARGS)
+
+# Load and faults against the demo stack (docs/chaos.md). Bounded: a hard timeout (TERM, then KILL 30 s later)
+# around a run that keeps its own budget below it; on any exit (timeout, Ctrl-C, failure) the trap stops every
+# process the run started (they carry the run folder on PYTHONPATH). Exit 1 when a goal is missed.
+CHAOS_DIR ?= $(RESULTS_DIR)/chaos
+CHAOS_TIMEOUT_S ?= 900
+chaos: setup
+	@out="$(CHAOS_DIR)/$$(date -u +%Y%m%dT%H%M%SZ)"; \
+	trap '$(PY) -m adrenaline_sgl.tools.chaos.reap "'"$$out"'"' EXIT; \
+	timeout --foreground -k 30 $(CHAOS_TIMEOUT_S) \
+	  $(PY) -m adrenaline_sgl.tools.chaos --out "$$out" --hard-timeout-s $(CHAOS_TIMEOUT_S) $(ARGS)
 
 demo: setup
 	$(PY) -m adrenaline_sgl.launch --config adrenaline_sgl/configs/cpu_demo.yaml
