@@ -204,3 +204,28 @@ def test_plans_name_every_phase_once_and_replay_the_issue(quick):
         needed |= {"burst-1", "burst-128", "long", "executor-stop", "prefill-sigstop", "prefill-sigkill",
                    "decode-sigstop"}  # fmt: skip
     assert needed <= set(names)
+
+
+def test_reap_stops_the_processes_of_a_run_and_only_those(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from adrenaline_sgl.tools.chaos.reap import reap
+
+    (tmp_path / "run" / "stack" / "20260101T000000Z-1" / "cpu_support").mkdir(parents=True)
+    (tmp_path / "other" / "cpu_support").mkdir(parents=True)
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+
+    def start(support):
+        env = {**os.environ, "PYTHONPATH": f"{support}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        return subprocess.Popen(sleep, env=env, start_new_session=True)
+
+    ours, theirs = start(next((tmp_path / "run").rglob("cpu_support"))), start(tmp_path / "other" / "cpu_support")
+    try:
+        assert reap(tmp_path / "run", grace_s=5.0) == [ours.pid]
+        assert ours.wait(timeout=10) is not None and theirs.poll() is None  # another run's process is left alone
+    finally:
+        for proc in (ours, theirs):
+            proc.kill()
+            proc.wait(timeout=10)
