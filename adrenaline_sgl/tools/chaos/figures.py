@@ -68,7 +68,7 @@ def summarize(records: list[PhaseRecord], end: dict) -> dict:
         "crashes": sum(len(r.crashes) for r in run),
         "hangs_over_10s": sum(o.result == "hang" for o in outcomes),
         "leaked_kv_tokens": sum(r.leaked_kv_tokens for r in run),
-        "seconds_to_clear_error": faults,
+        "seconds_to_clear_error": faults,  # None: a request the fault failed got no clear error
         "sockets_not_on_loopback": max((len(r.non_loopback) for r in run), default=0),
         "unanswered": sum(o.result in ("unclear", "refused") for o in outcomes),
         "valid_requests_failed": len(valid_failed),
@@ -121,7 +121,8 @@ def table(mode: str, figures: dict, records: list[PhaseRecord], end: dict) -> st
     f = figures
     rows = [("cases", f["cases"], ""), ("requests", f["requests"], ""), ("crashes", f["crashes"], "0"),
             ("hangs > 10 s", f["hangs_over_10s"], "0"), ("leaked KV tokens", f["leaked_kv_tokens"], "0")]
-    rows += [(f"s to a clear error: {k}", v, "<= 5") for k, v in f["seconds_to_clear_error"].items()]
+    rows += [(f"s to a clear error: {k}", "none" if v is None else v, "<= 5")  # none: some got no clear error
+             for k, v in f["seconds_to_clear_error"].items()]
     rows += [("sockets not on loopback", f["sockets_not_on_loopback"], "0"),
              ("unanswered (no result, no clear error)", f["unanswered"], "0"),
              ("valid requests failed (no fault)", f["valid_requests_failed"], "0"),
@@ -130,7 +131,7 @@ def table(mode: str, figures: dict, records: list[PhaseRecord], end: dict) -> st
              ("processes or ports left behind", f["left_behind"], "0")]  # fmt: skip
     lines += ["", f"chaos figures ({mode}; wall {_fmt(end.get('wall_s'))} s; load average at end "
                   f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"]  # fmt: skip
-    lines += [f"  {name:42} {_fmt(value):>8}   goal {goal}" if goal else f"  {name:42} {_fmt(value):>8}"
+    lines += [f"  {name:42} {_fmt(value):>14}   goal {goal}" if goal else f"  {name:42} {_fmt(value):>14}"
               for name, value, goal in rows]
     if f["phases_not_run"]:
         lines.append(f"  phases not run: {', '.join(f['phases_not_run'])}")
