@@ -20,6 +20,7 @@ from adrenaline_sgl.scheduler.bounds import (
 )
 
 DECODE_KV_ADMISSIONS = ("reserve-max", "watermark")
+EXECUTOR_COLOCATIONS = ("partition", "timeshare")
 WORKLOADS = ("sharegpt", "openthoughts", "azure_conv", "azure_code")
 
 
@@ -49,6 +50,11 @@ class SimConfig:
     )
     gpu: str = _help("GPU name known to adrenaline_sgl.scheduler.specs (e.g. a100-80g)", "a100-80g")
     predictor: str = _help("cost predictor registered in adrenaline_sgl.scheduler.cost_model", "roofline")
+    prefill_gpu: str = _help(
+        "device of the prefill instances (their prefill batches and the executor's attention), a name like gpu; "
+        "empty = gpu. A CPU pair names two measured profiles of one core type here: one per role's software",
+        "",
+    )
     n_prefill: int = _help("prefill instances (tp GPUs each)", 1)
     n_decode: int = _help("decode instances (tp GPUs each)", 1)
     tp: int = _help(
@@ -60,6 +66,20 @@ class SimConfig:
     executor_sm_share: float = _help(
         "fraction of the prefill GPU's SMs given to the attention executor (unless offload is never), in (0, 1)",
         DEFAULT_EXECUTOR_SM_SHARE,
+    )
+    executor_colocation: str = _help(
+        "how the executor shares its prefill device: partition (a GPU: it keeps executor_sm_share of the SMs, "
+        "prefill the rest) or timeshare (one CPU core: each runs at the whole core's speed alone, and the "
+        "executor's attention takes twice as long while a prefill batch runs, its fair half of the core)",
+        "partition",
+    )
+    decode_kv_capacity_tokens: int = _help(
+        "KV tokens of each decode instance (a server's --max-total-tokens); 0 = the predictor's capacity "
+        "(gpu_mem_util x HBM - weights)",
+        0,
+    )
+    prefill_kv_capacity_tokens: int = _help(
+        "KV tokens of each prefill instance, its executor's part included; 0 = the predictor's capacity", 0
     )
     prefill_token_budget: int = _help("max prompt tokens in one prefill batch (a longer prompt runs alone)", 8192)
     prefill_kv_reserve_tokens: int = _help(
@@ -90,6 +110,13 @@ class SimConfig:
             raise ValueError(f"tp={self.tp!r} must be an integer in [1, 64]")
         _check_range("tp", self.tp, 1, 64)
         check_executor_sm_share(self.executor_sm_share)
+        if self.executor_colocation not in EXECUTOR_COLOCATIONS:
+            raise ValueError(f"executor_colocation={self.executor_colocation!r} is unknown; valid: "
+                             f"{', '.join(EXECUTOR_COLOCATIONS)}")
+        _check_range("decode_kv_capacity_tokens", self.decode_kv_capacity_tokens, 0, 1 << 30)
+        _check_range("prefill_kv_capacity_tokens", self.prefill_kv_capacity_tokens, 0, 1 << 30)
+        if not isinstance(self.prefill_gpu, str):
+            raise ValueError(f"prefill_gpu={self.prefill_gpu!r} must be a device name, or empty for gpu")
         _check_range("prefill_token_budget", self.prefill_token_budget, 1, 1 << 20)
         _check_range("prefill_kv_reserve_tokens", self.prefill_kv_reserve_tokens, 0, 1 << 24)
         if self.decode_kv_admission not in DECODE_KV_ADMISSIONS:

@@ -10,6 +10,11 @@ collectives), so the per-GPU metrics keep their meaning; `info` describes one GP
 `FakeCosts` is the test double (round numbers that make timelines hand-computable), never used by
 experiments.
 
+Prefill instances may run on another device than decode (`SimConfig.prefill_gpu`): their prefill batches and
+the executor's attention then come from that device's predictor, everything of the decode step from
+`gpu`'s. KV capacities are the predictor's unless the config gives them in tokens (a server's
+`--max-total-tokens`).
+
 Registry: `get_costs(name, sim_cfg)` with "scheduler" (default) and "fake".
 """
 
@@ -44,8 +49,9 @@ NO_WORK = Work(0.0, 0.0, 0.0)
 class SimCosts(Protocol):
     """What the event loop asks. Times in ms for the whole model (all layers) unless named per layer."""
 
-    info: InstanceInfo
+    info: InstanceInfo  # a decode instance (info.kv_capacity_tokens: its KV pool)
     num_layers: int
+    prefill_kv_capacity_tokens: int  # KV pool of a prefill instance (the executor's part included)
 
     def prefill(self, prompt_lens: Sequence[int], sm_share: float) -> Work:
         """One prefill batch of these prompts on a GPU share."""
@@ -55,6 +61,9 @@ class SimCosts(Protocol):
 
     def decode_attn(self, batch: int, context_tokens: int, sm_share: float) -> Work:
         """Decode attention of `batch` rows over `context_tokens` KV tokens in total."""
+
+    def executor_attn(self, batch: int, context_tokens: int, sm_share: float) -> Work:
+        """The same on a prefill instance, by its attention executor."""
 
     def kv_transfer_ms(self, num_tokens: int) -> float:
         """Prefill -> decode KV transfer of one request's prompt."""
@@ -83,6 +92,7 @@ class FakeCosts:
 
     def __post_init__(self):
         hbm = self.weight_bytes + self.kv_capacity_tokens * self.kv_bytes_per_token
+        self.prefill_kv_capacity_tokens = self.kv_capacity_tokens
         self.info = InstanceInfo(
             hbm_bytes=hbm,
             weight_bytes=self.weight_bytes,
@@ -107,6 +117,9 @@ class FakeCosts:
         return Work(self.attn_ms_per_kv_token * context_tokens / sm_share, 4e3 * context_tokens,
                     self.kv_bytes_per_token * context_tokens)
 
+    def executor_attn(self, batch: int, context_tokens: int, sm_share: float) -> Work:
+        return self.decode_attn(batch, context_tokens, sm_share)
+
     def kv_transfer_ms(self, num_tokens: int) -> float:
         return self.transfer_ms_per_token * num_tokens
 
@@ -126,12 +139,19 @@ class SchedulerCosts:
 
     def __init__(self, cfg: SimConfig):
         self.pred = get_predictor(cfg.predictor, cfg.gpu, cfg.model, tp=cfg.tp)
+        same = not cfg.prefill_gpu or cfg.prefill_gpu == cfg.gpu
+        self.prefill_pred = self.pred if same else get_predictor(cfg.predictor, cfg.prefill_gpu, cfg.model, tp=cfg.tp)
         self.link = cfg.link
         gpu, model, shard = self.pred.gpu, self.pred.model, self.pred.shard
         self.num_layers = model.num_layers
         # one full context must fit; the error names the smallest TP that would
         shard.check_fits(gpu, cfg.gpu_mem_util, min_kv_tokens=model.max_context_tokens)
-        capacity = self.pred.kv_capacity_tokens(cfg.gpu_mem_util)
+        capacity = cfg.decode_kv_capacity_tokens or self.pred.kv_capacity_tokens(cfg.gpu_mem_util)
+        if not same:
+            self.prefill_pred.shard.check_fits(self.prefill_pred.gpu, cfg.gpu_mem_util,
+                                               min_kv_tokens=model.max_context_tokens)
+        self.prefill_kv_capacity_tokens = (cfg.prefill_kv_capacity_tokens
+                                           or self.prefill_pred.kv_capacity_tokens(cfg.gpu_mem_util))
         self.info = InstanceInfo(
             hbm_bytes=float(gpu.hbm_bytes),
             weight_bytes=float(shard.weight_bytes),
@@ -142,12 +162,12 @@ class SchedulerCosts:
         )
         self.kv_transfer_ms(1)  # fail now, with the scheduler's message, on an unknown link name
         self._nonattn = lru_cache(maxsize=8192)(self._decode_nonattn_uncached)
-        self._lines: dict = {}
+        self._lines: dict = {}  # (predictor id, batch, share) -> attention line
         self._roundtrip_ms = lru_cache(maxsize=4096)(lambda rows: self.pred.offload_layer_roundtrip_ms(rows, self.link))
         self.max_context = model.max_context_tokens
 
     def prefill(self, prompt_lens: Sequence[int], sm_share: float) -> Work:
-        return _work(self.pred.prefill_step_costs(prompt_lens, sm_share))
+        return _work(self.prefill_pred.prefill_step_costs(prompt_lens, sm_share))
 
     def decode_nonattn(self, batch: int) -> Work:
         return self._nonattn(int(batch))
@@ -158,19 +178,25 @@ class SchedulerCosts:
         return _work(self.pred.decode_nonattn_costs(batch))
 
     def decode_attn(self, batch: int, context_tokens: int, sm_share: float) -> Work:
+        return self._attn(self.pred, batch, context_tokens, sm_share)
+
+    def executor_attn(self, batch: int, context_tokens: int, sm_share: float) -> Work:
+        return self._attn(self.prefill_pred, batch, context_tokens, sm_share)
+
+    def _attn(self, pred, batch: int, context_tokens: int, sm_share: float) -> Work:
         if batch <= 0:
             return NO_WORK
-        line = self._attn_line(int(batch), float(sm_share))
+        line = self._attn_line(int(batch), float(sm_share), pred)
         if line is None:
-            return self._decode_attn_exact(batch, context_tokens, sm_share)
+            return self._decode_attn_exact(batch, context_tokens, sm_share, pred)
         (ms0, f0, b0), (ms_k, f_k, b_k) = line
         return Work(ms0 + ms_k * context_tokens, f0 + f_k * context_tokens, b0 + b_k * context_tokens)
 
-    def _decode_attn_exact(self, batch: int, context_tokens: int, sm_share: float) -> Work:
-        c = self.pred.op_cost("attn", "decode", batch, context_tokens, batch, sm_share)
+    def _decode_attn_exact(self, batch: int, context_tokens: int, sm_share: float, pred=None) -> Work:
+        c = (pred or self.pred).op_cost("attn", "decode", batch, context_tokens, batch, sm_share)
         return _work([c.times(self.num_layers)])
 
-    def _attn_line(self, batch: int, sm_share: float):
+    def _attn_line(self, batch: int, sm_share: float, pred=None):
         """(intercept, slope) of decode attention in the context length at this (batch, share), or None.
 
         NOTE: a speed-up only, never a second model. The event loop asks for decode attention at every step
@@ -178,11 +204,12 @@ class SchedulerCosts:
         have (memory-bound streaming of KV), which this checks at five points before using the line. Where
         the check fails (a kink, or a table predictor), every call goes to the predictor.
         """
-        key = (batch, sm_share)
+        pred = pred or self.pred
+        key = (id(pred), batch, sm_share)
         if key not in self._lines:
             lo, hi = batch, batch * self.max_context
             pts = [lo + (hi - lo) * i // 4 for i in range(5)]
-            works = [self._decode_attn_exact(batch, c, sm_share) for c in pts]
+            works = [self._decode_attn_exact(batch, c, sm_share, pred) for c in pts]
             span = pts[-1] - pts[0]
             k = tuple((getattr(works[-1], f) - getattr(works[0], f)) / span for f in ("ms", "flops", "bytes"))
             b0 = tuple(getattr(works[0], f) - k[i] * pts[0] for i, f in enumerate(("ms", "flops", "bytes")))

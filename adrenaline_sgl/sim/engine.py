@@ -18,8 +18,11 @@ A decode step with M local and N offloaded rows (`_step_time`) costs
   nonattn(M + N) + max(local_attn(M), max_p [remote_attn_p(N_p) + L x roundtrip(N_p)])
 i.e. the per-layer round trip hides under local attention when it can (paper, technique 1). Remote
 attention runs with the executor's SM share and gets at most the HBM bandwidth a running prefill batch
-leaves free (technique 2's interference). Every cost comes from `SimCosts` (the scheduler's cost model)
-and every offload decision from `OffloadPolicy` (the scheduler's admission).
+leaves free (technique 2's interference). With `executor_colocation="timeshare"` (one CPU core hosts
+prefill and the executor) both run at the whole core's speed, and remote attention takes twice as long
+while a prefill batch runs (its fair half of the core); the prefill batch is not slowed (an approximation
+that holds while prefill keeps the core busy a small share of the time). Every cost comes from `SimCosts`
+(the scheduler's cost model) and every offload decision from `OffloadPolicy` (the scheduler's admission).
 """
 
 from __future__ import annotations
@@ -46,20 +49,23 @@ class Simulator:
     def __init__(self, cluster: SimConfig, requests: Requests, costs: SimCosts, policy: OffloadPolicy):
         self.cfg, self.costs, self.policy = cluster, costs, policy
         cap = costs.info.kv_capacity_tokens
+        prefill_cap = getattr(costs, "prefill_kv_capacity_tokens", cap)
         max_seq = int((requests.prompt_len + requests.output_len).max())
         self.watermark = cluster.decode_kv_admission == "watermark"
         headroom = 2 * cluster.decode_reserved_tokens if self.watermark else 0
         if max_seq + headroom > cap:
             raise ValueError(f"a request needs {max_seq + headroom} KV tokens but a GPU holds {cap}; "
                              "shorten max_context")
-        exec_cap = max(0, cap - cluster.prefill_kv_reserve_tokens)
-        self.prefill = [PrefillGPU(i, cap, exec_cap) for i in range(cluster.n_prefill)]
+        exec_cap = max(0, prefill_cap - cluster.prefill_kv_reserve_tokens)
+        self.prefill = [PrefillGPU(i, prefill_cap, exec_cap) for i in range(cluster.n_prefill)]
         self.decode = [DecodeGPU(i, cap, cluster.n_prefill) for i in range(cluster.n_decode)]
+        self.timeshare = cluster.executor_colocation == "timeshare"
         self.reqs = [
             RequestRecord(i, float(a), int(p), int(o))
             for i, (a, p, o) in enumerate(zip(requests.arrival_s, requests.prompt_len, requests.output_len))
         ]
-        self.prefill_sm_share = 1.0 - cluster.executor_sm_share if cluster.offload_enabled else 1.0
+        partitioned = cluster.offload_enabled and not self.timeshare
+        self.prefill_sm_share = 1.0 - cluster.executor_sm_share if partitioned else 1.0
         self.steps: list[StepSample] = []
         self.mem: list[MemSample] = []
         self._events: list = []
@@ -320,8 +326,12 @@ class Simulator:
         return step_ms
 
     def _executor_attn(self, p: PrefillGPU, rows: int, context_tokens: int) -> Work:
-        """Remote attention on prefill GPU p, slowed when a running prefill leaves too little HBM bandwidth."""
-        work = self.costs.decode_attn(rows, context_tokens, self.cfg.executor_sm_share)
+        """Remote attention on prefill GPU p, slowed when a running prefill leaves too little HBM bandwidth
+        (partition), or to half speed while a prefill batch runs (timeshare: one core, module doc)."""
+        if self.timeshare:
+            work = self.costs.executor_attn(rows, context_tokens, 1.0)
+            return Work(work.ms * 2, work.flops, work.bytes) if p.busy else work
+        work = self.costs.executor_attn(rows, context_tokens, self.cfg.executor_sm_share)
         if not p.busy or work.ms <= 0:
             return work
         spare = max(self.costs.info.peak_hbm_bytes_per_s - p.busy_bytes_per_s, 1e-3 * p.busy_bytes_per_s)
