@@ -11,6 +11,16 @@ Interface (documented in experiments/README.md):
   `adrenaline_sgl.support.run_with_stub`, which makes torchvision importable on CPU machines) and maps
   its JSON line to the same CSV columns as the simulator (TTFT, mean and P99 TPOT, output throughput).
 Before anything runs, each URL must answer GET /health within 3 s, else one line says which is missing.
+
+Exact-length points with recorded arrivals (experiments/real_cpu): `fixed_bench_command` runs the same tool
+with `random-ids` at `--random-range-ratio 1.0` and `--tokenize-prompt` (every prompt sent as exactly that many
+token ids, every output exactly the given length: bench_serving sends `ignore_eos` by default) and `--output-details` (per-request TTFT and
+inter-token latencies), through this module's own entry point: `python -m experiments.real --record-arrivals
+FILE <bench_serving args>` runs `sglang.benchmark.serving` unchanged except that the times its Poisson
+generator (`get_request`) releases each request are written to FILE (JSON list, seconds from the first), so
+a simulator can replay exactly the arrivals the servers saw. `parse_bench_details` turns the output line into
+per-request records (`adrenaline_sgl.sim.records.RequestRecord`, the simulator's own) and checks that every
+request completed with its exact output length.
 """
 
 from __future__ import annotations
@@ -19,8 +29,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from .common import ExperimentError
@@ -84,6 +96,97 @@ def bench_command(url: str, workload: str, rate: float, num_prompts: int, seed: 
     return cmd
 
 
+def fixed_bench_command(url: str, input_len: int, output_len: int, rate: float, num_prompts: int, seed: int,
+                        out_file: Path, arrivals_file: Path) -> list[str]:
+    """One exact-length point (module doc): random-ids of `input_len` prompt and `output_len` output tokens,
+    Poisson `rate` req/s, per-request details in `out_file` and the release times in `arrivals_file`."""
+    for name, value in (("input_len", input_len), ("output_len", output_len), ("num_prompts", num_prompts)):
+        if not isinstance(value, int) or value < 1:
+            raise ExperimentError(f"{name}={value!r} must be an integer >= 1")
+    if not rate > 0:
+        raise ExperimentError(f"request rate {rate!r} must be > 0 (requests/s)")
+    model = model_path()
+    return [sys.executable, "-m", "experiments.real", "--record-arrivals", str(arrivals_file),
+            "--backend", "sglang", "--base-url", url, "--model", model, "--tokenizer", model,
+            "--num-prompts", str(num_prompts), "--request-rate", str(rate), "--seed", str(seed),
+            "--output-file", str(out_file), "--output-details", "--disable-tqdm", "--tokenize-prompt",
+            "--dataset-name", "random-ids", "--random-input-len", str(input_len),
+            "--random-output-len", str(output_len), "--random-range-ratio", "1.0"]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BenchPoint:
+    """One exact-length point as measured: bench_serving's summary and the per-request records."""
+
+    summary: dict  # parse_bench_line's columns plus completed, duration_s, p99_ttft_s, total_throughput_tok_s
+    requests: list  # RequestRecord per request, in send order (times in s from the first arrival)
+    itls_s: list  # per request: its inter-token (inter-chunk) latencies as the client saw them, s
+
+
+def token_times(arrival_s: float, ttft_s: float, itls_s: list[float], tokens: int) -> list[float]:
+    """Client-side times of a request's output tokens: the first at arrival + TTFT, then one per inter-token
+    latency; when the stream merged tokens into fewer chunks (len(itls) != tokens - 1), spread evenly
+    between the first token and the last chunk."""
+    first = arrival_s + ttft_s
+    if len(itls_s) == tokens - 1:
+        out, t = [first], first
+        for gap in itls_s:
+            t += gap
+            out.append(t)
+        return out
+    last = first + sum(itls_s)
+    return [first + (last - first) * i / max(tokens - 1, 1) for i in range(tokens)]
+
+
+def parse_bench_details(line: str, arrivals_s: list[float], input_len: int, output_len: int) -> BenchPoint:
+    """Per-request records of one `fixed_bench_command` point. Every request must have completed with exactly
+    `output_len` tokens (else ExperimentError naming how many did not): a point with a lost or short request
+    is not a measurement of this workload."""
+    from adrenaline_sgl.sim.records import RequestRecord
+
+    summary = parse_bench_line(line)
+    d = json.loads(line)
+    try:
+        ttfts, itls, outs, errors = d["ttfts"], d["itls"], d["output_lens"], d["errors"]
+    except KeyError as err:
+        raise ExperimentError(f"bench_serving output has no per-request details ({err}); "
+                              "run it with --output-details") from None
+    n = len(ttfts)
+    if not (len(itls) == len(outs) == len(errors) == len(arrivals_s) == n):
+        raise ExperimentError(f"bench_serving details disagree: {n} TTFTs, {len(itls)} ITL lists, {len(outs)} "
+                              f"output lengths, {len(errors)} errors, {len(arrivals_s)} recorded arrivals")
+    failed = [i for i in range(n) if errors[i] or outs[i] != output_len]
+    if failed or int(d.get("completed", -1)) != n:
+        first = failed[0] if failed else 0
+        raise ExperimentError(f"{len(failed)} of {n} requests did not complete with {output_len} output tokens "
+                              f"(first: #{first}, {outs[first]} tokens, error {errors[first]!r})")
+    records = []
+    for i in range(n):
+        arrival, ttft = float(arrivals_s[i]), float(ttfts[i])
+        rec = RequestRecord(i, arrival, input_len, output_len)
+        rec.first_token_s = arrival + ttft
+        rec.finish_s = arrival + ttft + sum(float(x) for x in itls[i])
+        rec.tokens_out = output_len
+        records.append(rec)
+    summary.update(completed=n, duration_s=float(d["duration"]), p99_ttft_s=float(d["p99_ttft_ms"]) / 1e3,
+                   total_throughput_tok_s=float(d["total_throughput"]))
+    return BenchPoint(summary, records, [[float(x) for x in gaps] for gaps in itls])
+
+
+def steady_client_throughput(point: BenchPoint, lo: float = 0.1) -> float:
+    """Output tokens/s the client received inside the steady-state window (arrivals of the requests at
+    quantiles lo..100%, `adrenaline_sgl.sim.metrics.steady_window`, the drain after the last arrival excluded):
+    figure 5's steady-state throughput, counted from each token's arrival at the client."""
+    from adrenaline_sgl.sim import metrics
+
+    start, end = metrics.steady_window(point.requests, lo, 1.0)
+    count = 0
+    for rec, gaps in zip(point.requests, point.itls_s):
+        times = token_times(rec.arrival_s, rec.first_token_s - rec.arrival_s, gaps, rec.tokens_out)
+        count += sum(1 for t in times if start <= t < end)
+    return count / (end - start)
+
+
 def parse_bench_line(line: str) -> dict[str, float]:
     """The simulator's e2e columns from one JSON line of bench_serving's --output-file."""
     try:
@@ -113,7 +216,48 @@ def run_bench(cmd: list[str], out_file: Path) -> dict[str, float]:
     return parse_bench_line(lines[-1])
 
 
+def read_arrivals(path: Path) -> list[float]:
+    """The release times `--record-arrivals` wrote (seconds from the first request)."""
+    try:
+        times = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ExperimentError(f"no recorded arrivals in {path} ({err})") from None
+    if not isinstance(times, list) or not all(isinstance(t, int | float) for t in times):
+        raise ExperimentError(f"{path}: recorded arrivals must be a JSON list of seconds")
+    return [float(t) for t in times]
+
+
+def _run_recording(arrivals_file: str, bench_argv: list[str]) -> None:
+    """`sglang.benchmark.serving` as its CLI runs it, with the release time of every request recorded."""
+    from adrenaline_sgl.support import torchvision_stub
+
+    torchvision_stub.install()
+    from sglang.benchmark import serving
+
+    released: list[float] = []
+    original = serving.get_request
+
+    async def recording(*args, **kwargs):
+        async for request in original(*args, **kwargs):
+            released.append(time.perf_counter())
+            yield request
+
+    serving.get_request = recording
+    sys.argv = ["sglang.benchmark.serving", *bench_argv]
+    try:
+        serving.cli_main()
+    finally:
+        t0 = released[0] if released else 0.0
+        Path(arrivals_file).write_text(json.dumps([round(t - t0, 6) for t in released]) + "\n")
+
+
 def unsupported(fig: str) -> ExperimentError:
     return ExperimentError(
         f"MODE=real is not available for {fig}: it needs GPU utilization counters; MODE=real supports fig5"
     )
+
+
+if __name__ == "__main__":  # python -m experiments.real --record-arrivals FILE <bench_serving args>
+    if len(sys.argv) < 3 or sys.argv[1] != "--record-arrivals":
+        sys.exit("usage: python -m experiments.real --record-arrivals FILE <sglang.benchmark.serving args>")
+    _run_recording(sys.argv[2], sys.argv[3:])
