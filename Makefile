@@ -7,6 +7,7 @@ export RESULTS_DIR
 FIGS := 1 2 5 6 7 8 9
 
 .PHONY: setup test test-fast lint e2e chaos demo demo-check bench-kernels gpu-bundle gpu-import profile-cpu reproduce-all clean help \
+	calibrate-real-cpu reproduce-real-cpu compare-real-cpu \
 	$(addprefix reproduce-fig,$(FIGS))
 
 help:
@@ -25,6 +26,11 @@ help:
 	@echo "make gpu-import DIR=...  a GPU campaign's results into profiles, docs/perf.md tables, figure 9"
 	@echo "make profile-cpu     this machine's CPU profile (one pinned core; run it on a quiet machine) into"
 	@echo "                     $(PROFILE_CPU_OUT)/ (device spec, table, raw measurements)"
+	@echo "make calibrate-real-cpu  SGLang's own CPU engine on the pinned pair (microbenchmarks) -> the simulator's"
+	@echo "                     cpu-epyc-1core-sgl{,-exec} profiles (quiet machine; experiments/real_cpu/README.md)"
+	@echo "make reproduce-real-cpu  measured on CPU: stock PD then Adrenaline on the pinned capacity-capped pair,"
+	@echo "                     a rate sweep through bench_serving -> $(RESULTS_DIR)/real_cpu/ (e2e.csv, real_cpu.png)"
+	@echo "make compare-real-cpu    the simulator on the same sweep -> sim_vs_real.csv, sim_vs_real.png, validation.md"
 
 setup:
 	@bash .ci/setup.sh
@@ -83,6 +89,17 @@ gpu-import: setup
 PROFILE_CPU_OUT ?= adrenaline_sgl/scheduler/profiles
 profile-cpu: setup
 	$(PY) -m adrenaline_sgl.tools.profile_cpu --out $(PROFILE_CPU_OUT) $(ARGS)
+
+# The real CPU experiment (experiments/real_cpu/README.md): servers pinned to CPUs 0 and 1; run on a quiet machine.
+calibrate-real-cpu: setup
+	$(PY) -m experiments.real_cpu.calibrate $(ARGS)
+	$(PY) -m experiments.real_cpu.profile
+
+reproduce-real-cpu: setup
+	$(PY) -m experiments.real_cpu.run $(ARGS)
+
+compare-real-cpu: setup
+	$(PY) -m experiments.real_cpu.compare $(ARGS)
 
 $(addprefix reproduce-fig,$(FIGS)): reproduce-fig%: setup
 	$(PY) -m experiments.run fig$* $(ARGS)
