@@ -11,9 +11,10 @@ itself, never the experiment's sweep:
    opened to `calibration.decode_pool_tokens` so the batch can reach the grid's largest:
    - prefill: `prefill_repeats` lone requests per prompt length; SGLang's own cumulative prefill busy time
      (`total_prefill_busy_us` of /v1/loads) over their count = one prefill step of that many tokens;
-   - decode: `b` requests of the workload's lengths sent at once for each batch b of the grid; SGLang's own
-     decode step counters (`decode_moments` of /v1/loads: steps, sum of batch, sum of step time) over the
-     polls where all b run, split in two halves (two mean contexts) = one decode step at (b, context).
+   - decode: `b` requests of the workload's lengths sent at once (streamed, as the sweep's client does) for
+     each batch b of the grid; SGLang's own decode step counters (`decode_moments` of /v1/loads: steps, sum
+     of batch, sum of step time) over the polls where all b run, split in two halves (two mean contexts) =
+     one decode step at (b, context).
 
 Writes `calibration.csv` (what, rows, context_tokens, ms, samples; provenance lines with the machine, load
 average, command, date, git sha) into the output folder; `profile.py` turns it and the CPU profile into the
@@ -24,6 +25,7 @@ not this machine's.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import threading
@@ -93,14 +95,19 @@ def sglang_attention(model_dir: str, grid_batches: list[int], grid_contexts: lis
 
 
 def _generate(url: str, ids: list[int], new_tokens: int, timeout_s: float) -> None:
+    """One request of `new_tokens` output tokens, streamed as bench_serving streams them: the decode server then
+    detokenizes and sends every token, work its core does in the sweep too."""
     import requests
 
-    body = {"input_ids": ids, "sampling_params": {"max_new_tokens": new_tokens, "ignore_eos": True,
-                                                  "temperature": 0.0}}
-    reply = requests.post(f"{url}/generate", json=body, timeout=timeout_s)
-    if reply.status_code != 200:
-        raise common.ExperimentError(f"calibration request failed: HTTP {reply.status_code} {reply.text[:200]}")
-    got = reply.json()["meta_info"]["completion_tokens"]
+    body = {"input_ids": ids, "stream": True,
+            "sampling_params": {"max_new_tokens": new_tokens, "ignore_eos": True, "temperature": 0.0}}
+    got = 0
+    with requests.post(f"{url}/generate", json=body, timeout=timeout_s, stream=True) as reply:
+        if reply.status_code != 200:
+            raise common.ExperimentError(f"calibration request failed: HTTP {reply.status_code} {reply.text[:200]}")
+        for line in reply.iter_lines():
+            if line.startswith(b"data: ") and line != b"data: [DONE]":
+                got = json.loads(line[6:])["meta_info"]["completion_tokens"]
     if got != new_tokens:
         raise common.ExperimentError(f"calibration request returned {got} tokens, {new_tokens} asked")
 

@@ -159,6 +159,8 @@ def summary_rows(e2e: list[dict], cfg: dict) -> list[list]:
     out, best = [], {}
     for system in cfg["systems"]:
         rows = [r for r in e2e if r["system"] == system]
+        if not rows:  # not measured (yet)
+            continue
         sus = sustained(rows, float(cfg["tpot_slo_ms"]), float(cfg["ttft_slo_s"]))
         sat = max(rows, key=lambda r: r["steady_throughput_tok_s"])
         best[system] = (sus["steady_throughput_tok_s"] if sus else math.nan, sat["steady_throughput_tok_s"])

@@ -44,13 +44,15 @@ def check(cfg: dict) -> None:
     rates = cfg.get("request_rates") or []
     if not rates or not all(isinstance(r, int | float) and r > 0 for r in rates):
         raise common.ExperimentError(f"request_rates must be numbers > 0 (req/s), got {rates!r}")
-    if not float(cfg.get("point_duration_s", 0)) > 0 or int(cfg.get("min_requests", 0)) < 2:
-        raise common.ExperimentError("point_duration_s must be > 0 and min_requests >= 2")
+    if not float(cfg.get("point_duration_s", 0)) > 0 or not 2 <= int(cfg.get("min_requests", 0)) <= int(
+            cfg.get("max_requests", 0)):
+        raise common.ExperimentError("point_duration_s must be > 0 and 2 <= min_requests <= max_requests")
 
 
 def num_requests(cfg: dict, rate: float) -> int:
-    """Requests of one point: `point_duration_s` of arrivals at this rate, at least `min_requests`."""
-    return max(int(cfg["min_requests"]), round(float(rate) * float(cfg["point_duration_s"])))
+    """Requests of one point: `point_duration_s` of arrivals at this rate, within [min_requests, max_requests]."""
+    n = round(float(rate) * float(cfg["point_duration_s"]))
+    return min(int(cfg["max_requests"]), max(int(cfg["min_requests"]), n))
 
 
 def cluster_config(cfg: dict, system: str, run_dir: Path, decode_pool_tokens: int | None = None):
