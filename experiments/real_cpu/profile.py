@@ -118,6 +118,7 @@ def build(cal_path: Path, profiles: Path, out: Path, base_device: str = BASE_DEV
         rows, scales = table_rows(cal, raw, pred, get_model(MODEL).num_layers, executor)
         prov = {**{k: base_table.provenance[k] for k in ("driver", "torch", "triton")},
                 "gpu": device, "model": MODEL, "git_sha": cal_prov.get("git_sha", "unknown"),
+                "date": cal_prov.get("date", "unknown"),
                 "command": f"python -m experiments.real_cpu.profile (from {cal_path.name} and {base_device})",
                 "role": "prefill instance: SGLang prefill, decode attention = our executor's kernel" if executor
                 else "decode instance: SGLang decode, local attention = SGLang's torch_native backend",
