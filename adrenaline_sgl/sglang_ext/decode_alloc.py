@@ -1,4 +1,5 @@
-"""Decode allocation hooks: an offloaded row takes no local KV slot per decode step.
+"""Decode allocation hooks: an offloaded row takes no local KV slot per decode step, and admission charges
+it none.
 
 The new token's k, v of an offloaded request go to its executor on the prefill instance (the `adrenaline`
 backend hands only local rows to the wrapped backend, `backend.sub_batch`), so a local slot for it would
@@ -18,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from adrenaline_sgl.offload import decode_state
-from adrenaline_sgl.sglang_ext import marks
+from adrenaline_sgl.sglang_ext import flags, marks
 
 _BATCH = "sglang.srt.managers.schedule_batch"
 # NOTE: the name `ScheduleBatch.prepare_for_decode` looks up at call time (`from ...allocation import
@@ -26,7 +27,11 @@ _BATCH = "sglang.srt.managers.schedule_batch"
 ALLOC_FOR_DECODE = f"{_BATCH}.alloc_for_decode"
 NEW_TOKENS_NEXT_DECODE = f"{_BATCH}.ScheduleBatch.new_tokens_required_next_decode"
 RETRACTION_ORDER = f"{_BATCH}.ScheduleBatch._get_decode_retraction_order"
-ACTIVE_REQ_COUNT = "sglang.srt.disaggregation.decode.DecodePreallocQueue._active_req_count"
+_QUEUE = "sglang.srt.disaggregation.decode.DecodePreallocQueue"
+ACTIVE_REQ_COUNT = f"{_QUEUE}._active_req_count"
+# NOTE: `pop_preallocated` (and `allocate_host_staged`) price a request's admission with this method, not
+# with `_prealloc_required_tokens` (which only the SWA path, retraction resume and the capacity check read).
+ADMISSION_TOKENS = f"{_QUEUE}._required_admission_tokens"
 
 PADDING_SLOT = 0  # SGLang's padding slot: never handed out by the allocator, never freed here
 
@@ -137,6 +142,21 @@ def active_req_count_hook(original, self, extra_reserved_reqs=0):
     return count - sum(holds_no_local_kv(req, offload) for req in reqs)
 
 
+def admission_tokens_hook(original, self, req, allocated_tokens, prefix_len, retractable_tokens):
+    """Changes: an offloaded request's admission demand on decode's KV pool is 0 tokens (stock: its prompt
+    plus `num_reserved_decode_tokens`, or prompt plus max_new_tokens minus what running requests could give
+    back); it is admitted while the pool's budget for local requests is not overdrawn and a request slot is
+    free. Why: it takes no local KV slot, neither for its prompt (`decode_hooks.pre_alloc_hook`) nor per
+    decode step (`alloc_for_decode_hook`); stock pricing blocks it behind local requests near the cap, which
+    caps the batch that offloading exists to grow at what the pool holds locally."""
+    needed = original(self, req, allocated_tokens, prefix_len, retractable_tokens)
+    args = flags.of(self.scheduler.server_args)
+    if (decode_state.current() is None or args.role != "decode" or not marks.is_offloaded(req, args)
+            or self.token_to_kv_pool_allocator.page_size != 1):  # fmt: skip
+        return needed
+    return 0
+
+
 def hooks(hook_type) -> list[tuple[str, object, object]]:
     around = hook_type.AROUND
     return [
@@ -144,4 +164,5 @@ def hooks(hook_type) -> list[tuple[str, object, object]]:
         (NEW_TOKENS_NEXT_DECODE, new_tokens_hook, around),
         (RETRACTION_ORDER, retraction_order_hook, around),
         (ACTIVE_REQ_COUNT, active_req_count_hook, around),
+        (ADMISSION_TOKENS, admission_tokens_hook, around),
     ]

@@ -3,9 +3,11 @@ and SGLang's own release at finish and abort gives back exactly what was taken.
 
 Real: `ScheduleBatch.prepare_for_decode` / `new_tokens_required_next_decode` / `check_decode_mem` /
 `_get_decode_retraction_order`, `DecodePreallocQueue._pre_alloc` / `_active_req_count`,
-`DecodeReqToTokenPool`, `MHATokenToKVPool`, `TokenToKVPoolAllocator`, `RadixCache` (disabled, as on decode by
-default), `Req`, `release_kv_cache`; hooks wrapped as `HookRegistry` wraps them (AROUND). The batch object
-is a real `ScheduleBatch` with the fields a decode step reads (the scheduler's `init_new` needs a model).
+`_required_admission_tokens` / `_allocatable_token_budgets` / `_prealloc_reservation_fits` (the admission
+`pop_preallocated` runs), `DecodeReqToTokenPool`, `MHATokenToKVPool`, `TokenToKVPoolAllocator`,
+`RadixCache` (disabled, as on decode by default), `Req`, `release_kv_cache`; hooks wrapped as `HookRegistry`
+wraps them (AROUND). The batch object is a real `ScheduleBatch` with the fields a decode step reads (the
+scheduler's `init_new` needs a model).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ def hooked(monkeypatch, releasing_offload):
     """Every decode hook installed as apply_hooks would (reversibly); yields (DecodeOffload, client, release)."""
     _around(monkeypatch, DecodePreallocQueue, "_pre_alloc", decode_hooks.pre_alloc_hook)
     _around(monkeypatch, DecodePreallocQueue, "_active_req_count", decode_alloc.active_req_count_hook)
+    _around(monkeypatch, DecodePreallocQueue, "_required_admission_tokens", decode_alloc.admission_tokens_hook)
     _around(monkeypatch, sgl_batch, "alloc_for_decode", decode_alloc.alloc_for_decode_hook)
     _around(monkeypatch, ScheduleBatch, "new_tokens_required_next_decode", decode_alloc.new_tokens_hook)
     _around(monkeypatch, ScheduleBatch, "_get_decode_retraction_order", decode_alloc.retraction_order_hook,
@@ -76,14 +79,21 @@ def make_queue() -> DecodePreallocQueue:
     return q
 
 
+MAX_NEW = 8
+
+
+def new_req(i: int, offloaded: bool) -> Req:
+    return Req(f"r{i}", "", array("q", range(1, PROMPT + 1)),
+               SamplingParams(max_new_tokens=MAX_NEW, custom_params={"adrenaline_offload": offloaded,
+                                                                     "adrenaline_executor": "10.0.0.7:31000"}),
+               bootstrap_host="10.0.0.7", bootstrap_room=100 + i)  # fmt: skip
+
+
 def admit(q: DecodePreallocQueue, offloaded: list[bool]) -> list[Req]:
     """Requests admitted through the (hooked) prealloc queue; local ones hold their prompt's KV."""
     reqs = []
     for i, off in enumerate(offloaded):
-        req = Req(f"r{i}", "", array("q", range(1, PROMPT + 1)),
-                  SamplingParams(max_new_tokens=8, custom_params={"adrenaline_offload": off,
-                                                                  "adrenaline_executor": "10.0.0.7:31000"}),
-                  bootstrap_host="10.0.0.7", bootstrap_room=100 + i)  # fmt: skip
+        req = new_req(i, off)
         q._pre_alloc(req)
         req.kv.cache_protected_len = 0  # what SGLang's pop_preallocated sets right after _pre_alloc
         reqs.append(req)
@@ -212,6 +222,39 @@ def test_admission_reserve_counts_only_local_requests(sgl_context, hooked):
         q.transfer_queue = types.SimpleNamespace(queue=[])
         assert q._active_req_count() == 2  # 2 local of 4 (stock: 4)
         assert q._active_req_count(extra_reserved_reqs=1) == 3
+
+
+def admission_fits(q: DecodePreallocQueue, req: Req) -> tuple[int, bool]:
+    """(demand, fits) exactly as `pop_preallocated` prices a request without decode radix cache or SWA."""
+    retractable = sum(len(r.origin_input_ids) + len(r.output_ids) for r in q.scheduler.running_batch.reqs)
+    demand = q._required_admission_tokens(
+        req, q._required_alloc_tokens(fill_len=q._pre_alloc_fill_len(req), prefix_len=0), 0, retractable)
+    budget = q._allocatable_token_budgets(retractable_tokens=retractable, count_retracted=True)
+    return demand, q._prealloc_reservation_fits(demand, 0, full_allocatable_tokens=budget,
+                                                swa_allocatable_tokens=None)  # fmt: skip
+
+
+@pytest.mark.parametrize("offloaded", [True, False])
+def test_admission_charges_an_offloaded_request_nothing(sgl_context, hooked, offloaded):
+    """Two local requests run near the pool's cap: a local newcomer is refused as stock; an offloaded one,
+    which takes no local slot, is admitted (stock charged it its prompt plus the reserve and refused it)."""
+    with sgl_context():
+        q = make_queue()
+        running = admit(q, [False, False])
+        q.scheduler.running_batch = types.SimpleNamespace(reqs=running)
+        q.scheduler.waiting_queue, q.scheduler.last_batch = [], None
+        q.transfer_queue, q.retracted_queue = types.SimpleNamespace(queue=[]), []
+        allocator = q.token_to_kv_pool_allocator
+        allocator.free_pages = allocator.free_pages[:12]  # budget: 12 free - 2 x RESERVED = 4 tokens
+        req = new_req(9, offloaded)
+        stock = max(PROMPT + RESERVED, PROMPT + MAX_NEW - 2 * PROMPT)  # SGLang's pricing: 9 > 4
+        assert admission_fits(q, req) == ((0, True) if offloaded else (stock, False))
+        decode_state.install(None)  # without the adrenaline backend: stock pricing for every request
+        assert admission_fits(q, req) == (stock, False)
+
+
+def test_admission_hook_target_is_what_pop_preallocated_calls():
+    assert decode_alloc.ADMISSION_TOKENS.rsplit(".", 1)[1] in DecodePreallocQueue.pop_preallocated.__code__.co_names
 
 
 def test_without_the_adrenaline_backend_everything_is_stock(sgl_context, hooked):
