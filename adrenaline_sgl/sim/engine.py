@@ -204,8 +204,8 @@ class Simulator:
             return need if need <= d.free_tokens else None
         reserve = self.cfg.decode_reserved_tokens
         budget = self._allocatable_tokens(d)
-        if r.offloaded:  # no prompt KV here (the plugin's required-tokens hook): only its decode headroom
-            return 0 if reserve <= budget else None
+        if r.offloaded:  # no KV here at all (the plugin's admission-tokens hook): only a budget not overdrawn
+            return 0 if budget >= 0 else None
         fill = self._fill_len(r)
         required = max(fill + reserve, r.prompt_len + r.output_len - d.local.context_tokens)
         return fill if required <= budget else None

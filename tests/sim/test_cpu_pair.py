@@ -67,3 +67,20 @@ def test_timeshare_prefill_runs_at_full_speed_and_halves_the_executor_while_it_r
     for s in during:  # the executor's attention at half speed while the prefill runs: 2 x 0.001 ms per token
         ctx = (s.end_s - s.start_s) * 1e3 / 0.001 / 2
         assert 101 <= round(ctx) < 121  # request 0's context (101 + steps so far), not twice it
+
+
+def test_watermark_admission_charges_an_offloaded_request_no_kv():
+    """As the plugin's admission hook (sglang_ext/decode_alloc.admission_tokens_hook): an offloaded request is
+    admitted while decode's budget for local requests is not overdrawn, even when it is below the reserve a
+    local newcomer needs; once local reserves overdraw it, it waits as SGLang's `prealloc_fits` would."""
+    reqs = Requests(np.array([0.0, 0.0]), np.array([10, 10]), np.array([20, 20]))
+    sim = Simulator(SimConfig(decode_kv_admission="watermark", decode_reserved_tokens=8), reqs, FakeCosts(),
+                    FakePolicy(None))  # fmt: skip
+    d = sim.decode[0]
+    d.reserved_tokens, d.local_active = d.capacity_tokens - 10, 1  # 10 free - 8 reserved: budget 2
+    offloaded, local = sim.reqs
+    offloaded.offloaded = True
+    assert sim._admit_tokens(d, offloaded) == 0
+    assert sim._admit_tokens(d, local) is None  # needs its prompt + the reserve: 18 > 2
+    d.local_active = 2  # budget 10 - 16 < 0
+    assert sim._admit_tokens(d, offloaded) is None
