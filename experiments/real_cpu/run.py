@@ -155,7 +155,9 @@ def sustained(rows: list[dict], tpot_slo_ms: float, ttft_slo_s: float) -> dict |
 
 
 def summary_rows(e2e: list[dict], cfg: dict) -> list[list]:
-    """summary.csv: per system its sustained and saturation points, and Adrenaline / PD ratios of both."""
+    """summary.csv: per system its sustained and saturation points, and Adrenaline / PD ratios of both. A
+    system with no point of the sweep within the SLOs delivers 0 tokens/s within them (its sustained rate is
+    NaN, its sustained throughput 0, so its ratio is 0 when the baseline sustains a point)."""
     out, best = [], {}
     for system in cfg["systems"]:
         rows = [r for r in e2e if r["system"] == system]
@@ -163,12 +165,13 @@ def summary_rows(e2e: list[dict], cfg: dict) -> list[list]:
             continue
         sus = sustained(rows, float(cfg["tpot_slo_ms"]), float(cfg["ttft_slo_s"]))
         sat = max(rows, key=lambda r: r["steady_throughput_tok_s"])
-        best[system] = (sus["steady_throughput_tok_s"] if sus else math.nan, sat["steady_throughput_tok_s"])
+        best[system] = (sus["steady_throughput_tok_s"] if sus else 0.0, sat["steady_throughput_tok_s"])
         out.append([system, sus["request_rate"] if sus else math.nan, best[system][0],
                     sus["p99_tpot_ms"] if sus else math.nan, sat["request_rate"], best[system][1]])
     base = best.get("pd")
     for row in out:
-        ratio = (row[2] / base[0], row[5] / base[1]) if base and row[0] != "pd" else (math.nan, math.nan)
+        ratio = ((row[2] / base[0] if base[0] > 0 else math.nan, row[5] / base[1]) if base and row[0] != "pd"
+                 else (math.nan, math.nan))  # fmt: skip
         row += list(ratio)
     return out
 

@@ -245,6 +245,17 @@ def test_sustained_point_needs_both_slos():
     assert run.sustained(rows[1:], 200.0, 10.0) is None
 
 
+def test_a_system_within_no_slo_point_sustains_zero():
+    base = {"p90_ttft_s": 1.0, "steady_throughput_tok_s": 30.0}
+    e2e = [{**base, "system": "pd", "request_rate": 0.5, "p99_tpot_ms": 80.0},
+           {**base, "system": "adrenaline", "request_rate": 0.5, "p99_tpot_ms": 250.0,
+            "steady_throughput_tok_s": 24.0}]  # fmt: skip
+    rows = {r[0]: r for r in run.summary_rows(e2e, {"systems": ["pd", "adrenaline"], "tpot_slo_ms": 200,
+                                                     "ttft_slo_s": 10})}  # fmt: skip
+    assert math.isnan(rows["adrenaline"][1]) and rows["adrenaline"][2] == 0.0
+    assert rows["adrenaline"][6:] == [0.0, pytest.approx(0.8)]
+
+
 # ---- the cluster configs, and what the simulator takes from them ------------------------------------------------
 
 
