@@ -12,16 +12,15 @@ Interface (documented in experiments/README.md):
   its JSON line to the same CSV columns as the simulator (TTFT, mean and P99 TPOT, output throughput).
 Before anything runs, each URL must answer GET /health within 3 s, else one line says which is missing.
 
-Exact-length points with recorded arrivals (experiments/real_cpu): `fixed_bench_command` runs the same tool
-with `random-ids` at `--random-range-ratio 1.0` and `--tokenize-prompt` (every prompt sent as exactly that many
-token ids, every output exactly the given length: bench_serving sends `ignore_eos` by default) and `--output-details` (per-request TTFT and
-inter-token latencies), through this module's own entry point: `python -m experiments.real --record-arrivals
-FILE <bench_serving args>` runs `sglang.benchmark.serving` unchanged except that the times its Poisson
-generator (`get_request`) releases each request are written to FILE (JSON list, seconds from the first), so
+Exact-length points with recorded arrivals (experiments/real_cpu): `fixed_bench_command` runs the same tool with
+`random-ids` at `--random-range-ratio 1.0` and `--tokenize-prompt` (every prompt sent as exactly that many token
+ids, every output exactly the given length: bench_serving sends `ignore_eos` by default) and `--output-details`
+(per-request TTFT and inter-token latencies), through this module's own entry point: `python -m experiments.real
+--record-arrivals FILE <bench_serving args>` runs `sglang.benchmark.serving` unchanged except that the times its
+Poisson generator (`get_request`) releases each request are written to FILE (JSON list, seconds from the first), so
 a simulator can replay exactly the arrivals the servers saw. `parse_bench_details` turns the output line into
-per-request records (`adrenaline_sgl.sim.records.RequestRecord`, the simulator's own) and checks that every
-request completed with its exact output length.
-"""
+per-request records (`adrenaline_sgl.sim.records.RequestRecord`, the simulator's own) and checks that every request
+completed with its exact output length. """
 
 from __future__ import annotations
 

@@ -19,7 +19,9 @@ for every point; the headline is the median absolute relative error over the poi
 
 Writes `sim_vs_real.csv` (per system and rate: measured, predicted, relative error of each metric),
 `sim_vs_real_summary.csv` (per system and metric: median and max error below the knee, the two knees),
-`validation.md` (the table docs/simulator.md quotes) and `sim_vs_real.png`.
+`validation.md` (the table docs/simulator.md quotes) and `sim_vs_real.png`; and `whatif_roundtrip_goal.csv`:
+the offloading system's points predicted again with the per-layer round trip at issue 14 item 5's goal (a
+prediction of what a faster sync path would give, not a validation).
 """
 
 from __future__ import annotations
@@ -85,9 +87,29 @@ def sim_config(cfg: dict, system: str, server_info: dict | None = None, max_runn
                      tpot_slo_ms=float(cfg["tpot_slo_ms"]))  # fmt: skip
 
 
-def simulate_point(sim_cfg, reqs: list[dict]) -> dict:
+# Issue 14 item 5's goal for the per-layer round trip: at most 1.3 x (raw Mooncake write + read of one layer's
+# rows, 0.10 ms p50 measured on this machine, + the executor's attention). The what-if replaces the profile's
+# transfer part with 1.3 x 0.10 ms + 0.3 x the executor's attention (the simulator adds the attention itself).
+GOAL_FACTOR, GOAL_RAW_MS, GOAL_CONTEXT_TOKENS = 1.3, 0.10, 48  # 48: the 16 + 64 workload's mean context
+
+
+def goal_roundtrip(costs):
+    """The transfer part of a layer's round trip at item 5's goal, for `costs` (a SchedulerCosts)."""
+    layers = costs.num_layers
+
+    def transfer_ms(rows: int) -> float:
+        if rows <= 0:
+            return 0.0
+        attn = costs.executor_attn(rows, rows * GOAL_CONTEXT_TOKENS, 1.0).ms / layers
+        return GOAL_FACTOR * GOAL_RAW_MS + (GOAL_FACTOR - 1) * attn
+
+    return transfer_ms
+
+
+def simulate_point(sim_cfg, reqs: list[dict], roundtrip_goal: bool = False) -> dict:
     """The simulator on exactly these requests (arrivals as released, lengths); METRICS plus TPOT P99 and
-    TTFT P90 of the steady-state window's requests."""
+    TTFT P90 of the steady-state window's requests. `roundtrip_goal`: the what-if of `goal_roundtrip` (a
+    prediction for a faster sync path, never compared with the measurement)."""
     from adrenaline_sgl.sim import metrics
     from adrenaline_sgl.sim.costs import get_costs
     from adrenaline_sgl.sim.engine import Simulator
@@ -100,6 +122,8 @@ def simulate_point(sim_cfg, reqs: list[dict]) -> dict:
                       np.array([int(r["prompt_len"]) for r in reqs], dtype=np.int64),
                       np.array([int(r["output_len"]) for r in reqs], dtype=np.int64))  # fmt: skip
     costs = get_costs("scheduler", sim_cfg)
+    if roundtrip_goal:
+        costs._roundtrip_ms = goal_roundtrip(costs)
     result = Simulator(sim_cfg, stream, costs, get_policy("scheduler", sim_cfg, costs)).run()
     m = metrics.request_metrics(result.requests)
     window = metrics.steady_window(result.requests)
@@ -129,8 +153,10 @@ def rel_err(pred: float, meas: float) -> float:
     return (pred - meas) / meas if meas and math.isfinite(meas) and math.isfinite(pred) else math.nan
 
 
-def compare(out: Path, cfg: dict) -> tuple[list[list], list[list]]:
-    """(sim_vs_real rows, summary rows) from the measured results in `out`."""
+def compare(out: Path, cfg: dict, whatif: list | None = None) -> tuple[list[list], list[list]]:
+    """(sim_vs_real rows, summary rows) from the measured results in `out`; `whatif` (when given) gets one row
+    per offloading point predicted with the round trip at item 5's goal (WHATIF_COLUMNS)."""
+    whatif = [] if whatif is None else whatif
     e2e = common.read_csv(out / "e2e.csv")
     requests = common.read_csv(out / "requests.csv")
     if not e2e or not requests:
@@ -155,6 +181,10 @@ def compare(out: Path, cfg: dict) -> tuple[list[list], list[list]]:
                 raise common.ExperimentError(f"requests.csv has no requests of {system} at {rate:g} req/s")
             pred = simulate_point(sim_cfg, reqs)
             points.append((rate, meas, pred))
+            if system != "pd":
+                goal = simulate_point(sim_cfg, reqs, roundtrip_goal=True)
+                whatif.append([system, rate, goal["steady_throughput_tok_s"], goal["mean_tpot_ms"],
+                               goal["p99_tpot_ms"], goal["decode_batch_mean"]])  # fmt: skip
         k_meas = knee([(rate, saturated(m, rate, output_len, ttft_slo)) for rate, m, _ in points])
         k_pred = knee([(rate, saturated(p, rate, output_len, ttft_slo)) for rate, _, p in points])
         rates = [rate for rate, _, _ in points]
@@ -176,6 +206,8 @@ def compare(out: Path, cfg: dict) -> tuple[list[list], list[list]]:
 
 ROW_COLUMNS = ["system", "request_rate", "below_knee"] + [f"{m}_{w}" for m in METRICS
                                                           for w in ("measured", "predicted", "rel_err")]
+WHATIF_COLUMNS = ["system", "request_rate", "steady_throughput_tok_s", "mean_tpot_ms", "p99_tpot_ms",
+                  "decode_batch_mean"]
 SUMMARY_COLUMNS = ["system", "metric", "points_below_knee", "median_abs_rel_err", "max_abs_rel_err",
                    "knee_measured", "knee_predicted", "knee_steps_apart"]
 
@@ -241,8 +273,10 @@ def main(argv: list[str] | None = None) -> int:
         raise common.ExperimentError(f"no measured run in {out}: run `make reproduce-real-cpu` first")
     cfg = {**setup.load(), **{k: v for k, v in yaml.safe_load(resolved.read_text()).items()
                               if k in ("systems", "clusters", "workload", "tpot_slo_ms", "ttft_slo_s")}}
-    rows, summary = compare(out, cfg)
+    whatif: list[list] = []
+    rows, summary = compare(out, cfg, whatif)
     common.write_csv(out / "sim_vs_real.csv", ROW_COLUMNS, rows)
+    common.write_csv(out / "whatif_roundtrip_goal.csv", WHATIF_COLUMNS, whatif)
     common.write_csv(out / "sim_vs_real_summary.csv", SUMMARY_COLUMNS, summary)
     (out / "validation.md").write_text(markdown(rows, summary))
     print(markdown(rows, summary))

@@ -300,6 +300,17 @@ def test_sim_config_is_the_cluster_yaml():
     assert compare._arg(["--x", "1", "--x=2"], "--x") == "2" and compare._arg([], "--x") is None
 
 
+def test_roundtrip_goal_whatif_is_item_5s_bound_and_the_simulator_uses_it():
+    from adrenaline_sgl.sim.costs import get_costs
+
+    costs = get_costs("scheduler", compare.sim_config(setup.load(), "adrenaline"))
+    profile_ms = costs.offload_roundtrip_ms(4)
+    costs._roundtrip_ms = compare.goal_roundtrip(costs)
+    attn = costs.executor_attn(4, 4 * compare.GOAL_CONTEXT_TOKENS, 1.0).ms / costs.num_layers
+    assert costs.offload_roundtrip_ms(4) + attn == pytest.approx(1.3 * (0.10 + attn))  # transfer + attention
+    assert costs.offload_roundtrip_ms(0) == 0.0 and costs.offload_roundtrip_ms(4) < profile_ms
+
+
 def test_knee_rule():
     assert compare.saturated({"steady_throughput_tok_s": 80.0, "p90_ttft_s": 1.0}, 1.0, 100, 10.0)  # 20% short
     assert not compare.saturated({"steady_throughput_tok_s": 95.0, "p90_ttft_s": 1.0}, 1.0, 100, 10.0)
