@@ -20,7 +20,8 @@ ids, every output exactly the given length: bench_serving sends `ignore_eos` by 
 Poisson generator (`get_request`) releases each request are written to FILE (JSON list, seconds from the first), so
 a simulator can replay exactly the arrivals the servers saw. `parse_bench_details` turns the output line into
 per-request records (`adrenaline_sgl.sim.records.RequestRecord`, the simulator's own) and checks that every request
-completed with its exact output length. """
+completed with its exact output length.
+"""
 
 from __future__ import annotations
 
