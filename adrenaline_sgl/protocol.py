@@ -44,6 +44,7 @@ class LoadReport:
     offload_rtt_p99_ms: float = 0.0  # decode: 99th percentile per-layer round trip, same window
     offload_rtt_samples: int = 0  # decode: per-layer round trips in the window
     offload_failed_reqs: int = 0  # decode: offloaded requests whose executor failed (being aborted)
+    offload_failures_total: int = 0  # decode: offloaded requests failed by their executor since start (a counter)
 
     def __post_init__(self):
         if self.role not in ("prefill", "decode", "none"):
@@ -54,7 +55,8 @@ class LoadReport:
             raise ValueError(f"load report executor_sm_share={self.executor_sm_share}: expected 0..1")
         for name in ("num_running_reqs", "num_waiting_reqs", "max_total_tokens", "executor_kv_tokens",
                      "executor_kv_bytes", "offloaded_reqs", "offload_rtt_ms", "offload_rtt_p50_ms",
-                     "offload_rtt_p99_ms", "offload_rtt_samples", "offload_failed_reqs"):  # fmt: skip
+                     "offload_rtt_p99_ms", "offload_rtt_samples", "offload_failed_reqs",
+                     "offload_failures_total"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"load report {name}={getattr(self, name)}: expected >= 0")
 

@@ -73,6 +73,7 @@ class DecodeOffload:
         # registered with Mooncake, and freeing them would let a new channel reuse (overlap) those addresses.
         self._retired: list[OffloadClient] = []
         self._lock = threading.Lock()
+        self._failures_total = 0  # offloaded requests failed by their executor since start (never decreases)
         self._send_release = send_release
         self._release_retry_s = release_retry_s
         self._retrier: threading.Thread | None = None  # runs while releases are pending
@@ -122,6 +123,8 @@ class DecodeOffload:
     @property
     def num_offloaded(self) -> int:
         return len(self._by_row)
+                if int(row) in self._by_row and int(row) not in self._failed:
+                    self._failures_total += 1
 
     # ---- per step (forward thread) ----
     def client(self, executor: str) -> OffloadClient:
@@ -182,10 +185,13 @@ class DecodeOffload:
 
     def counts(self) -> dict[str, int]:
         """`offloaded`: admitted offloaded requests not yet finished, failed ones excluded; `failed`: those
-        whose executor failed (being aborted); `executors`: connected clients. Any thread."""
+        whose executor failed (being aborted); `failures_total`: every offloaded request failed by its executor
+        since start (a counter: the ones being aborted are gone a moment later, this stays); `executors`:
+        connected clients. Any thread."""
         with self._lock:
             failed = sum(1 for row in self._by_row if row in self._failed)
-            return {"offloaded": len(self._by_row) - failed, "failed": failed, "executors": len(self._clients)}
+            return {"offloaded": len(self._by_row) - failed, "failed": failed, "failures_total": self._failures_total,
+                    "executors": len(self._clients)}  # fmt: skip
 
     # ---- releases of failed executors' requests (background) ----
     def _start_retrier(self) -> None:

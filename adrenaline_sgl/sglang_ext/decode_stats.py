@@ -59,12 +59,13 @@ class DecodeStats:
     rtt_p99_ms: float = 0.0  # with several DP ranks: the largest rank's (exact with one)
     offloaded_reqs: int = 0  # admitted offloaded requests not yet finished (failed ones excluded)
     failed_reqs: int = 0  # offloaded requests whose executor failed, being aborted
+    failed_total: int = 0  # offloaded requests failed by their executor since the scheduler started (a counter)
     executors: int = 0  # executors with a connected client
     window_s: float = WINDOW_S
 
     def __post_init__(self):
         for name in ("rtt_samples", "rtt_mean_ms", "rtt_p50_ms", "rtt_p99_ms", "offloaded_reqs", "failed_reqs",
-                     "executors"):  # fmt: skip
+                     "failed_total", "executors"):  # fmt: skip
             value = getattr(self, name)
             if not (isinstance(value, int | float) and value >= 0 and math.isfinite(value)):
                 raise ValueError(f"decode stats {name}={value!r}: expected a finite number >= 0")
@@ -91,6 +92,7 @@ def scheduler_stats(offload: decode_state.DecodeOffload | None, window_s: float 
         rtt_p99_ms=percentile(samples_ms, 99),
         offloaded_reqs=counts["offloaded"],
         failed_reqs=counts["failed"],
+        failed_total=counts["failures_total"],
         executors=counts["executors"],
         window_s=window_s,
     )
@@ -137,6 +139,7 @@ def combine(states: list[dict]) -> DecodeStats | None:
         rtt_p99_ms=max(r.rtt_p99_ms for r in ranks),
         offloaded_reqs=sum(r.offloaded_reqs for r in ranks),
         failed_reqs=sum(r.failed_reqs for r in ranks),
+        failed_total=sum(r.failed_total for r in ranks),
         executors=max(r.executors for r in ranks),
         window_s=ranks[0].window_s,
     )

@@ -78,6 +78,7 @@ def report_from_loads(args: flags.AdrenalineArgs, loads: list[dict], executor: d
         offload_rtt_p99_ms=decode.rtt_p99_ms if decode else 0.0,
         offload_rtt_samples=decode.rtt_samples if decode else 0,
         offload_failed_reqs=decode.failed_reqs if decode else 0,
+        offload_failures_total=decode.failed_total if decode else 0,
     )
 
 

@@ -118,12 +118,12 @@ def test_decode_offload_counts_and_round_trips():
     state.client("a:1")
     state.client("b:2")
     state.fail([1], "executor gone")
-    assert state.counts() == {"offloaded": 2, "failed": 1, "executors": 2}
+    assert state.counts() == {"offloaded": 2, "failed": 1, "failures_total": 1, "executors": 2}
     assert sorted(state.recent_round_trips_ms(60.0)) == [1.0, 2.0, 3.0]
     stats = decode_stats.scheduler_stats(state)
     assert stats.rtt_p99_ms == pytest.approx(2.98)  # 1, 2, 3 ms: 2 + 0.98 * (3 - 2)
     assert stats == DecodeStats(rtt_samples=3, rtt_mean_ms=2.0, rtt_p50_ms=2.0, rtt_p99_ms=stats.rtt_p99_ms,
-                                offloaded_reqs=2, failed_reqs=1, executors=2)  # fmt: skip
+                                offloaded_reqs=2, failed_reqs=1, failed_total=1, executors=2)  # fmt: skip
 
 
 def test_percentile_interpolates_like_numpy():
