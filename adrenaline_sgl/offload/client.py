@@ -61,8 +61,17 @@ class OffloadClient:
         self._step_id: int | None = None
         self._rids: tuple[str, ...] = ()
         self._pending: tuple[int, float] | None = None  # (layer, submit time)
-        info, _ = self._call("hello", {"layout": layout.to_json(), "num_layers": num_layers})
-        self.executor_info: dict[str, Any] = info
+        self.executor_info: dict[str, Any] = self._hello()
+
+    def _hello(self) -> dict[str, Any]:
+        """The executor's answer to `hello`; a client that cannot say hello closes its channel (registered
+        buffers, sockets) before raising, so a failed connect leaves nothing behind (issue 18 defect 5)."""
+        try:
+            info, _ = self._call("hello", {"layout": self.layout.to_json(), "num_layers": self.num_layers})
+        except BaseException:
+            self.channel.close()
+            raise
+        return info
 
     @property
     def address(self) -> str:

@@ -152,6 +152,12 @@ class DecodeOffload:
                 self._retired.append(client)
         if client is not None:
             try:
+    def reconnect(self, executor: str) -> OffloadClient:
+        """A fresh client for `executor` in place of the current one (the executor restarted and no longer
+        knows it); the old one is retired as a failed executor's is."""
+        self.drop_client(executor)
+        return self.client(executor)
+
                 client.close()
             except Exception as err:  # closing a broken channel must not fail the step
                 logger.warning("closing the client of %s failed: %s", executor, err)

@@ -19,6 +19,11 @@ class SlotError(OffloadError):
     """A slot operation would corrupt the pool: double free, double adoption, out-of-range slot."""
 
 
+class NotConnectedError(OffloadError):
+    """The executor does not know this client's connection (it restarted since, or never saw the connect):
+    the client must connect again (new buffers, new handshake) before it opens a step."""
+
+
 class NotReadyError(OffloadError):
     """The op cannot run yet (a request id the prefill scheduler has not handed over) but may within `wait_s`
     seconds: a caller that can block retries it (`ExecutorService.control`); a server loop parks it and keeps

@@ -39,7 +39,7 @@ from sglang.srt.model_executor.runner_backend_utils.breakable_cuda_graph import 
 )
 
 from adrenaline_sgl.offload.decode_state import DecodeOffload, RowSplit
-from adrenaline_sgl.offload.errors import OffloadError
+from adrenaline_sgl.offload.errors import NotConnectedError, OffloadError
 from adrenaline_sgl.sglang_ext.backend_graph import padded_like_view, real_batch_size, refuse_unless_breakable
 
 logger = logging.getLogger(__name__)
@@ -106,12 +106,26 @@ class AdrenalineAttnBackend(AttentionBackend):
         for group in split.groups:
             client = None
             try:
-                client = self.offload.client(group.executor)  # connects on first use
-                client.begin_step(group.rids)
+                client = self._open_step(group)
             except OffloadError as err:
                 self._fail(group, client, err, opened=False)
                 continue
             self._live.append((group, client))
+
+    def _open_step(self, group):
+        """`begin_step` on the group's executor (connecting on first use); an executor that no longer knows
+        this client (it restarted: `NotConnectedError`) gets one fresh connection (new buffers, registered
+        again) and the step is tried once more, so decode follows a restarted executor without a restart of
+        its own (issue 18 defect 5). Requests the old executor held fail there as unknown, as they must."""
+        client = self.offload.client(group.executor)
+        try:
+            client.begin_step(group.rids)
+        except NotConnectedError as err:
+            logger.warning("adrenaline: executor %s does not know this decode's connection (%s): reconnecting",
+                           group.executor, err)  # fmt: skip
+            client = self.offload.reconnect(group.executor)
+            client.begin_step(group.rids)
+        return client
 
     def init_forward_metadata_out_graph(self, forward_batch, in_capture: bool = False):
         """Graph steps (eager, before each capture and replay): the wrapped backend plans the whole padded graph

@@ -177,7 +177,6 @@ def test_defect10_out_of_vocabulary_and_negative_token_ids_get_a_400_and_prefill
                                                                    stack.last_error("prefill-0"))  # fmt: skip
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 defect 5")
 def test_defect5_a_restarted_prefill_serves_offloaded_requests_without_restarting_decode(stack):
     """Defect 5: after prefill was killed and restarted, every offloaded request failed with 503 (`register_memory
     ... -7`: decode's channel still addressed the old executor) until decode was restarted too, and the proxy kept

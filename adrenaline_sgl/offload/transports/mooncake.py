@@ -39,16 +39,34 @@ class MooncakeChannel(RouterChannel):
         # NOTE: registered once for the channel's life; the per-layer path only copies into them.
         self._send_buf = torch.empty(layout.request_bytes(max_rows), dtype=torch.uint8)  # q|k|v of N rows
         self._recv_buf = torch.empty(layout.reply_bytes(max_rows), dtype=torch.uint8)  # o|lse of N rows
-        register(self._engine, self._send_buf)
-        register(self._engine, self._recv_buf)
         self._send_error: str | None = None
         self._device = torch.device("cpu")
         self._jobs: queue.Queue = queue.Queue()
-        reply = self._connect({"session": self._session, "reply_addr": self._recv_buf.data_ptr()}, connect_timeout_s)
+        reply = self._register_and_connect(connect_timeout_s)
         self._peer_session = reply["session"]
         self._peer_req_addr = int(reply["req_addr"])
         self._thread = threading.Thread(target=self._send_loop, name="adrenaline-mooncake-send", daemon=True)
         self._thread.start()
+
+    def _register_and_connect(self, timeout_s: float) -> dict:
+        """Register both staging buffers and connect; on any failure unregister what was registered and close
+        the sockets before raising. Why: a failed connect (an executor restarting, busy past the timeout) used to
+        leave the buffers registered while Python freed them; the next channel's buffers then landed at the
+        same addresses and every later `register_memory` returned -7 (overlapped region), so decode could
+        never reach a restarted executor again (issue 18 defect 5). Nothing writes into them before `connect`
+        is answered, so unregistering here is safe."""
+        registered = []
+        try:
+            for buf in (self._send_buf, self._recv_buf):
+                register(self._engine, buf)
+                registered.append(buf)
+            return self._connect({"session": self._session, "reply_addr": self._recv_buf.data_ptr()}, timeout_s)
+        except BaseException:
+            for buf in registered:
+                unregister(self._engine, buf)
+            self._sender.close(linger=0)
+            self._main.close(linger=0)
+            raise
 
     def send_layer(self, step_id: int, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         self._check_rows(layer, q.shape[0])

@@ -25,7 +25,7 @@ import torch
 import zmq
 
 from .. import errors
-from ..errors import NotReadyError, OffloadError
+from ..errors import NotConnectedError, NotReadyError, OffloadError
 from ..executor import DIRECT
 from ..service import ExecutorService
 from ..wire import RowLayout, decode, encode
@@ -242,6 +242,7 @@ class RouterServer:
         not ready yet is parked until `give_up_at` (then its final error goes back)."""
         seq = header.get("seq")
         try:
+            self._check_connected(header)
             try:
                 result, out_tensors = self.service.try_control(header["op"], header.get("args", {}), tensors,
                                                                header.get("client") or DIRECT)
@@ -256,6 +257,18 @@ class RouterServer:
             self._reply(identity, "err", {"seq": seq, "error": str(exc), "type": type(exc).__name__})
             return
         self._reply(identity, "ok", {"seq": seq, "result": result}, out_tensors)
+
+    # ops whose layers would follow over buffers set up at `connect`: refused from a client this server never saw
+    _NEEDS_CONNECTION = ("begin_step",)
+
+    def _check_connected(self, header: dict) -> None:
+        """A step from a client id without buffers here (the executor restarted after it connected) would run
+        layers nobody answers until the client's timeout: refuse it at once with `NotConnectedError`, which
+        tells the client to connect again (issue 18 defect 5)."""
+        client = header.get("client")
+        if client and header.get("op") in self._NEEDS_CONNECTION and client not in self._peers:
+            raise NotConnectedError(f"{header['op']}: client {client} is not connected to this executor (it "
+                                    "restarted since?); connect again")
 
     def _retry_parked(self) -> None:
         parked, self._parked = self._parked, []

@@ -1,0 +1,99 @@
+"""Issue 18 defect 5, the transport's half, with real Mooncake on loopback: a restarted executor was unusable
+for offload (`register_memory ... returned -7`) until decode restarted too.
+
+Found cause: a connect that failed (an executor restarting, or busy past the connect timeout) left its staging
+buffers registered with the process's Mooncake engine while Python freed them; the next channel's buffers
+landed at the same addresses and every later `register_memory` failed as an overlapped region. Now a failed
+connect unregisters what it registered, and an executor that no longer knows a client (it restarted since the
+client connected) refuses its steps at once with `NotConnectedError`, so decode connects again."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+import torch
+import zmq
+
+pytest.importorskip("mooncake.engine", reason="mooncake-transfer-engine is not installed")
+
+from adrenaline_sgl.offload.client import ClientConfig, OffloadClient  # noqa: E402
+from adrenaline_sgl.offload.decode_state import DecodeOffload  # noqa: E402
+from adrenaline_sgl.offload.errors import NotConnectedError, OffloadError  # noqa: E402
+from adrenaline_sgl.offload.process import ExecutorProcess  # noqa: E402
+from adrenaline_sgl.offload.transports.base import create_channel  # noqa: E402
+from adrenaline_sgl.offload.wire import RowLayout  # noqa: E402
+
+from .conftest import HKV, HQ, LAYERS, D, random_kv, random_rows  # noqa: E402
+
+LAYOUT = RowLayout(HQ, HKV, D, torch.float32)
+NUM_SLOTS = 64
+
+
+def _connect(address: str, connect_timeout_s: float = 30.0) -> OffloadClient:
+    channel = create_channel("mooncake", address=address, layout=LAYOUT, max_rows=512,
+                             connect_timeout_s=connect_timeout_s)  # fmt: skip
+    return OffloadClient(channel, LAYOUT, LAYERS, ClientConfig(layer_timeout_s=5.0))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_failed_connect_leaves_no_buffer_registered():
+    """Before: the second and every later attempt failed with `register_memory ... returned -7`."""
+    silent = zmq.Context.instance().socket(zmq.ROUTER)  # an executor that never answers the connect
+    silent.setsockopt(zmq.LINGER, 0)
+    port = silent.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        for _ in range(3):
+            with pytest.raises(OffloadError, match="connect: no reply within 0.3 s"):
+                _connect(f"127.0.0.1:{port}", connect_timeout_s=0.3)
+    finally:
+        silent.close(linger=0)
+    with ExecutorProcess(LAYERS, HKV, D, NUM_SLOTS, attention="reference") as proc:
+        client = _connect(proc.address)  # the same buffer sizes register fine afterwards
+        try:
+            client.adopt_copy("a", *random_kv(3))
+            client.begin_step(["a"])
+            client.submit(0, *random_rows(1))
+            assert client.wait()[0].shape == (1, HQ, D)
+        finally:
+            client.close()
+
+
+def test_decode_follows_an_executor_restarted_on_the_same_address():
+    port = _free_port()
+    args = ["--port", str(port)]
+    with ExecutorProcess(LAYERS, HKV, D, NUM_SLOTS, attention="reference", extra_args=args) as proc:
+        address = proc.address
+        offload = DecodeOffload(connect=_connect)
+        old = offload.client(address)
+        old.adopt_copy("a", *random_kv(3))
+        old.begin_step(["a"])
+        proc.kill()
+    with ExecutorProcess(LAYERS, HKV, D, NUM_SLOTS, attention="reference", extra_args=args) as proc:
+        assert proc.address == address
+        old.abort_step()  # the step on the dead executor is gone; the channel still points at that address
+        stale = offload.client(address)
+        assert stale is old  # decode saw no failure: its client predates the restart
+        stale.adopt_copy("b", *random_kv(4))  # a new request, prefilled by the restarted instance
+        t0 = time.monotonic()
+        with pytest.raises(NotConnectedError, match="not connected to this executor"):
+            stale.begin_step(["b"])  # refused at once, not after a layer timeout
+        assert time.monotonic() - t0 < 2.0
+        client = offload.reconnect(address)  # what the backend does on NotConnectedError
+        try:
+            assert client is not old and offload.client(address) is client
+            client.begin_step(["b"])
+            for layer in range(LAYERS):
+                client.submit(layer, *random_rows(1, seed=layer))
+                o, _ = client.wait()
+                assert torch.isfinite(o).all()
+            client.release("b")
+            assert client.stats()["tokens_held"] == 0
+        finally:
+            offload.close()
