@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 
 RELEASE_RETRY_S = 1.0  # how often decode retries the releases of requests whose executor failed
+LEASE_RENEW_S = 2.0  # how often decode renews, on each executor, the KV leases of the requests it still has
 
 
 @dataclass(frozen=True)
@@ -60,24 +61,31 @@ class DecodeOffload:
 
     def __init__(self, connect: Callable[[str], OffloadClient],
                  send_release: Callable[[str, str], tuple[bool, object]] | None = None,
-                 release_retry_s: float = RELEASE_RETRY_S):
+                 release_retry_s: float = RELEASE_RETRY_S,
+                 send_renew: Callable[[str, list[str]], tuple[bool, object]] | None = None,
+                 renew_s: float = LEASE_RENEW_S):
         """`connect(executor)` makes a client; `send_release(executor, rid) -> (ok, why)` releases without one
         (`offload.control.call`), retried every `release_retry_s` s for requests whose executor failed
-        (None: only a reconnect through `client()` sends them)."""
+        (None: only a reconnect through `client()` sends them). `send_renew(executor, rids) -> (ok, result)`
+        renews the KV leases of the requests this decode still has (`renew_s` s apart, from the first `mark`;
+        None: never, the executor then holds their KV only as long as its lease, `sglang_ext.prefill_lease`)."""
         self._connect = connect
         self._by_row: dict[int, OffloadedReq] = {}
         self._clients: dict[str, OffloadClient] = {}
         self._failed: dict[int, str] = {}  # row -> why its executor failed (the scheduler aborts the request)
+        self._failures_total = 0  # offloaded requests failed by their executor since start (never decreases)
         self._pending_release: dict[str, list[str]] = {}  # executor -> ids to release once it answers again
         # NOTE: closed clients stay referenced: a channel whose transfer thread is stuck keeps its buffers
         # registered with Mooncake, and freeing them would let a new channel reuse (overlap) those addresses.
         self._retired: list[OffloadClient] = []
         self._lock = threading.Lock()
-        self._failures_total = 0  # offloaded requests failed by their executor since start (never decreases)
         self._send_release = send_release
         self._release_retry_s = release_retry_s
         self._retrier: threading.Thread | None = None  # runs while releases are pending
         self._closed = threading.Event()
+        self._send_renew = send_renew
+        self._renew_s = renew_s
+        self._renewer: threading.Thread | None = None  # started by the first mark, runs until close
 
     # ---- admission and release (scheduler thread) ----
     def mark(self, req_pool_idx: int, rid: str, executor: str, prompt_tokens: int = 0) -> None:
@@ -85,6 +93,7 @@ class DecodeOffload:
             raise OffloadError(f"request {rid!r} is marked offloaded but names no executor")
         with self._lock:
             self._by_row[int(req_pool_idx)] = OffloadedReq(rid, executor, prompt_tokens)
+        self._start_renewer()
 
     def unmark(self, req_pool_idx: int, release: bool = True) -> OffloadedReq | None:
         """Forget the row; with `release`, tell its executor to free the request's KV (errors logged)."""
@@ -114,6 +123,8 @@ class DecodeOffload:
         """The executor of these `req_to_token` rows failed: their requests get no more remote steps."""
         with self._lock:
             for row in rows:
+                if int(row) in self._by_row and int(row) not in self._failed:
+                    self._failures_total += 1
                 self._failed.setdefault(int(row), reason)
 
     def failed(self) -> dict[int, str]:
@@ -123,8 +134,6 @@ class DecodeOffload:
     @property
     def num_offloaded(self) -> int:
         return len(self._by_row)
-                if int(row) in self._by_row and int(row) not in self._failed:
-                    self._failures_total += 1
 
     # ---- per step (forward thread) ----
     def client(self, executor: str) -> OffloadClient:
@@ -143,6 +152,12 @@ class DecodeOffload:
                 logger.warning("release of %s on %s failed: %s", rid, executor, err)
         return found
 
+    def reconnect(self, executor: str) -> OffloadClient:
+        """A fresh client for `executor` in place of the current one (the executor restarted and no longer
+        knows it); the old one is retired as a failed executor's is."""
+        self.drop_client(executor)
+        return self.client(executor)
+
     def drop_client(self, executor: str) -> None:
         """Forget a failed executor's client (a channel that timed out stays broken); the next request to
         that executor connects afresh."""
@@ -152,12 +167,6 @@ class DecodeOffload:
                 self._retired.append(client)
         if client is not None:
             try:
-    def reconnect(self, executor: str) -> OffloadClient:
-        """A fresh client for `executor` in place of the current one (the executor restarted and no longer
-        knows it); the old one is retired as a failed executor's is."""
-        self.drop_client(executor)
-        return self.client(executor)
-
                 client.close()
             except Exception as err:  # closing a broken channel must not fail the step
                 logger.warning("closing the client of %s failed: %s", executor, err)
@@ -231,6 +240,46 @@ class DecodeOffload:
             with self._lock:
                 for executor, rids in left.items():
                     self._pending_release[executor] = rids + self._pending_release.get(executor, [])
+
+    # ---- KV leases on the executors (background) ----
+    def leased(self) -> dict[str, list[str]]:
+        """The requests whose KV this decode still needs, by executor: every marked one but those whose
+        executor failed (being aborted; their release is on its way)."""
+        with self._lock:
+            found: dict[str, list[str]] = {}
+            for row, req in self._by_row.items():
+                if row not in self._failed:
+                    found.setdefault(req.executor, []).append(req.rid)
+            return found
+
+    def renew_leases(self) -> dict[str, object]:
+        """One round: tell each executor which of its requests this decode still has; returns what each
+        answered (its result, or why it failed: a dead executor's leases just run out, nothing else to do)."""
+        answers: dict[str, object] = {}
+        for executor, rids in self.leased().items():
+            ok, result = self._send_renew(executor, rids)
+            answers[executor] = result
+            if not ok:
+                logger.debug("renewing %d lease(s) on %s failed: %s", len(rids), executor, result)
+            elif isinstance(result, dict) and result.get("unknown"):
+                logger.debug("executor %s holds no KV for %s", executor, result["unknown"])
+        return answers
+
+    def _start_renewer(self) -> None:
+        with self._lock:
+            if self._send_renew is None or self._renewer is not None or self._closed.is_set():
+                return
+            self._renewer = threading.Thread(target=self._renew_loop, daemon=True, name="adrenaline-lease-renew")
+        self._renewer.start()
+
+    def _renew_loop(self) -> None:
+        """Why a thread of its own: the renewals must go on while the scheduler thread is in a long step or
+        waits on a slow executor; a control call never blocks longer than its timeout."""
+        while not self._closed.wait(self._renew_s):
+            try:
+                self.renew_leases()
+            except Exception as err:  # a renewal that fails must not end the renewals
+                logger.warning("adrenaline: lease renewal failed: %s", err)
 
     def pending_releases(self) -> dict[str, list[str]]:
         with self._lock:

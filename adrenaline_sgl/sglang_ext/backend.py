@@ -288,7 +288,8 @@ def build_backend(model_runner, args) -> AdrenalineAttnBackend:
     inner = ATTENTION_BACKENDS[args.inner_attention_backend](model_runner)
     offload = decode_state.current()
     if offload is None:
-        offload = DecodeOffload(connect=client_factory(model_runner, args), send_release=release_sender(args))
+        offload = DecodeOffload(connect=client_factory(model_runner, args), send_release=release_sender(args),
+                                send_renew=renew_sender(args))  # fmt: skip
         decode_state.install(offload)
     return AdrenalineAttnBackend(inner, offload)
 
@@ -305,6 +306,22 @@ def release_sender(args):
         if args.transport == "inproc":
             return False, "transport inproc has no control socket"
         return control.call(executor, "release", {"rid": rid}, timeout_s=RELEASE_TIMEOUT_S)
+
+    return send
+
+
+RENEW_TIMEOUT_S = 1.0  # one lease renewal call (off the scheduler thread; the next comes LEASE_RENEW_S later)
+
+
+def renew_sender(args):
+    """`send(executor, rids) -> (ok, result)`: renews the KV leases of requests this decode still has, over the
+    executor's control socket (prefill frees the KV of requests nobody renews: `sglang_ext.prefill_lease`)."""
+    from adrenaline_sgl.offload import control
+
+    def send(executor: str, rids: list[str]) -> tuple[bool, object]:
+        if args.transport == "inproc":
+            return False, "transport inproc has no control socket"
+        return control.call(executor, "renew", {"rids": rids}, timeout_s=RENEW_TIMEOUT_S)
 
     return send
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from adrenaline_sgl.colocation.config import EXECUTOR_PARTITIONERS, ColocationConfig
 from adrenaline_sgl.offload.transports.base import TRANSPORTS
 from adrenaline_sgl.scheduler.bounds import DEFAULT_EXECUTOR_SM_SHARE, check_executor_sm_share
+from adrenaline_sgl.sglang_ext.prefill_lease import DEFAULT_LEASE_S, check_lease_s
 
 ROLES = ("none", "prefill", "decode")
 MAX_REPLAN_INTERVAL_S = 3600.0
@@ -89,6 +90,12 @@ class AdrenalineArgs:
         "Decode: seconds to wait for the executor's reply of one layer before failing the step (> 0).",
         default=5.0,
     )
+    kv_lease_s: float = _opt(
+        "Prefill: seconds the KV of an offloaded request stays held without word from its decode (decode renews "
+        "every 2 s while it has the request); then it is freed as if decode had released it, so a decode that "
+        "died leaves no KV behind. 0: no lease (held until decode releases it). 0 or 10..86400.",
+        default=DEFAULT_LEASE_S,
+    )
     enable_fault_injection: bool = _opt(
         "Prefill, tests only: serve POST /adrenaline/executor/stop (loopback clients only), which stops this "
         "instance's executor thread while SGLang keeps serving, to test decode's handling of a dead executor.",
@@ -142,6 +149,7 @@ class AdrenalineArgs:
             )
         if not self.remote_timeout_s > 0:
             raise ValueError(f"adrenaline remote_timeout_s={self.remote_timeout_s}: expected > 0")
+        check_lease_s(self.kv_lease_s, "adrenaline kv_lease_s")
         self._check_colocation()
 
     def _check_colocation(self) -> None:

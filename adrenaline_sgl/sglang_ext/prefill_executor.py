@@ -40,6 +40,7 @@ from adrenaline_sgl.offload.pool import KVPool, ReservedSlots
 from adrenaline_sgl.offload.service import ExecutorService
 from adrenaline_sgl.sglang_ext.prefill_colocation import COLOCATION_ATTR, executor_partition, make_colocation
 from adrenaline_sgl.sglang_ext.prefill_kept import KeptKV
+from adrenaline_sgl.sglang_ext.prefill_lease import DEFAULT_LEASE_S, for_lease_s
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,11 @@ class PrefillExecutorService(ExecutorService):
     def _op_release(self, args, tensors, client):
         self.kept.request_release(args["rid"])
         return None, {}
+
+    def _op_renew(self, args, tensors, client):
+        """Decode still has these requests: their KV leases run again (prefill_lease); returns the ids not held."""
+        lease = self.kept.lease
+        return {"unknown": lease.renew(args["rids"]) if lease is not None else []}, {}
 
     def _op_begin_step(self, args, tensors, client):
         # NOTE: decode may see the handoff (first token) a moment before this instance's scheduler has run
@@ -127,6 +133,8 @@ def host_executor(scheduler, args) -> tuple[KeptKV, HostedExecutor | None]:
     try:
         kept, service = build_prefill_executor(allocator, args.executor_max_tokens, num_sms=coloc.partitioner.num_sms)
         service.colocation = coloc  # keeps the partition (its streams, contexts) alive as long as the executor
+        # KV of a dead decode's requests is freed (issue 18 defect 4); args without the field: the default lease
+        kept.lease = for_lease_s(getattr(args, "kv_lease_s", DEFAULT_LEASE_S))
         hosted = None
         if args.transport != "inproc":
             hosted = HostedExecutor(service, args.executor_host, args.executor_port,

@@ -37,6 +37,7 @@ class KeptKV:
         self.executor = executor  # an AttentionExecutor over this instance's pool, or None
         self.allocator = allocator  # SGLang's token allocator the kept slots (and the reserve) come from
         self.reserved_tokens = reserved_tokens  # slots taken once from `allocator` for the executor
+        self.lease = None  # prefill_lease.KVLeases of the kept KV (None: held until decode releases it)
         self._kept: dict[str, KeptReq] = {}
         self._to_release: list[str] = []
         self._lock = threading.Lock()
@@ -49,6 +50,8 @@ class KeptKV:
         if self.executor is not None:
             self._adopt(kept.key, slots)
         self._kept[kept.key] = kept
+        if self.lease is not None:
+            self.lease.grant(kept.key)
         logger.info("adrenaline: kept KV of %s (%d tokens)%s", kept.key, length,
                     " for the executor" if self.executor is not None else "")  # fmt: skip
         return kept
@@ -88,12 +91,24 @@ class KeptKV:
         """Scheduler thread: free every requested release; returns the ids freed."""
         with self._lock:
             pending, self._to_release = self._to_release, []
+        if self.lease is not None:
+            pending += self._expired_leases()
         return [rid for rid in pending if self.release(rid)]
+
+    def _expired_leases(self) -> list[str]:
+        """Kept KV whose decode stopped renewing its lease (decode died): freed like a release (defect 4)."""
+        expired = [key for key in self.lease.expired() if key in self._kept]
+        for key in expired:
+            logger.warning("adrenaline: the lease of %s's KV expired (no word from its decode for %g s): freeing it",
+                           key, self.lease.lease_s)  # fmt: skip
+        return expired
 
     def release(self, key: str) -> bool:
         kept = self._kept.pop(key, None)
         if kept is None:
             return False
+        if self.lease is not None:
+            self.lease.end(key)
         layers = 0
         if self.executor is not None and key in self.executor.rids:
             layers = self.executor.stats().layer_calls

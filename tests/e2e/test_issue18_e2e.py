@@ -239,7 +239,6 @@ def test_defect9_decode_death_mid_stream_ends_the_stream_with_an_error_event(dec
     assert seen["stream_end_s"] < 10.0, seen["stream_end_s"]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 defect 4")
 def test_defect4_prefill_frees_the_kv_of_a_dead_decodes_requests(decode_death):
     """Defect 4: when decode died, prefill held its offloaded requests' KV forever (also after decode restarted):
     nothing would ever release it. A lease must expire it: here within 30 s of the death."""
