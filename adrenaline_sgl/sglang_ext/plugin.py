@@ -28,7 +28,14 @@ def hook_table() -> list[tuple[str, object, object]]:
 
     from sglang.srt.plugins.hook_registry import HookType
 
-    from adrenaline_sgl.sglang_ext import args_hooks, decode_hooks, decode_stats, load_endpoint, prefill_hooks
+    from adrenaline_sgl.sglang_ext import (
+        args_hooks,
+        decode_hooks,
+        decode_stats,
+        dist_store,
+        load_endpoint,
+        prefill_hooks,
+    )
 
     table = [
         (args_hooks.ADD_CLI_ARGS, args_hooks.add_cli_args_hook, HookType.AROUND),
@@ -36,6 +43,7 @@ def hook_table() -> list[tuple[str, object, object]]:
         *prefill_hooks.hooks(HookType),
         *decode_hooks.hooks(HookType),
         *decode_stats.hooks(HookType),  # the scheduler's side of the decode load report
+        *dist_store.hooks(HookType),  # torch.distributed's store on the configured host only
     ]
     if multiprocessing.parent_process() is None:  # the launcher: the only process that runs the HTTP server
         table.append((load_endpoint.LAUNCH_SERVER, load_endpoint.launch_server_hook, HookType.AROUND))
