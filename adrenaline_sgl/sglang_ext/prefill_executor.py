@@ -133,8 +133,10 @@ def host_executor(scheduler, args) -> tuple[KeptKV, HostedExecutor | None]:
     try:
         kept, service = build_prefill_executor(allocator, args.executor_max_tokens, num_sms=coloc.partitioner.num_sms)
         service.colocation = coloc  # keeps the partition (its streams, contexts) alive as long as the executor
-        # KV of a dead decode's requests is freed (issue 18 defect 4); args without the field: the default lease
-        kept.lease = for_lease_s(getattr(args, "kv_lease_s", DEFAULT_LEASE_S))
+        # KV of a dead decode's requests is freed (issue 18 defect 4); args without the field: the default lease.
+        # inproc serves no control socket, so no decode could renew: no lease there.
+        if args.transport != "inproc":
+            kept.lease = for_lease_s(getattr(args, "kv_lease_s", DEFAULT_LEASE_S))
         hosted = None
         if args.transport != "inproc":
             hosted = HostedExecutor(service, args.executor_host, args.executor_port,
