@@ -185,8 +185,9 @@ class AttentionExecutor:
     def release(self, rid: str) -> torch.Tensor | None:
         """Forget `rid` and free its slots; returns the adopted slots the caller must free, if any.
 
-        A request is in at most one client's open step (ids are unique per request). Released after that step
-        ran all its layers (the usual case: decode releases a finished request), everything is freed now.
+        A request is in at most one client's open step (a row released from it leaves it: an id adopted again
+        later is a new request). Released after that step ran all its layers (the usual case: decode releases a
+        finished request), everything is freed now.
         Released mid-step (decode's release overtook a step that still carries the row), the step goes on for
         its other rows untouched; only the slot its remaining layers write this row's k, v to is kept until
         that step is over (the client's next `begin_step`, `abort_step` or disconnect, or any control call
@@ -202,10 +203,12 @@ class AttentionExecutor:
             slots = req.slots[: req.length].cpu()
             owner = self._step_owner(rid)
             keep = 0
+            if owner is not None:  # the row leaves its step: a later request may be adopted under the same id
+                owner.rid_set = owner.rid_set - {rid}
             if owner is not None and owner.layers_run < self.pool.num_layers:
                 owner.deferred.append(int(slots[-1]))  # this step's slot of the row (begin_step appended it)
                 keep = 1
-                if not any(r in self._requests for r in owner.plan.rids):
+                if not owner.rid_set:
                     # nothing left to decode in it (or its client vanished): closed, its later layers refused;
                     # NOTE: a layer of it running now (another thread) may still write: then `_reap` frees
                     self._close_step(owner, free_now=not owner.busy)
@@ -402,7 +405,7 @@ class AttentionExecutor:
             return
         back = []
         for rid, slot in zip(state.plan.rids, state.new_slots):
-            req = self._requests.get(rid)
+            req = self._requests.get(rid) if rid in state.rid_set else None  # rows released meanwhile are gone
             if req is not None:
                 req.length -= 1
                 back.append(slot)

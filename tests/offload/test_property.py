@@ -80,3 +80,28 @@ def test_random_sequences_never_leak_or_double_free(sequence):
         ex.release(rid)
     _check_invariants(ex)
     assert ex.pool.allocator.available_size() == NUM_SLOTS
+
+
+def _run(sequence):
+    test_random_sequences_never_leak_or_double_free.hypothesis.inner_test(sequence)
+
+
+def test_an_id_adopted_again_after_a_mid_step_release_is_a_new_request():
+    """Found by the property: release r0 mid-step, adopt r0 again, disconnect. The rollback took the new r0 for
+    the step's row (by id) and freed the step's slot a second time (SlotError: double free)."""
+    _run([("adopt", 0, 1), ("adopt", 1, 1), ("step", 0, {0, 1}, 1, False), ("release", 0), ("adopt", 0, 1),
+          ("disconnect", 0)])
+
+
+def test_an_id_adopted_again_after_a_complete_step_survives_an_abort():
+    """The same with an abort of the completed step after the id came back: the new request keeps its length."""
+    ex = AttentionExecutor(KVPool.standalone(LAYERS, NUM_SLOTS, HKV, D), "reference")
+    ex.adopt_copy("r0", torch.randn(LAYERS, 2, HKV, D), torch.randn(LAYERS, 2, HKV, D))
+    ex.begin_step(["r0"], "c0")
+    for layer in range(LAYERS):
+        ex.step(layer, ["r0"], torch.randn(1, HQ, D), torch.randn(1, HKV, D), torch.randn(1, HKV, D), "c0")
+    ex.release("r0")
+    ex.adopt_copy("r0", torch.randn(LAYERS, 3, HKV, D), torch.randn(LAYERS, 3, HKV, D))
+    ex.abort_step("c0")
+    assert ex._requests["r0"].length == 3
+    _check_invariants(ex)
