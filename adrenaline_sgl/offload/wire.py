@@ -6,12 +6,15 @@ Per layer (data plane), one contiguous byte buffer each way, N = offloaded rows 
 
 Control plane (adopt, release, begin_step, ...): ZMQ multipart frames
     [kind, json header, raw tensor bytes...]; the header lists each tensor's name, dtype and shape.
-No pickle: a peer can only send tensors and JSON.
+Per-layer doorbells (`layer`, `layer_done`): [kind, 16 packed bytes (step id, layer, rows) + client id],
+no JSON on the per-layer path. No pickle: a peer can only send tensors, JSON and those integers.
 """
 
 from __future__ import annotations
 
 import json
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,12 +83,7 @@ class RowLayout:
     # ---- packing into / out of a flat uint8 buffer ----
 
     def _views(self, buf: torch.Tensor, rows: int, shapes: list[tuple[tuple[int, ...], torch.dtype]]):
-        out, offset = [], 0
-        for shape, dtype in shapes:
-            nbytes = torch.Size(shape).numel() * torch.empty(0, dtype=dtype).element_size()
-            out.append(buf[offset : offset + nbytes].view(dtype).view(shape))
-            offset += nbytes
-        return out
+        return _typed_views(buf, shapes)
 
     def _request_shapes(self, rows: int):
         d, dt = self.head_dim, self.dtype
@@ -117,6 +115,77 @@ class RowLayout:
         """Copies of o `[N, Hq, D]` and lse `[N, Hq]` (the staging buffer is reused by the next layer)."""
         o, lse = self._views(buf, rows, self._reply_shapes(rows))
         return o.clone(), lse.clone()
+
+    def request_staging(self, buf: torch.Tensor) -> Staging:
+        """`buf` (uint8, at least `request_bytes(max rows)`) as q|k|v rows, views built once per row count."""
+        return Staging(buf, self._request_shapes, self.request_bytes)
+
+    def reply_staging(self, buf: torch.Tensor) -> Staging:
+        """`buf` (uint8, at least `reply_bytes(max rows)`) as o|lse rows, views built once per row count."""
+        return Staging(buf, self._reply_shapes, self.reply_bytes)
+
+
+def _typed_views(buf: torch.Tensor, shapes: list[tuple[tuple[int, ...], torch.dtype]]) -> list[torch.Tensor]:
+    out, offset = [], 0
+    for shape, dtype in shapes:
+        nbytes = torch.Size(shape).numel() * dtype.itemsize
+        out.append(buf[offset : offset + nbytes].view(dtype).view(shape))
+        offset += nbytes
+    return out
+
+
+class Staging:
+    """One registered staging buffer seen as a layer's rows (q|k|v or o|lse) for any row count.
+
+    NOTE: the typed views of a row count are built on its first use and kept, so the per-layer path only
+    copies: building three views took about 20 us per layer and direction, more than the copies themselves.
+    """
+
+    def __init__(self, buf: torch.Tensor, shapes: Callable[[int], list], nbytes: Callable[[int], int]):
+        self.buf = buf
+        self._shapes = shapes
+        self._nbytes = nbytes
+        self._views: dict[int, tuple[tuple[torch.Tensor, ...], int]] = {}
+
+    def views(self, rows: int) -> tuple[torch.Tensor, ...]:
+        """Views (no copy) of the row count's tensors inside the buffer."""
+        return self._entry(rows)[0]
+
+    def nbytes(self, rows: int) -> int:
+        return self._entry(rows)[1]
+
+    def pack(self, *tensors: torch.Tensor) -> int:
+        """Copy the tensors (rows first) into the buffer; returns the byte count."""
+        views, nbytes = self._entry(tensors[0].shape[0])
+        for view, src in zip(views, tensors):
+            view.copy_(src)
+        return nbytes
+
+    def copy_out(self, rows: int) -> tuple[torch.Tensor, ...]:
+        """Copies of the row count's tensors (the buffer is reused by the next layer)."""
+        return tuple(view.clone() for view in self.views(rows))
+
+    def _entry(self, rows: int) -> tuple[tuple[torch.Tensor, ...], int]:
+        entry = self._views.get(rows)
+        if entry is None:
+            entry = self._views[rows] = (tuple(_typed_views(self.buf, self._shapes(rows))), self._nbytes(rows))
+        return entry
+
+
+_LAYER = struct.Struct("<qii")  # step id, layer, rows
+
+
+def encode_layer(kind: str, client: str, step_id: int, layer: int, rows: int) -> list[bytes]:
+    """Frames of a per-layer doorbell (`layer` to the executor, `layer_done` back): no JSON on this path."""
+    return [kind.encode(), _LAYER.pack(step_id, layer, rows) + client.encode()]
+
+
+def decode_layer(frames: list[bytes]) -> tuple[str, int, int, int]:
+    """(client, step id, layer, rows) of a doorbell's frames after the kind; ValueError if malformed."""
+    if len(frames) != 2 or len(frames[1]) < _LAYER.size:
+        raise ValueError(f"a layer doorbell is 2 frames with at least {_LAYER.size} bytes of header")
+    step_id, layer, rows = _LAYER.unpack_from(frames[1])
+    return bytes(frames[1][_LAYER.size :]).decode(), step_id, layer, rows
 
 
 def encode(kind: str, header: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None) -> list[bytes]:

@@ -23,7 +23,7 @@ import torch
 
 from ..errors import OffloadError
 from ..service import ExecutorService
-from ..wire import RowLayout, encode
+from ..wire import RowLayout, encode_layer
 from .router import RouterChannel, RouterServer
 
 
@@ -76,13 +76,12 @@ class CudaIpcChannel(RouterChannel):
         self._check_rows(layer, q.shape[0])
         self.layout.pack_request(self._req_buf, q, k, v)  # queued on the current stream
         self._req_ready.record()
-        header = {"client": self._client_id, "step_id": step_id, "layer": layer, "rows": q.shape[0]}
-        self._main.send_multipart(encode("layer", header))
+        self._main.send_multipart(encode_layer("layer", self._client_id, step_id, layer, q.shape[0]))
 
     def recv_layer(self, step_id: int, layer: int, timeout_s: float) -> tuple[torch.Tensor, torch.Tensor]:
-        header = self._wait_layer(step_id, layer, timeout_s)
+        rows = self._wait_layer(step_id, layer, timeout_s)
         torch.cuda.current_stream(self.device).wait_event(self._reply_ready)
-        return self.layout.unpack_reply(self._reply_buf, int(header["rows"]))
+        return self.layout.unpack_reply(self._reply_buf, rows)
 
     def close(self) -> None:
         self._say_goodbye()

@@ -28,7 +28,7 @@ from .. import errors
 from ..errors import NotConnectedError, NotReadyError, OffloadError
 from ..executor import DIRECT
 from ..service import ExecutorService
-from ..wire import RowLayout, decode, encode
+from ..wire import RowLayout, decode, decode_layer, encode, encode_layer
 from .base import Channel
 
 _POLL_SLICE_MS = 50
@@ -119,8 +119,8 @@ class RouterChannel(Channel):
                 raise_remote(self.address, what, reply)
             return reply.get("result"), reply_tensors
 
-    def _wait_layer(self, step_id: int, layer: int, timeout_s: float) -> dict:
-        """The header of the executor's `layer_done` for (step_id, layer); raises on error or timeout."""
+    def _wait_layer(self, step_id: int, layer: int, timeout_s: float) -> int:
+        """The row count of the executor's `layer_done` for (step_id, layer); raises on error or timeout."""
         deadline = time.monotonic() + timeout_s
         while True:
             error = self._local_error()
@@ -134,13 +134,15 @@ class RouterChannel(Channel):
                 self._broken = f"no reply for layer {layer} within {timeout_s} s"
                 raise OffloadError(f"executor at {self.address}: no reply for layer {layer} within {timeout_s} s "
                                    "(executor dead or stalled)")
-            kind, header, _ = decode(frames)
-            if kind not in ("layer_done", "layer_err") or (header.get("step_id"), header.get("layer")) != (
-                    step_id, layer):
+            if frames[0] == b"layer_done":  # the per-layer path: a packed doorbell, no JSON
+                _, got_step, got_layer, rows = decode_layer(frames)
+                if (got_step, got_layer) == (step_id, layer):
+                    return rows
                 continue  # a late answer to an earlier, abandoned request
-            if kind == "layer_err":
+            kind, header, _ = decode(frames)
+            if kind == "layer_err" and (header.get("step_id"), header.get("layer")) == (step_id, layer):
                 raise_remote(self.address, f"layer {layer}", header)
-            return header
+            # anything else: a late answer to an earlier, abandoned request
 
     def _say_goodbye(self) -> None:
         """Tell the executor this client is gone (it rolls back an unfinished step, frees the buffers).
@@ -208,12 +210,12 @@ class RouterServer:
     def handle(self, frames: list[bytes]) -> None:
         identity, frames = frames[0], frames[1:]
         try:
+            if frames and frames[0] == b"layer":  # the per-layer path: a packed doorbell, no JSON
+                self._layer(*decode_layer(frames))
+                return
             kind, header, tensors = decode(frames)
         except (ValueError, UnicodeDecodeError) as exc:
             self._reply(identity, "err", {"error": f"malformed message: {exc}", "type": "OffloadError"})
-            return
-        if kind == "layer":
-            self._layer(header)
             return
         if kind == "call":
             self._call(identity, header, tensors, None)
@@ -289,22 +291,24 @@ class RouterServer:
         self._peers[client] = peer
         return reply
 
-    def _layer(self, header: dict) -> None:
-        client = header.get("client")
+    def _layer(self, client: str, step_id: int, layer: int, rows: int) -> None:
         peer = self._peers.get(client)
         if peer is None:
             return  # a doorbell from a client that never connected: nobody to answer
-        step_id, layer, rows = int(header["step_id"]), int(header["layer"]), int(header["rows"])
-        answer = {"step_id": step_id, "layer": layer, "rows": rows}
         try:
             if not 0 <= rows <= peer.max_rows:  # the one transport check: the rows fit this client's buffers
                 raise OffloadError(f"layer {layer}: {rows} rows exceed max_rows {peer.max_rows}")
             self._run_layer(peer, client, step_id, layer, rows)
         except Exception as exc:
-            self._reply(peer.reply_to, "layer_err", {**answer, "error": str(exc), "type": type(exc).__name__})
+            self._reply(peer.reply_to, "layer_err", {"step_id": step_id, "layer": layer, "rows": rows,
+                                                     "error": str(exc), "type": type(exc).__name__})
             return
         self.layers_served += 1
-        self._reply(peer.reply_to, "layer_done", answer)
+        try:
+            self._router.send_multipart([peer.reply_to, *encode_layer("layer_done", client, step_id, layer, rows)],
+                                        zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # the client is gone; it will time out on its side
 
     def _reply(self, identity: bytes, kind: str, header: dict, tensors=None) -> None:
         try:
