@@ -30,6 +30,11 @@ class LoadReport:
     executor_healthy: bool = False  # prefill: the executor answers; False makes the proxy decode locally
     executor_kv_tokens: int = 0  # prefill: KV tokens held for offloaded requests
     executor_kv_bytes: int = 0  # prefill: bytes of that KV
+    # prefill: the executor's KV slots (tokens) free now and in all (its reserve); 0 capacity = not known. The
+    # proxy offloads a request only when its full length (prompt + max_new_tokens, per sequence) fits in what is
+    # free less what it has sent there since this report (capacity admission)
+    executor_free_tokens: int = 0
+    executor_capacity_tokens: int = 0
     executor_sm_share: float = 0.0  # prefill: the executor's SM share now (0 = not known: the proxy uses its own)
     # prefill, SM planner (--adrenaline-ttft-slo-ms): predicted mean TTFT of its last plan (0 = no planner, -1 =
     # prefill cannot keep up at any split) and whether that meets the SLO (True without a planner)
@@ -54,9 +59,9 @@ class LoadReport:
         if not 0.0 <= self.executor_sm_share <= 1.0:
             raise ValueError(f"load report executor_sm_share={self.executor_sm_share}: expected 0..1")
         for name in ("num_running_reqs", "num_waiting_reqs", "max_total_tokens", "executor_kv_tokens",
-                     "executor_kv_bytes", "offloaded_reqs", "offload_rtt_ms", "offload_rtt_p50_ms",
-                     "offload_rtt_p99_ms", "offload_rtt_samples", "offload_failed_reqs",
-                     "offload_failures_total"):  # fmt: skip
+                     "executor_kv_bytes", "executor_free_tokens", "executor_capacity_tokens", "offloaded_reqs",
+                     "offload_rtt_ms", "offload_rtt_p50_ms", "offload_rtt_p99_ms", "offload_rtt_samples",
+                     "offload_failed_reqs", "offload_failures_total"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"load report {name}={getattr(self, name)}: expected >= 0")
 

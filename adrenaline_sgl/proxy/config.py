@@ -58,6 +58,10 @@ class ProxyConfig:
     load_interval_s: float = _opt(1.0, "Period of the /adrenaline/load pulls, s.", "--load-interval-secs")
     load_timeout_s: float = _opt(2.0, "One load pull, s.")
     load_stale_s: float = _opt(10.0, "A load report older than this counts as missing (no offload there), s.")
+    offload_failures_to_pause: int = _opt(2, "Offloaded requests failing in a row at one executor before the proxy "
+                                          "pauses offloading there (they decode locally meanwhile).")  # fmt: skip
+    offload_pause_s: float = _opt(10.0, "How long offloading to a failing executor pauses before it is tried "
+                                  "again, s.")  # fmt: skip
 
     def __post_init__(self):
         if not self.prefill:
@@ -83,8 +87,11 @@ class ProxyConfig:
         if self.predictor not in ("preferred", *predictor_names()):
             raise ValueError(f"predictor={self.predictor!r}: expected preferred or one of {predictor_names()}")
         check_executor_sm_share(self.executor_sm_share)
+        if isinstance(self.offload_failures_to_pause, bool) or not isinstance(self.offload_failures_to_pause, int) \
+                or self.offload_failures_to_pause < 1:  # fmt: skip
+            raise ValueError(f"offload_failures_to_pause={self.offload_failures_to_pause!r}: expected an integer >= 1")
         for name in ("tpot_slo_ms", "request_timeout_s", "connect_timeout_s", "load_interval_s", "load_timeout_s",
-                     "load_stale_s"):  # fmt: skip
+                     "load_stale_s", "offload_pause_s"):  # fmt: skip
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}={getattr(self, name)}: expected > 0")
 

@@ -11,11 +11,18 @@ The policies (`never`, `always`, `ratio:F`, `auto`) and admission (C1, C2) are
 A decision is taken only when the chosen prefill can take it: its report is fresh, its role is `prefill`
 and its executor answers; and the decode runs the plugin. Otherwise the request decodes locally (stock PD),
 which is how an unreachable executor is handled without failing or hanging requests.
+
+Capacity is admission (`executor_room_tokens`): a request is offloaded only when its full length (prompt +
+max_new_tokens, per sequence) fits in what the chosen executor can still hold: the free slots of its last load
+report, less the full length of every request offloaded there since that report, and at most its reserve less
+the full length of every offloaded request still in flight there (they grow to it). Otherwise it decodes
+locally (stock PD): an executor reserve that runs out mid-decode fails requests, a local one does not.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 
 from adrenaline_sgl.protocol import LoadReport
@@ -50,6 +57,8 @@ class _InFlight:
     prefill: str
     info: RequestInfo
     offloaded: bool
+    need_tokens: int  # KV the request may hold at its end: sequences x (prompt + max_new_tokens)
+    added_s: float  # time.monotonic() when routed
 
 
 class Ledger:
@@ -60,11 +69,31 @@ class Ledger:
         self._next = 0
         self._lock = threading.Lock()
 
-    def add(self, decode: str, prefill: str, info: RequestInfo, offloaded: bool) -> int:
+    def add(self, decode: str, prefill: str, info: RequestInfo, offloaded: bool, sequences: int = 1) -> int:
         with self._lock:
             self._next += 1
-            self._items[self._next] = _InFlight(decode, prefill, info, offloaded)
+            self._items[self._next] = _InFlight(decode, prefill, info, offloaded, sequences * info.max_seq_tokens,
+                                                time.monotonic())  # fmt: skip
             return self._next
+
+    def executor_room_tokens(self, prefill: str, report: LoadReport, report_at_s: float) -> int | None:
+        """Tokens the executor on `prefill` can still take for a new request (None: its report does not say):
+        the report's free slots less what was offloaded there since it (`report_at_s`, monotonic), and at most
+        its reserve less every offloaded request in flight there at full length."""
+        if report.executor_capacity_tokens <= 0:
+            return None
+        with self._lock:
+            placed = [i for i in self._items.values() if i.offloaded and i.prefill == prefill]
+        since = sum(i.need_tokens for i in placed if i.added_s >= report_at_s)
+        committed = sum(i.need_tokens for i in placed)
+        return min(report.executor_free_tokens - since, report.executor_capacity_tokens - committed)
+
+    def in_flight(self) -> dict:
+        """Counts for the proxy's own load report."""
+        with self._lock:
+            items = list(self._items.values())
+        return {"requests": len(items), "offloaded": sum(i.offloaded for i in items),
+                "offloaded_need_tokens": sum(i.need_tokens for i in items if i.offloaded)}  # fmt: skip
 
     def done(self, key: int) -> None:
         with self._lock:
@@ -105,12 +134,20 @@ def executor_available(prefill: LoadReport | None) -> bool:
 
 
 def decide(
-    policy: OffloadPolicy, req: RequestInfo, prefill: LoadReport | None, decode: LoadReport | None, stats_fn
+    policy: OffloadPolicy, req: RequestInfo, prefill: LoadReport | None, decode: LoadReport | None, stats_fn,
+    room_tokens: int | None = None, need_tokens: int | None = None, paused: bool = False,
 ) -> Decision:
-    """The decision for one request sent to this (prefill, decode) pair; `stats_fn()` builds LiveStats."""
+    """The decision for one request sent to this (prefill, decode) pair; `stats_fn()` builds LiveStats.
+    `room_tokens`: what the executor can still take (None: unknown), `need_tokens`: the request's full length
+    (default: one sequence's); `paused`: offloads to this executor failed lately (`health.OffloadBreaker`)."""
     if not executor_available(prefill):
         return Decision(False, "executor unavailable")
+    if paused:
+        return Decision(False, "executor failing")
     if decode is None or decode.role != "decode":  # missing, stale, unreachable, or stock SGLang
         return Decision(False, "decode not offload-capable")
     d = policy.decide(req, stats_fn())
+    need = req.max_seq_tokens if need_tokens is None else need_tokens
+    if d.offload and room_tokens is not None and need > room_tokens:
+        return Decision(False, "executor full")
     return Decision(d.offload, d.reason)

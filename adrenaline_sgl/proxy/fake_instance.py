@@ -7,7 +7,7 @@ import json
 
 from aiohttp import web
 
-from adrenaline_sgl.protocol import LOAD_PATH
+from adrenaline_sgl.protocol import LOAD_PATH, OFFLOAD_KEY
 
 
 class StandIn:
@@ -17,6 +17,7 @@ class StandIn:
         self.name = name
         self.load = load  # None: no /adrenaline/load route (stock SGLang without the plugin)
         self.delay_s = delay_s
+        self.fail_offloaded = 0  # HTTP status answered to offloaded requests (as a decode whose executor failed)
         self.bodies: list[dict] = []
         self.cancelled = 0
         self._runner: web.AppRunner | None = None
@@ -55,6 +56,9 @@ class StandIn:
         except asyncio.CancelledError:
             self.cancelled += 1
             raise
+        if self.fail_offloaded and _offloaded(body):
+            error = {"message": "executor failed", "type": "offload_error", "code": self.fail_offloaded}
+            return web.json_response({"error": error}, status=self.fail_offloaded)
         meta = {"id": self.name, "input_token_logprobs": [[-0.5, 1, None]] if self.name == "prefill" else []}
         if not body.get("stream"):
             return web.json_response({"text": f"answer from {self.name}", "meta_info": meta})
@@ -67,9 +71,18 @@ class StandIn:
         return resp
 
 
-def prefill_load(healthy: bool = True, kv_bytes: int = 0, max_total_tokens: int = 100_000) -> dict:
+def _offloaded(body: dict) -> bool:
+    sp = body.get("sampling_params") or {}
+    params = (sp[0] if isinstance(sp, list) and sp else sp).get("custom_params") or body.get("custom_params") or {}
+    return bool(params.get(OFFLOAD_KEY))
+
+
+def prefill_load(healthy: bool = True, kv_bytes: int = 0, max_total_tokens: int = 100_000,
+                 executor_free_tokens: int = 0, executor_capacity_tokens: int = 0) -> dict:  # fmt: skip
+    """A prefill's load report; executor capacity 0 = not reported (no capacity admission)."""
     return {"role": "prefill", "executor_addr": "127.0.0.1:31000", "executor_healthy": healthy,
             "executor_kv_bytes": kv_bytes, "executor_kv_tokens": kv_bytes // 64,
+            "executor_free_tokens": executor_free_tokens, "executor_capacity_tokens": executor_capacity_tokens,
             "max_total_tokens": max_total_tokens}  # fmt: skip
 
 

@@ -18,6 +18,12 @@ class ProxyMetrics:
                                 ["offloaded", "reason"], registry=r)  # fmt: skip
         self.errors = Counter("adrenaline_proxy_errors", "Requests answered with an error, by kind.", ["kind"],
                               registry=r)  # fmt: skip
+        self.outcomes = Counter("adrenaline_proxy_outcomes", "Requests by offload decision and how they ended: ok, "
+                                "error (an instance's error, an abort, a broken stream), bad_request, client_gone.",
+                                ["offloaded", "outcome"], registry=r)  # fmt: skip
+        self.offload_failures = Counter("adrenaline_proxy_offload_failures",
+                                        "Offloaded requests that ended in an error, by prefill instance (executor).",
+                                        ["instance"], registry=r)  # fmt: skip
         self.offloaded_share = Gauge("adrenaline_proxy_offloaded_share",
                                      "Offloaded requests / routed requests since start.", registry=r)  # fmt: skip
         self.latency_s = Histogram("adrenaline_proxy_request_latency_seconds",
@@ -55,6 +61,9 @@ class ProxyMetrics:
         self._routed += 1
         self._offloaded += int(offloaded)
         self.offloaded_share.set(self._offloaded / self._routed)
+
+    def count_outcome(self, offloaded: bool, outcome: str) -> None:
+        self.outcomes.labels(offloaded=str(offloaded).lower(), outcome=outcome).inc()
 
     def refresh(self, pulled: dict[str, Pulled]) -> None:
         for url, item in pulled.items():

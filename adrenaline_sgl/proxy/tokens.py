@@ -7,16 +7,20 @@ token ratio (C2); characters / 4 is an English-prose estimate that can be off 2x
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
 
 class TokenCounter:
-    """`tokenizer=None`: the characters / 4 estimate."""
+    """`tokenizer=None`: the characters / 4 estimate. `vocab_size`: the served model's embedding rows (token ids
+    must be below it; None: not known, only negative ids are refused)."""
 
-    def __init__(self, tokenizer=None):
+    def __init__(self, tokenizer=None, vocab_size: int | None = None):
         self.tokenizer = tokenizer
+        self.vocab_size = vocab_size
 
     def text(self, text: str) -> int:
         return len(text) // 4 if self.tokenizer is None else len(self.tokenizer.encode(text))
@@ -43,17 +47,37 @@ class TokenCounter:
         return self.text(" ".join(t if isinstance(t, str) else str(t) for t in texts))
 
 
+def vocab_size(model_path: str) -> int | None:
+    """`vocab_size` of the checkpoint's `config.json` (top level, or its `text_config`), None when not there."""
+    try:
+        config = json.loads((Path(model_path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    for part in (config, config.get("text_config") or {}):
+        value = part.get("vocab_size") if isinstance(part, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
 def load_counter(model_path: str | None) -> TokenCounter:
-    """The served model's tokenizer (transformers), or the estimate with a warning when there is none."""
+    """The served model's tokenizer (transformers) and vocabulary size, or the estimate with a warning when
+    there is none."""
     if not model_path:
-        logger.warning("no --model-path: prompt tokens are estimated as characters / 4")
+        logger.warning("no --model-path: prompt tokens are estimated as characters / 4, token ids are not checked "
+                       "against the vocabulary")  # fmt: skip
         return TokenCounter()
+    vocab = vocab_size(model_path)
+    if vocab is None:
+        logger.warning("no vocab_size in %s/config.json: token ids are not checked against the vocabulary",
+                       model_path)  # fmt: skip
     try:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(model_path)
     except (ImportError, OSError, ValueError) as err:
         logger.warning("no tokenizer at %s (%s): prompt tokens are estimated as characters / 4", model_path, err)
-        return TokenCounter()
+        return TokenCounter(vocab_size=vocab)
     logger.info("prompt tokens counted by the tokenizer of %s", model_path)
-    return TokenCounter(tokenizer)
+    logger.debug("token ids checked against a vocabulary of %s", vocab)
+    return TokenCounter(tokenizer, vocab)

@@ -51,6 +51,17 @@ def colocation_report(executor: dict | None) -> dict:
             "colocation_slo_met": bool(plan.get("slo_met", True))}
 
 
+def executor_capacity_tokens(args: flags.AdrenalineArgs, executor: dict | None) -> int:
+    """The executor's reserve in tokens: `--adrenaline-executor-max-tokens`, else (its default share of the pool)
+    what is free plus what it holds, at most its pool's slots; 0 when the executor did not answer."""
+    if not executor:
+        return 0
+    if args.executor_max_tokens > 0:
+        return args.executor_max_tokens
+    seen = int(executor.get("slots_free", 0)) + int(executor.get("tokens_held", 0))
+    return min(seen, int(executor.get("capacity_slots", seen)))
+
+
 def report_from_loads(args: flags.AdrenalineArgs, loads: list[dict], executor: dict | None,
                       decode: decode_stats.DecodeStats | None = None) -> LoadReport:
     """Sum SGLang's per-DP-rank load dicts (`LoadSnapshot.to_dict`) into one report for this instance, with the
@@ -70,6 +81,8 @@ def report_from_loads(args: flags.AdrenalineArgs, loads: list[dict], executor: d
         executor_kv_tokens=int(executor.get("tokens_held", 0)) if executor else 0,
         executor_kv_bytes=int(executor.get("tokens_held", 0)) * int(executor.get("bytes_per_slot", 0)) if executor
         else 0,
+        executor_free_tokens=int(executor.get("slots_free", 0)) if executor else 0,
+        executor_capacity_tokens=executor_capacity_tokens(args, executor),
         **colocation_report(executor),
         offloaded_reqs=int(executor.get("requests", 0)) if executor else decode.offloaded_reqs if decode else 0,
         offload_rtt_ms=decode.rtt_mean_ms if decode else 0.0,

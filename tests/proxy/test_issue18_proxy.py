@@ -65,7 +65,6 @@ async def _wait_for(predicate, timeout_s: float) -> bool:
 # ---- defect 8: a client that goes away -------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 defect 8")
 def test_defect8_non_streaming_client_disconnect_cancels_the_upstream_requests():
     """Defect 8: a non-streaming client that gave up left decode running ~140 s (until the executor's reserve
     ran out): the proxy kept waiting for decode's answer, so SGLang never saw a disconnect to abort on."""
@@ -100,7 +99,6 @@ async def _slow_stream(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 defect 8 (streaming disconnect logs a traceback)")
 def test_defect8_streaming_client_disconnect_logs_no_traceback(caplog):
     """Defect 8, streaming: the disconnect frees KV, but each one logged an aiohttp traceback from the proxy's
     write to the departed client (a busy stack with impatient clients fills its log with them)."""
@@ -139,7 +137,6 @@ async def _dying_stream(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 defect 9")
 def test_defect9_decode_death_mid_stream_ends_the_stream_with_an_error_event():
     """Defect 9: when decode died mid-stream the client's stream was cut with no error event (HTTP 200 was
     already sent), indistinguishable from a network fault; a dying prefill at least gives an abort chunk."""
@@ -193,7 +190,6 @@ MALFORMED_TODAY_500 = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 defect 10")
 @pytest.mark.parametrize("case", sorted(MALFORMED_TODAY_500))
 def test_defect10_malformed_requests_get_a_400_json_error_with_bounded_logging(case, caplog):
     """Defect 10: these gave HTTP 500 from unhandled exceptions in the proxy (a 1.9 KB request with a 900-deep
@@ -221,7 +217,6 @@ def test_defect10_malformed_requests_get_a_400_json_error_with_bounded_logging(c
     assert logged < 4096, f"{logged} characters logged for one bad request"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 defect 10 (negative token ids reach SGLang)")
 def test_defect10_negative_input_ids_are_refused_at_the_front_door():
     """Defect 10: a negative token id crashes SGLang's prefill (IndexError in the embedding; SGLang does not
     check); the proxy must answer 400 and forward nothing. Out-of-vocabulary ids: tests/e2e (needs the model)."""
@@ -244,7 +239,6 @@ def test_defect10_negative_input_ids_are_refused_at_the_front_door():
     assert forwarded == []
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 defect 10 (404/405 are plain text)")
 @pytest.mark.parametrize("method, path, status", [("GET", "/no/such/path", 404), ("GET", "/generate", 405)])
 def test_defect10_unknown_path_and_wrong_method_get_our_json_error(method, path, status):
     async def body():
@@ -268,7 +262,6 @@ def test_defect10_unknown_path_and_wrong_method_get_our_json_error(method, path,
 # ---- defect 12: the proxy's own load and metrics ----------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 defect 12 (/adrenaline/load only on the servers)")
 def test_defect12_proxy_answers_adrenaline_load():
     """Defect 12: `/adrenaline/load` existed only on the servers; a user asking the proxy (the one address the
     launcher prints) got 404. The proxy answers with the instances it routes to."""

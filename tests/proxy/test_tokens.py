@@ -52,4 +52,5 @@ def test_the_proxy_loads_the_served_tokenizer_once_at_start(smollm2_dir, caplog)
     with caplog.at_level(logging.INFO, logger="adrenaline_sgl.proxy.tokens"):
         proxy = Proxy(ProxyConfig(prefill=(("http://h:1", None),), decode=("http://h:2",), model_path=str(smollm2_dir)))
     assert proxy.tokens.tokenizer is not None and proxy.tokens.text("hello world") == 2
+    assert proxy.tokens.vocab_size == 49152  # SmolLM2's config.json: token ids at or above it are refused
     assert [r.getMessage() for r in caplog.records] == [f"prompt tokens counted by the tokenizer of {smollm2_dir}"]

@@ -93,7 +93,18 @@ def test_prefill_report_sums_dp_ranks_and_reads_the_executor():
     assert report == LoadReport(role="prefill", num_running_reqs=4, num_waiting_reqs=2, token_usage=0.1,
                                 max_total_tokens=2000, executor_addr=f"127.0.0.1:{executor.port}",
                                 executor_healthy=True, executor_kv_tokens=5,
-                                executor_kv_bytes=5 * 2 * 2 * 2 * 8 * 4, offloaded_reqs=1)  # fmt: skip
+                                executor_kv_bytes=5 * 2 * 2 * 2 * 8 * 4, offloaded_reqs=1,
+                                executor_free_tokens=64 - 5, executor_capacity_tokens=64)  # fmt: skip
+
+
+def test_executor_capacity_is_the_configured_reserve_when_there_is_one():
+    """What the proxy's capacity admission compares a request's full length with."""
+    from adrenaline_sgl.sglang_ext.load_endpoint import executor_capacity_tokens
+
+    stats = {"slots_free": 59, "tokens_held": 5, "capacity_slots": 16384}  # a reserve inside prefill's pool
+    assert executor_capacity_tokens(flags.AdrenalineArgs(role="prefill", executor_max_tokens=1024), stats) == 1024
+    assert executor_capacity_tokens(flags.AdrenalineArgs(role="prefill"), stats) == 64
+    assert executor_capacity_tokens(flags.AdrenalineArgs(role="prefill"), None) == 0  # no answer: unknown
 
 
 def test_dead_executor_is_reported_unhealthy():
