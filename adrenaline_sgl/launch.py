@@ -6,11 +6,14 @@
 
 Every process runs in its own process group with its log in <run_dir>/<timestamp>/<name>.log, beside
 `run.json` (resolved config, commands, ports, timings). The launcher waits for /health with a timeout;
-on a failure it prints the tail of the failing process's log; on exit, Ctrl-C or SIGTERM it stops every
-group (SIGTERM, then SIGKILL after `stop_timeout_s`) and checks that no process is left and every port
-is free again. A server with `cpus` in its role is pinned before exec (`sched_setaffinity` in the child:
-SGLang's scheduler and detokenizer processes inherit it) with thread counts to match (configs/cpus.py);
-the proxy is not pinned. Schema of the YAML: adrenaline_sgl/configs/cluster.py; commands: configs/commands.py.
+on a failure it prints the tail of the failing process's log. It prints where the proxy's metrics are.
+While serving it supervises: a process that exits is started again (`restart`, at most `restart_limit`
+times) or marked down, and the rest keep serving (the proxy routes around a down server). On exit, Ctrl-C
+or SIGTERM it stops every group (SIGTERM, then SIGKILL after `stop_timeout_s`) and checks that no process
+is left and every port is free again. A server with `cpus` in its role is pinned before exec
+(`sched_setaffinity` in the child: SGLang's scheduler and detokenizer processes inherit it) with thread
+counts to match (configs/cpus.py); the proxy is not pinned. Schema of the YAML:
+adrenaline_sgl/configs/cluster.py; commands: configs/commands.py.
 """
 
 from __future__ import annotations
@@ -56,6 +59,14 @@ def _log_tail(path: Path, n_lines: int = 40) -> str:
     return "\n".join(lines[-n_lines:])
 
 
+def _last_error_line(path: Path) -> str:
+    """The last line of a log naming an error (its crash cause, for one line on the console), else ""."""
+    for line in reversed(_log_tail(path, 200).splitlines()):
+        if any(word in line for word in ("Error", "error:", "Exception", "Killed", "Traceback")):
+            return line.strip()[:300]
+    return ""
+
+
 def _set_parent_death_signal() -> None:
     """In the child before exec: SIGTERM when the launcher dies, so a SIGKILLed launcher leaves nothing."""
     import ctypes
@@ -85,6 +96,8 @@ class ProcessGroupSet:
         self.stop_timeout_s = stop_timeout_s
         self.running: list[tuple[ProcessSpec, subprocess.Popen]] = []
         self.started: dict[str, int] = {}  # name -> pid (= process group id), kept after stop_all
+        self.restarts: dict[str, int] = {}  # name -> times `supervise` restarted it
+        self.down: set[str] = set()  # exited and not restarted (the rest keep serving)
 
     def start(self, specs: list[ProcessSpec]) -> None:
         for spec in specs:
@@ -134,13 +147,75 @@ class ProcessGroupSet:
                     time.sleep(1.0)
         return time.monotonic() - t0
 
-    def serve_until_exit(self) -> None:
-        """Block until a process exits on its own (then raise LaunchError); signals interrupt it."""
+    def serve_until_exit(self, restart: bool, restart_limit: int, startup_timeout_s: float,
+                         tick_s: float = 1.0) -> None:  # fmt: skip
+        """Supervise until a signal interrupts (`supervise` once per `tick_s`); raises LaunchError only when the
+        proxy is down for good, since then nothing serves."""
         while True:
-            for spec, popen in self.running:
-                if popen.poll() is not None:
-                    raise self._failed(spec, f"exited with code {popen.returncode} while serving")
-            time.sleep(1.0)
+            self.supervise(restart, restart_limit, startup_timeout_s)
+            time.sleep(tick_s)
+
+    def supervise(self, restart: bool, restart_limit: int, startup_timeout_s: float) -> list[str]:
+        """One look at every process. One that exited on its own is started again (`restart`, at most
+        `restart_limit` times each) or marked down, and the others keep serving: one death does not take the
+        stack down (the proxy routes around a down server). Returns the names seen dead this time; raises
+        LaunchError when the proxy is down for good. Main thread only (children die with the thread that
+        started them, PR_SET_PDEATHSIG)."""
+        seen = []
+        for spec, popen in list(self.running):
+            if spec.name in self.down or popen.poll() is None:
+                continue
+            seen.append(spec.name)
+            cause = _last_error_line(self.folder / spec.log_name)
+            print(f"launch: {spec.name} exited with code {popen.returncode} while serving"
+                  f"{': ' + cause if cause else ''}", flush=True)  # fmt: skip
+            if restart and self.restarts.get(spec.name, 0) < restart_limit:
+                self.restarts[spec.name] = self.restarts.get(spec.name, 0) + 1
+                try:
+                    took = self.restart(spec, startup_timeout_s)
+                    print(f"launch: restarted {spec.name} (pid {self.started[spec.name]}) in {took:.1f} s, restart "
+                          f"{self.restarts[spec.name]} of {restart_limit}", flush=True)  # fmt: skip
+                except LaunchError as err:
+                    print(f"launch: restart {self.restarts[spec.name]} of {restart_limit} of {spec.name} failed: "
+                          f"{str(err).splitlines()[0]}", flush=True)  # fmt: skip
+                continue  # a failed restart is seen dead again at the next look
+            self.down.add(spec.name)
+            why = f"restarted {restart_limit} times already" if restart else "restart: false"
+            if spec.role == "proxy":
+                raise self._failed(spec, f"is down ({why}): nothing serves requests")
+            print(f"launch: {spec.name} is down ({why}); the proxy routes around it, the rest keep serving",
+                  flush=True)  # fmt: skip
+        return seen
+
+    def restart(self, spec: ProcessSpec, startup_timeout_s: float) -> float:
+        """Start `spec` again: SIGKILL what is left of its group, wait until its members and ports are gone, keep
+        the old log as `<name>.log.N`, the same command on the same ports, wait for /health (LaunchError when it
+        dies or is not healthy in time; it is then killed). Returns the seconds it took."""
+        import psutil
+
+        t0 = time.monotonic()
+        old = next(p for s, p in self.running if s.name == spec.name)
+        _signal_group(old.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (_group_members(psutil, old.pid)
+                                               or not all(port_is_free(spec.host, p) for p in spec.ports)):  # fmt: skip
+            time.sleep(0.2)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            old.wait(timeout=5)
+        if _group_members(psutil, old.pid):
+            raise LaunchError(f"{spec.name}: processes {_group_members(psutil, old.pid)} of the old group survive "
+                              "SIGKILL")  # fmt: skip
+        self.running = [(s, p) for s, p in self.running if s.name != spec.name]
+        log = self.folder / spec.log_name
+        if log.exists():
+            log.rename(self.folder / f"{spec.log_name}.{1 + sum(1 for _ in self.folder.glob(spec.log_name + '.*'))}")
+        self.start([spec])
+        try:
+            self.wait_healthy([spec], startup_timeout_s)
+        except LaunchError:
+            _signal_group(self.started[spec.name], signal.SIGKILL)
+            raise
+        return time.monotonic() - t0
 
     def stop_all(self) -> list[str]:
         """Stop every group (proxy first): SIGTERM, then SIGKILL to the group after the grace time.
@@ -354,6 +429,10 @@ def run(cfg: cluster.ClusterConfig, check: bool, run_dir: str | None = None) -> 
             record["check"] = check
             print(f"launch: ready in {record['all_healthy_s']} s; serving at {running.proxy_url} "
                   f"(POST /generate, /v1/chat/completions)", flush=True)
+            metrics = metrics_url(running.spec("proxy"))
+            if metrics:
+                print(f"launch: metrics at {metrics} (Prometheus), instance load at {running.proxy_url}/adrenaline/load"
+                      if cfg.proxy.kind == "adrenaline" else f"launch: metrics at {metrics} (Prometheus)", flush=True)
             if check:
                 t_ask = time.monotonic()
                 answer = ask(running.proxy_url)
@@ -363,8 +442,13 @@ def run(cfg: cluster.ClusterConfig, check: bool, run_dir: str | None = None) -> 
                       f"{'PASS' if ok else 'FAIL, expected ' + repr(CHECK_EXPECTED)}", flush=True)
                 code = 0 if ok else 1
             else:
-                print("launch: Ctrl-C or SIGTERM stops everything", flush=True)
-                running.procs.serve_until_exit()  # returns only by an exception: a death or a signal
+                print("launch: Ctrl-C or SIGTERM stops everything; a process that exits is "
+                      + (f"restarted (at most {cfg.restart_limit} times)" if cfg.restart else "marked down"),
+                      flush=True)  # fmt: skip
+                try:  # returns only by an exception: a signal, or the proxy down for good
+                    running.procs.serve_until_exit(cfg.restart, cfg.restart_limit, cfg.startup_timeout_s)
+                finally:
+                    record.update(restarts=dict(running.procs.restarts), down=sorted(running.procs.down))
     except (KeyboardInterrupt, _Stop) as why:
         print(f"launch: {type(why).__name__} {why}: stopped", flush=True)
         code = 130 if check else 0
@@ -379,6 +463,16 @@ def run(cfg: cluster.ClusterConfig, check: bool, run_dir: str | None = None) -> 
         return 1
     print(f"launch: stopped everything, ports freed; wall time {record.get('wall_s', '?')} s", flush=True)
     return code
+
+
+def metrics_url(proxy: ProcessSpec) -> str:
+    """Where the proxy serves Prometheus metrics: its `--prometheus-port` (or `--metrics-port`) on its host,
+    else its own port; "" when neither is known."""
+    argv = list(proxy.argv)
+    for flag in ("--prometheus-port", "--metrics-port"):
+        if flag in argv[:-1]:
+            return f"http://{proxy.host}:{argv[argv.index(flag) + 1]}/metrics"
+    return f"{proxy.url}/metrics" if proxy.port else ""
 
 
 def print_commands(cfg: cluster.ClusterConfig) -> None:

@@ -137,15 +137,30 @@ class ClusterConfig:
     cpu_exclusive: bool = field(
         default=True, metadata={"help": "pinned instances on one host must not share a CPU (role `cpus`)"}
     )
+    restart: bool = field(default=True, metadata={
+        "help": "a server or the proxy that exits while serving is started again (same command and ports), at "
+                "most restart_limit times each; false: it is marked down and the rest keep serving (the proxy "
+                "routes around it)"})  # fmt: skip
+    restart_limit: int = field(default=3, metadata={"help": "restarts per process, 0..100; then it stays down"})
 
     def __post_init__(self):
         if not isinstance(self.model, str) or not self.model:
             raise ValueError("model must be a checkpoint directory or smollm2:<dtype>, got an empty value")
         if self.transfer_backend not in TRANSFER_BACKENDS:
             raise ValueError(f"transfer_backend must be one of {TRANSFER_BACKENDS}, got {self.transfer_backend!r}")
-        for name in ("cpu_support", "cpu_exclusive"):
+        for name in ("cpu_support", "cpu_exclusive", "restart"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("startup_timeout_s", "stop_timeout_s"):  # a number before its range is compared
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be a number of seconds, got {value!r}")
+        for name in ("host", "run_dir"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
+        if isinstance(self.restart_limit, bool) or not isinstance(self.restart_limit, int) \
+                or not 0 <= self.restart_limit <= 100:  # fmt: skip
+            raise ValueError(f"restart_limit must be an integer in 0..100, got {self.restart_limit!r}")
         _check_args("server_args", self.server_args)
         _check_env("env", self.env)
         if not 10 <= self.startup_timeout_s <= 7200:

@@ -39,7 +39,6 @@ http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
 """
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 defect 12 (a badly typed field is not named)")
 def test_defect12_a_badly_typed_startup_timeout_names_the_field(tmp_path):
     """Defect 12: `startup_timeout_s: "ten"` failed with "'<=' not supported between instances of 'int' and
     'str'", naming neither the field nor the expected type."""
@@ -49,7 +48,6 @@ def test_defect12_a_badly_typed_startup_timeout_names_the_field(tmp_path):
         cluster.load(path)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 defect 12 (the launcher does not print the metrics address)")
 def test_defect12_the_launcher_prints_the_metrics_address(tmp_path, capsys, monkeypatch):
     """Defect 12: the launcher printed the proxy's URL only; `/metrics` there is 404 (the metrics are on the
     proxy's Prometheus port), so a user could not find them. The printed address must be where they are."""
