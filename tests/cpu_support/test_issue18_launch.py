@@ -76,7 +76,6 @@ def test_defect12_the_launcher_prints_the_metrics_address(tmp_path, capsys, monk
     assert {seen["metrics_port"], seen["proxy_port"]} & set(named), out  # either serves them
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 defect 12 (README: the demo offloads everything)")
 def test_defect12_readme_says_the_demo_offloads_every_request():
     """Defect 12: the README's demo commands did not say that the demo's policy `always` offloads every request
     (a user load-testing the demo measures the offload path only, and its executor reserve)."""
