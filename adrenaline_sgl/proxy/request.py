@@ -172,6 +172,9 @@ def request_info(body: dict, endpoint: str, tokens: TokenCounter = _ESTIMATE) ->
     else:
         prompt = tokens.chat(body["messages"]) if endpoint == "v1/chat/completions" else tokens.prompt(body["prompt"])
         new = _int_field(body, "max_tokens", body.get("max_completion_tokens", body.get("max_tokens"))) or 0
+        if not new and endpoint == "v1/chat/completions" and tokens.context_tokens:
+            # SGLang then decodes until the context is full: that is the length its KV may reach
+            new = max(1, tokens.context_tokens - prompt)
     return RequestInfo(prompt_tokens=prompt, max_new_tokens=new or DEFAULT_MAX_NEW_TOKENS)
 
 

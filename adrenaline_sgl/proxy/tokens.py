@@ -16,11 +16,13 @@ logger = logging.getLogger(__name__)
 
 class TokenCounter:
     """`tokenizer=None`: the characters / 4 estimate. `vocab_size`: the served model's embedding rows (token ids
-    must be below it; None: not known, only negative ids are refused)."""
+    must be below it; None: not known, only negative ids are refused). `context_tokens`: its context length (a
+    chat request without a token limit may decode up to it; None: not known)."""
 
-    def __init__(self, tokenizer=None, vocab_size: int | None = None):
+    def __init__(self, tokenizer=None, vocab_size: int | None = None, context_tokens: int | None = None):
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
+        self.context_tokens = context_tokens
 
     def text(self, text: str) -> int:
         return len(text) // 4 if self.tokenizer is None else len(self.tokenizer.encode(text))
@@ -47,14 +49,17 @@ class TokenCounter:
         return self.text(" ".join(t if isinstance(t, str) else str(t) for t in texts))
 
 
-def vocab_size(model_path: str) -> int | None:
-    """`vocab_size` of the checkpoint's `config.json` (top level, or its `text_config`), None when not there."""
+def config_value(model_path: str, key: str) -> int | None:
+    """A positive integer `key` of the checkpoint's `config.json` (top level, or its `text_config`), None when
+    not there (`vocab_size`; `max_position_embeddings`, SGLang's context length unless --context-length says)."""
     try:
         config = json.loads((Path(model_path) / "config.json").read_text())
     except (OSError, ValueError):
         return None
+    if not isinstance(config, dict):
+        return None
     for part in (config, config.get("text_config") or {}):
-        value = part.get("vocab_size") if isinstance(part, dict) else None
+        value = part.get(key) if isinstance(part, dict) else None
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return None
@@ -67,7 +72,7 @@ def load_counter(model_path: str | None) -> TokenCounter:
         logger.warning("no --model-path: prompt tokens are estimated as characters / 4, token ids are not checked "
                        "against the vocabulary")  # fmt: skip
         return TokenCounter()
-    vocab = vocab_size(model_path)
+    vocab, context = config_value(model_path, "vocab_size"), config_value(model_path, "max_position_embeddings")
     if vocab is None:
         logger.warning("no vocab_size in %s/config.json: token ids are not checked against the vocabulary",
                        model_path)  # fmt: skip
@@ -77,7 +82,7 @@ def load_counter(model_path: str | None) -> TokenCounter:
         tokenizer = AutoTokenizer.from_pretrained(model_path)
     except (ImportError, OSError, ValueError) as err:
         logger.warning("no tokenizer at %s (%s): prompt tokens are estimated as characters / 4", model_path, err)
-        return TokenCounter(vocab_size=vocab)
+        return TokenCounter(vocab_size=vocab, context_tokens=context)
     logger.info("prompt tokens counted by the tokenizer of %s", model_path)
     logger.debug("token ids checked against a vocabulary of %s", vocab)
-    return TokenCounter(tokenizer, vocab)
+    return TokenCounter(tokenizer, vocab, context)

@@ -53,4 +53,14 @@ def test_the_proxy_loads_the_served_tokenizer_once_at_start(smollm2_dir, caplog)
         proxy = Proxy(ProxyConfig(prefill=(("http://h:1", None),), decode=("http://h:2",), model_path=str(smollm2_dir)))
     assert proxy.tokens.tokenizer is not None and proxy.tokens.text("hello world") == 2
     assert proxy.tokens.vocab_size == 49152  # SmolLM2's config.json: token ids at or above it are refused
+    assert proxy.tokens.context_tokens == 8192  # its max_position_embeddings
     assert [r.getMessage() for r in caplog.records] == [f"prompt tokens counted by the tokenizer of {smollm2_dir}"]
+
+
+def test_a_chat_request_without_a_token_limit_counts_up_to_the_context():
+    """SGLang decodes such a request until the context is full (max_new_tokens None): its full length, which
+    capacity admission compares with the executor's room, is the context, not a default of 128."""
+    counter = TokenCounter(context_tokens=1000)
+    info = request_info({"messages": [{"role": "user", "content": "x" * 40}]}, "v1/chat/completions", counter)
+    assert (info.prompt_tokens, info.max_seq_tokens) == (10, 1000)
+    assert request_info({"messages": MESSAGES, "max_tokens": 7}, "v1/chat/completions", counter).max_new_tokens == 7
