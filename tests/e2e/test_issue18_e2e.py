@@ -117,7 +117,6 @@ def test_defect11_only_mooncakes_own_listeners_are_off_loopback(stack):
     assert all(count <= 4 for count in per_server.values()), per_server
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 defect 7")
 def test_defect7_an_offloaded_request_longer_than_the_executor_reserve_finishes(stack):
     """Defect 7: an offloaded request decoding more tokens than the executor's reserve was aborted when the
     reserve ran out (near 1000 tokens on the demo's 1024), although the context allows 8192. Here the reserve
@@ -252,7 +251,6 @@ def decode_death(stack):
     return seen
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 defect 9")
 def test_defect9_decode_death_mid_stream_ends_the_stream_with_an_error_event(decode_death):
     """Defect 9: when decode died mid-stream the client's stream just stopped (HTTP 200 was already sent), with
     no error event; a client could not tell a finished answer from a cut one."""
