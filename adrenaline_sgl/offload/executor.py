@@ -132,7 +132,9 @@ class AttentionExecutor:
         self.num_q_heads = num_q_heads
         self.num_sms = num_sms
         self._requests: dict[str, _Request] = {}
-        self._held = torch.zeros(pool.num_slots, dtype=torch.bool)  # [num_slots] slot belongs to some request
+        self._held = torch.zeros(pool.num_slots, dtype=torch.bool)  # [num_slots] slot belongs to one request
+        # [num_slots] how many requests read a slot adopted with free_on_release=False (the caller's, read-only here)
+        self._shared = torch.zeros(pool.num_slots, dtype=torch.int32)
         self._clients: dict[str, _Client] = {}
         self._gone = _Client()  # counters of clients that have ended
         self._next_step_id = 0
@@ -144,7 +146,10 @@ class AttentionExecutor:
         """Take over a finished prefill's KV that already sits in `pool` at `slots` `[T]` (no copy).
 
         With `free_on_release=False` the executor frees only the slots it allocated itself, and `release`
-        hands the adopted ones back to the caller (whose allocator owns them).
+        hands the adopted ones back to the caller (whose allocator owns them). Such slots are only read here, so
+        several requests may adopt the same ones (a radix-cached prefix that they all matched: the caller keeps
+        them alive until each request is released); a slot the executor writes to (allocated here, or adopted
+        with `free_on_release=True`) is never shared.
         """
         slots = slots.to(torch.int64).flatten().cpu()
         with self._lock:
@@ -153,9 +158,13 @@ class AttentionExecutor:
                 raise SlotError(f"adopt({rid!r}): a request needs at least one KV slot")
             if int(slots.min()) < 0 or int(slots.max()) >= self.pool.num_slots:
                 raise SlotError(f"adopt({rid!r}): slots must lie in [0, {self.pool.num_slots})")
-            if slots.unique().numel() != slots.numel() or bool(self._held[slots].any()):
+            if slots.unique().numel() != slots.numel() or bool(self._held[slots].any()) \
+                    or (free_on_release and bool(self._shared[slots].any())):
                 raise SlotError(f"adopt({rid!r}): slots are repeated or already held by another request")
-            self._held[slots] = True
+            if free_on_release:
+                self._held[slots] = True
+            else:
+                self._shared[slots] += 1
             self._requests[rid] = _Request(slots.to(self.pool.device), slots.numel(), slots.numel(), free_on_release)
 
     def adopt_copy(self, rid: str, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -213,10 +222,12 @@ class AttentionExecutor:
                     # NOTE: a layer of it running now (another thread) may still write: then `_reap` frees
                     self._close_step(owner, free_now=not owner.busy)
             freed = slots[: req.length - keep]
-            self._held[freed] = False
             if req.free_on_release:
+                self._held[freed] = False
                 self._free(freed)
                 return None
+            self._shared[slots[: req.num_adopted]] -= 1
+            self._held[freed[req.num_adopted :]] = False
             self._free(freed[req.num_adopted :])
             return slots[: req.num_adopted]
 

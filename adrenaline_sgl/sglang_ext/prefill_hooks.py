@@ -7,6 +7,7 @@ request is offloaded (`marks.is_offloaded`). State lives on the scheduler object
 from __future__ import annotations
 
 import functools
+import logging
 
 from adrenaline_sgl.sglang_ext import decode_hooks, flags, marks
 from adrenaline_sgl.sglang_ext.prefill_colocation import COLOCATION_ATTR
@@ -25,6 +26,8 @@ INIT_DISAGG = "sglang.srt.managers.scheduler.Scheduler.init_disaggregation"
 ADD_TO_QUEUE = "sglang.srt.managers.scheduler.Scheduler._add_request_to_queue"
 SERVER_ATTR = "_adrenaline_executor"
 STORE_ATTR = "_adrenaline_kept"
+
+logger = logging.getLogger(__name__)
 
 # Requests whose next release_kv_cache is a "keep" (set only inside the inflight-queue call), by id(req).
 _KEEP_NEXT_RELEASE: dict[int, KeptKV] = {}
@@ -70,7 +73,7 @@ def inflight_hook(original, self, rids_to_check=None):
     coloc = getattr(self, COLOCATION_ATTR, None)
     if coloc is not None:
         coloc.tick()  # every loop pass; re-plans the executor's SM share once per interval (O(1) otherwise)
-    store.drain()
+    _drain(store)
     args = flags.of(self.server_args)
     marked = [req for req in self.disagg_prefill_inflight_queue if marks.is_offloaded(req, args)]
     for req in marked:
@@ -80,6 +83,14 @@ def inflight_hook(original, self, rids_to_check=None):
     finally:
         for req in marked:
             _KEEP_NEXT_RELEASE.pop(id(req), None)
+
+
+def _drain(store: KeptKV) -> None:
+    """`store.drain()`; an error there is logged, never raised into SGLang's scheduler loop."""
+    try:
+        store.drain()
+    except Exception:
+        logger.exception("adrenaline: freeing released offloaded requests failed")
 
 
 def send_kv_chunk_hook(original, self, req, last_chunk=False, end_idx=None):
@@ -138,8 +149,22 @@ def release_kv_hook(original, req, tree_cache, *, checkpoint):
         result = original(req, tree_cache, checkpoint=checkpoint)
         decode_hooks.after_release(row, marks.offload_id(req))
         return result
-    store.keep(req, tree_cache, functools.partial(original, req, tree_cache, checkpoint=False), marks.offload_id(req))
-    return None
+    try:
+        store.keep(req, tree_cache, functools.partial(original, req, tree_cache, checkpoint=False),
+                   marks.offload_id(req))  # fmt: skip
+        return None
+    except Exception as err:  # one request fails, never the scheduler: release it as stock SGLang would
+        logger.error("adrenaline: the executor cannot take %s (%s); releasing its KV, the request fails", req.rid, err)
+        _fail(req, f"adrenaline: the executor cannot take this request: {err}")
+    return original(req, tree_cache, checkpoint=checkpoint)
+
+
+def _fail(req, message: str) -> None:
+    from http import HTTPStatus
+
+    from sglang.srt.disaggregation.utils import prepare_abort
+
+    prepare_abort(req, message, status_code=HTTPStatus.SERVICE_UNAVAILABLE)
 
 
 def abort_hook(original, self, recv_req):
@@ -150,7 +175,7 @@ def abort_hook(original, self, recv_req):
     if store is not None:
         for key in store.keys_of_rids(lambda rid: recv_req.abort_all or rid.startswith(recv_req.rid)):
             store.request_release(key)
-        store.drain()
+        _drain(store)
     return result
 
 

@@ -2,7 +2,8 @@
 
 `keep()` runs where stock SGLang would release the KV (the inflight queue, transfer done); the
 `req_to_token` row and the slots stay allocated and, when an executor is installed, it adopts the slots in
-place (shared pool, no copy). `request_release(rid)` may come from any thread (the executor's transport,
+place (shared pool, no copy; a radix-cached prefix that several offloaded requests matched is read by all of
+them). `request_release(rid)` may come from any thread (the executor's transport,
 the abort hook); the scheduler thread frees in `drain()`, through SGLang's own `release_kv_cache`, so
 SGLang's allocators are only touched from the thread that owns them.
 """
@@ -48,35 +49,16 @@ class KeptKV:
         slots = tree_cache.req_to_token_pool.req_to_token[row, :length].to(torch.int64).clone()
         kept = KeptReq(req.rid, key or req.rid, slots, release_fn, length - req.kv.cache_protected_len)
         if self.executor is not None:
-            self._adopt(kept.key, slots)
+            # NOTE: a radix-cached prefix that several offloaded requests matched is adopted by each of them: the
+            # executor only reads adopted slots, and SGLang keeps the prefix alive while each request holds it
+            # (a private copy of it in the executor's reserve filled the reserve under load: issue 18 defect 1)
+            self.executor.adopt(kept.key, slots, free_on_release=False)
         self._kept[kept.key] = kept
         if self.lease is not None:
             self.lease.grant(kept.key)
         logger.info("adrenaline: kept KV of %s (%d tokens)%s", kept.key, length,
                     " for the executor" if self.executor is not None else "")  # fmt: skip
         return kept
-
-    def _adopt(self, key: str, slots: torch.Tensor) -> None:
-        """The executor takes the prompt KV in place; the executor frees only the slots it allocates for
-        decode tokens, these go back through SGLang. NOTE: a radix-cached prefix is shared by every request
-        that matched it, and the executor holds a slot for one request only: when another offloaded request
-        holds some of these slots, this one gets a private copy of its prompt KV in the executor's reserve
-        (freed by the executor at release). Found by the CPU e2e run (8 concurrent prompts with policy
-        always after the same prompts had been prefilled and cached)."""
-        from adrenaline_sgl.offload.errors import SlotError
-
-        try:
-            self.executor.adopt(key, slots, free_on_release=False)
-            return
-        except SlotError as err:
-            if "already held" not in str(err) or slots.unique().numel() != slots.numel():
-                raise  # not a shared prefix: repeated, out of range or no slots
-        pool = self.executor.pool
-        k = torch.stack([pool.k_buffers[layer][slots] for layer in range(pool.num_layers)])  # [L, T, Hkv, D]
-        v = torch.stack([pool.v_buffers[layer][slots] for layer in range(pool.num_layers)])
-        self.executor.adopt_copy(key, k, v)
-        logger.info("adrenaline: %s shares a cached prefix with another offloaded request: copied its %d KV "
-                    "tokens into the executor's reserve", key, int(slots.numel()))  # fmt: skip
 
     def request_release(self, key: str) -> None:
         """Thread-safe: free `key`'s KV at the scheduler's next `drain()` (unknown keys are ignored there)."""

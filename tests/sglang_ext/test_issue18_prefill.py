@@ -125,7 +125,6 @@ class PrefillScheduler(sgl_prefill.SchedulerDisaggregationPrefillMixin):
         assert self.free_slots() + self.tree_cache.evictable_size() == self.free0 - RESERVE  # nothing leaked
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 defect 1")
 def test_defect1_executor_reserve_full_fails_one_request_not_the_scheduler(sgl_context, hooked):
     """Defect 1: 48-64 concurrent short requests on the demo: an offloaded request sharing a cached prefix with
     another gets a private copy of its prompt in the executor's reserve; when the reserve is full, `adopt_copy`
@@ -141,7 +140,6 @@ def test_defect1_executor_reserve_full_fails_one_request_not_the_scheduler(sgl_c
         s.release_all_and_check()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 defect 2")
 def test_defect2_same_bootstrap_room_twice_does_not_kill_the_scheduler(sgl_context, hooked):
     """Defect 2: a chat request with `"n": 2` becomes SGLang requests that share one bootstrap room (its
     prefix warm-up and each sample copy `obj[0]`'s room), so both reach the executor under one id:
