@@ -83,6 +83,7 @@ def inflight_hook(original, self, rids_to_check=None):
     finally:
         for req in marked:
             _KEEP_NEXT_RELEASE.pop(id(req), None)
+        _drain(store)  # releases that arrived before this pass kept their requests (decode was faster)
 
 
 def _drain(store: KeptKV) -> None:

@@ -5,13 +5,15 @@
 place (shared pool, no copy; a radix-cached prefix that several offloaded requests matched is read by all of
 them). `request_release(rid)` may come from any thread (the executor's transport,
 the abort hook); the scheduler thread frees in `drain()`, through SGLang's own `release_kv_cache`, so
-SGLang's allocators are only touched from the thread that owns them.
+SGLang's allocators are only touched from the thread that owns them. A release that arrives before its
+request is kept (decode finished it first) is remembered for `EARLY_RELEASE_TTL_S` and applied at `keep`.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +21,8 @@ from dataclasses import dataclass
 import torch
 
 logger = logging.getLogger(__name__)
+
+EARLY_RELEASE_TTL_S = 600.0  # how long a release of a request not kept (yet) is remembered
 
 
 @dataclass
@@ -42,6 +46,7 @@ class KeptKV:
         self._kept: dict[str, KeptReq] = {}
         self._to_release: list[str] = []
         self._lock = threading.Lock()
+        self._early: dict[str, float] = {}  # scheduler thread: key -> when decode released it before it was kept
         _STORES.add(self)
 
     def keep(self, req, tree_cache, release_fn: Callable[[], None], key: str | None = None) -> KeptReq:
@@ -58,10 +63,12 @@ class KeptKV:
             self.lease.grant(kept.key)
         logger.info("adrenaline: kept KV of %s (%d tokens)%s", kept.key, length,
                     " for the executor" if self.executor is not None else "")  # fmt: skip
+        if self._early.pop(kept.key, None) is not None:  # decode finished it before this pass kept it
+            self.release(kept.key)
         return kept
 
     def request_release(self, key: str) -> None:
-        """Thread-safe: free `key`'s KV at the scheduler's next `drain()` (unknown keys are ignored there)."""
+        """Thread-safe: free `key`'s KV at the scheduler's next `drain()` (or at its `keep`, if that comes later)."""
         with self._lock:
             self._to_release.append(key)
 
@@ -70,12 +77,23 @@ class KeptKV:
         return [k.key for k in list(self._kept.values()) if match(k.rid)]
 
     def drain(self) -> list[str]:
-        """Scheduler thread: free every requested release; returns the ids freed."""
+        """Scheduler thread: free every requested release; a release of a request not kept yet is remembered for
+        its `keep` (decode may finish a request before this scheduler's pass that keeps it). Returns the ids freed."""
         with self._lock:
             pending, self._to_release = self._to_release, []
         if self.lease is not None:
             pending += self._expired_leases()
-        return [rid for rid in pending if self.release(rid)]
+        now = time.monotonic()
+        freed = []
+        for key in pending:
+            if self.release(key):
+                freed.append(key)
+            else:
+                self._early[key] = now
+        if self._early:
+            for key in [k for k, t in self._early.items() if now - t > EARLY_RELEASE_TTL_S]:
+                del self._early[key]
+        return freed
 
     def _expired_leases(self) -> list[str]:
         """Kept KV whose decode stopped renewing its lease (decode died): freed like a release (defect 4)."""

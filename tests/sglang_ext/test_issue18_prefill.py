@@ -153,7 +153,6 @@ def test_defect2_same_bootstrap_room_twice_does_not_kill_the_scheduler(sgl_conte
         s.release_all_and_check()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 defect 3")
 def test_defect3_release_before_adopt_still_frees_the_kv(sgl_context, hooked):
     """Defect 3: with `max_new_tokens: 1` decode finishes (and sends `release`) as soon as the first token
     arrives, which can be before this scheduler's next inflight pass keeps and adopts the KV; the release was
