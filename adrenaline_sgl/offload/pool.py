@@ -79,8 +79,9 @@ class SlotAllocator:
 
 
 class ReservedSlots:
-    """An allocator over a fixed set of slots taken once from another allocator (the prefill executor's block of
-    SGLang's pool), so that the executor's thread never touches that allocator (the `Allocator` protocol)."""
+    """An allocator over a set of slots taken from another allocator (the prefill executor's block of SGLang's
+    pool), so that the executor's thread never touches that allocator (the `Allocator` protocol). The owner of
+    that allocator may `grow` and `shrink` the set from its own thread (thread-safe here)."""
 
     def __init__(self, slots: torch.Tensor):
         self.slots = slots.to(torch.int64).flatten().cpu()
@@ -105,6 +106,35 @@ class ReservedSlots:
             if foreign:
                 raise SlotError(f"free: slots {foreign} were not reserved for the executor")
             self._free.extend(slots)
+
+    @property
+    def capacity(self) -> int:
+        """Slots this allocator owns now, free or not (changed by `grow` and `shrink`)."""
+        with self._lock:
+            return len(self._owned)
+
+    def grow(self, slots: torch.Tensor) -> None:
+        """Take more slots (from the same other allocator, by its owner's thread), free at once."""
+        added = slots.to(torch.int64).flatten().tolist()
+        with self._lock:
+            if self._owned.intersection(added) or len(set(added)) != len(added):
+                raise SlotError(f"grow: slots {added} are repeated or already reserved")
+            self._owned.update(added)
+            self._free.extend(added)
+
+    def take_back(self, slots: torch.Tensor) -> bool:
+        """Un-reserve `slots` (a block given to `grow`) if every one of them is free now, else change nothing and
+        return False; on True the caller returns them to the allocator they came from. All or nothing, so a
+        paged allocator gets back whole pages only."""
+        back = slots.to(torch.int64).flatten().tolist()
+        with self._lock:
+            free = set(self._free)
+            if not all(s in free for s in back):
+                return False
+            gone = set(back)
+            self._free = [s for s in self._free if s not in gone]
+            self._owned.difference_update(gone)
+            return True
 
 
 @dataclass

@@ -71,7 +71,8 @@ class AdrenalineArgs:
         default=DEFAULT_EXECUTOR_SM_SHARE,
     )
     executor_max_tokens: int = _opt(
-        "Prefill: most KV tokens the executor may hold for offloaded requests (0 = no limit beyond the pool).",
+        "Prefill: decode-token slots set aside for the executor at start (0 = 1/8 of the pool); offloaded "
+        "requests' full decode lengths are credited against them at the hand-off, growing them from the pool.",
         default=0,
     )
     unmarked_offload: str = _opt(

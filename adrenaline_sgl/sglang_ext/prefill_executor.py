@@ -5,7 +5,11 @@
 - The slots the executor appends decode tokens to come from a block reserved once from SGLang's allocator
   (`offload.pool.ReservedSlots`), so the executor's thread never touches SGLang's allocator, which is not thread-safe.
   The block is `--adrenaline-executor-max-tokens` (or `DEFAULT_RESERVE_FRACTION` of the pool) and is
-  counted as used by SGLang, so admission sees the memory the executor may need.
+  counted as used by SGLang, so admission sees the memory the executor may need. Each offloaded request's full
+  decode length is credited against it at the hand-off (`KeptKV.reserve`); when the credits exceed it, the
+  scheduler thread grows it from the pool's free slots and gives them back as the credits shrink, so a request
+  never runs out of slots mid-decode (issue 18 defect 7) and one that cannot be held fails alone, before decode
+  runs it.
 - `release(rid)` from decode (over the transport) does not free anything on the transport's thread: it
   asks `KeptKV` to free at the scheduler's next pass, where the executor and SGLang both let go.
 - Colocation: `--adrenaline-executor-sm-share` and `--adrenaline-executor-partitioner` pick the executor's SM
@@ -98,6 +102,12 @@ class PrefillExecutorService(ExecutorService):
 
     def _op_stats(self, args, tensors, client):
         stats = dataclasses.asdict(self.executor.stats())
+        # the executor's decode-token slots (reserve + grown), the decode tokens credited to its requests, and
+        # how many more a new request could be credited now (left in them + free in the prefill pool)
+        capacity, credited = self.kept.capacity_tokens, self.kept.credited_tokens
+        pool_free = self.kept.allocator.available_size() if self.kept.allocator is not None else 0
+        stats.update(capacity_tokens=capacity, credited_tokens=credited,
+                     free_tokens=max(0, capacity - credited) + pool_free)  # fmt: skip
         if self.colocation is not None:
             stats["colocation"] = self.colocation.stats()
         return stats, {}

@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 
 # Requests whose next release_kv_cache is a "keep" (set only inside the inflight-queue call), by id(req).
 _KEEP_NEXT_RELEASE: dict[int, KeptKV] = {}
+# Requests credited with executor slots at the hand-off and not kept yet, by id(req): a release that is not a
+# keep (transfer failed, aborted, requeued) gives the credit back.
+_CREDITED: dict[int, KeptKV] = {}
 
 
 def _bytes_per_token(pool) -> int:
@@ -102,6 +105,8 @@ def send_kv_chunk_hook(original, self, req, last_chunk=False, end_idx=None):
     if getattr(self, STORE_ATTR, None) is None or not marks.is_offloaded(req, flags.of(self.server_args)):
         return original(self, req, last_chunk=last_chunk, end_idx=end_idx)
     sender = req.disagg_kv_sender
+    if last_chunk:
+        _admit(self, req, sender)
     real_send = sender.send
 
     def send_metadata_only(kv_indices, *args, **kwargs):
@@ -118,6 +123,33 @@ def send_kv_chunk_hook(original, self, req, last_chunk=False, end_idx=None):
         return original(self, req, last_chunk=last_chunk, end_idx=end_idx)
     finally:
         del sender.send  # the sender's own method again
+
+
+def _admit(scheduler, req, sender) -> None:
+    """Capacity is admission: before decode hears of the offloaded `req`, credit its decode tokens against the
+    executor's slots (`KeptKV.reserve`). Refused (no room, or its id already offloaded: n > 1), the transfer is
+    failed through SGLang's own path: the failure recorded on the sender turns the metadata send's conclusion
+    into `Failed` with this reason for decode, which aborts that request alone, and for this scheduler, whose
+    inflight queue then releases it as a failed transfer. NOTE: no fallback to a stock KV hand-off is possible
+    here: decode has admitted the request without prompt KV slots (the proxy's mark), so there is nowhere to send
+    the KV to; the proxy's admission is what keeps these refusals rare."""
+    store = getattr(scheduler, STORE_ATTR, None)
+    if store is None:
+        return
+    try:
+        why = store.reserve(req, marks.offload_id(req), getattr(scheduler, "tree_cache", None))
+    except Exception:  # a bug here must not stop the scheduler: the request is kept, credited at keep if possible
+        logger.exception("adrenaline: crediting the executor's slots for %s failed", req.rid)
+        return
+    if why is None:
+        _CREDITED[id(req)] = store
+        return
+    logger.warning("%s; failing the request", why)
+    record = getattr(getattr(sender, "kv_mgr", None), "record_failure", None)
+    if record is not None and getattr(req, "bootstrap_room", None) is not None:
+        record(req.bootstrap_room, why)
+    else:  # a sender without SGLang's failure records: abort it (decode then times out on its side)
+        sender.abort()
 
 
 def add_request_hook(original, self, req, *args, **kwargs):
@@ -144,7 +176,10 @@ def release_kv_hook(original, req, tree_cache, *, checkpoint):
     Changes (decode): after SGLang's release of an offloaded request (finish or abort), its executor is told
     to release it (`decode_hooks.after_release`). Why: that frees the KV on the prefill instance."""
     store = _KEEP_NEXT_RELEASE.pop(id(req), None)
+    credited = _CREDITED.pop(id(req), None)
     if store is None:
+        if credited is not None:
+            credited.cancel(req)
         row = req.kv.req_pool_idx
         decode_hooks.before_release(req)
         result = original(req, tree_cache, checkpoint=checkpoint)
@@ -156,6 +191,7 @@ def release_kv_hook(original, req, tree_cache, *, checkpoint):
         return None
     except Exception as err:  # one request fails, never the scheduler: release it as stock SGLang would
         logger.error("adrenaline: the executor cannot take %s (%s); releasing its KV, the request fails", req.rid, err)
+        store.cancel(req)
         _fail(req, f"adrenaline: the executor cannot take this request: {err}")
     return original(req, tree_cache, checkpoint=checkpoint)
 

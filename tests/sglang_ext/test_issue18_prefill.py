@@ -51,11 +51,42 @@ def hooked(monkeypatch):
     monkeypatch.setattr(sgl_common, "release_kv_cache", wrapped_release)
     monkeypatch.setattr(sgl_prefill, "release_kv_cache", wrapped_release)  # the stale binding apply_hooks fixes
     monkeypatch.setattr(sgl_disagg_utils, "all_reduce_flags", lambda flags, group, op: flags)  # one rank
+    monkeypatch.setattr(mixin, "handle_inflight_transfer_failure",
+                        _wrap_fn(mixin.handle_inflight_transfer_failure, prefill_hooks.transfer_failure_hook,
+                                 HookType.AROUND))  # fmt: skip
+
+
+def hand_off(s, req) -> None:
+    """The last KV send of `req` (after its prefill forward, before decode hears of it), through the hook."""
+    prefill_hooks.send_kv_chunk_hook(lambda self, r, last_chunk, end_idx: r.disagg_kv_sender.send(torch.empty(3)),
+                                     s, req, last_chunk=True)  # fmt: skip
+
+
+class KVManager:
+    """SGLang's failure records of a KV manager (`CommonKVManager.record_failure`), by bootstrap room."""
+
+    def __init__(self):
+        self.failures: dict[int, str] = {}
+
+    def record_failure(self, bootstrap_room: int, failure_reason: str) -> None:
+        self.failures[bootstrap_room] = failure_reason
 
 
 class Sender:
+    """The KV sender: Success, unless a failure was recorded for its room before the last send (then Failed, as
+    `CommonKVManager.conclude_transfer` turns a recorded failure into `Failed` for both sides)."""
+
+    def __init__(self, room: int | None = None):
+        self.room, self.kv_mgr, self.sent = room, KVManager(), []
+
     def poll(self):
-        return KVPoll.Success
+        return KVPoll.Failed if self.room in self.kv_mgr.failures else KVPoll.Success
+
+    def send(self, kv_indices, *args, **kwargs):
+        self.sent.append(len(kv_indices))
+
+    def failure_exception(self):
+        raise RuntimeError(self.kv_mgr.failures.get(self.room, "Failed due to an unknown reason"))
 
     def clear(self):
         pass
@@ -88,14 +119,18 @@ class PrefillScheduler(sgl_prefill.SchedulerDisaggregationPrefillMixin):
                                                          attention="reference")  # fmt: skip
         setattr(self, prefill_hooks.STORE_ATTR, self.kept)
 
-    def prefilled(self, rid: str, prompt_len: int, room: int, shared_from: Req | None = None) -> Req:
+    def _release_aborted_request(self, req: Req) -> None:
+        """Scheduler's: frees a request's LoRA and session references (none here)."""
+
+    def prefilled(self, rid: str, prompt_len: int, room: int, shared_from: Req | None = None,
+                  max_new_tokens: int = 8) -> Req:  # fmt: skip
         """An offloaded request as the prefill forward leaves it (row + slots, first token out, in flight).
         `shared_from`: its first `prompt_len - 1` slots are that request's (a radix-cached prefix both matched),
         protected from its own release as SGLang protects a matched prefix."""
         from sglang.srt.sampling.sampling_params import SamplingParams
 
         req = Req(rid, "", array("q", range(1, prompt_len + 1)),
-                  SamplingParams(max_new_tokens=8, custom_params={"adrenaline_offload": True}),
+                  SamplingParams(max_new_tokens=max_new_tokens, custom_params={"adrenaline_offload": True}),
                   bootstrap_host="2.2.2.2", bootstrap_room=room)  # fmt: skip
         self.req_to_token_pool.alloc([req])
         row = req.kv.req_pool_idx
@@ -108,7 +143,7 @@ class PrefillScheduler(sgl_prefill.SchedulerDisaggregationPrefillMixin):
         self.req_to_token_pool.write((row, slice(0, prompt_len)), slots)
         req.kv.kv_allocated_len = req.kv.kv_committed_len = prompt_len
         req.output_ids.append(42)
-        req.disagg_kv_sender = Sender()
+        req.disagg_kv_sender = Sender(room)
         self.disagg_prefill_inflight_queue.append(req)
         return req
 
@@ -175,4 +210,82 @@ def test_the_stand_in_frees_everything_in_the_ordinary_order(sgl_context, hooked
         s.prefilled("b", 4, room=12)
         s.process_disagg_prefill_inflight_queue()
         assert sorted(s.service.executor.rids) == ["room-11", "room-12"] and s.kept.num_tokens == 7
+        s.release_all_and_check()
+
+
+def _decode(s, key: str, steps: int) -> None:
+    """`steps` decode steps of `key` on the executor (every layer), as decode's backend drives them."""
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        s.service.executor.begin_step([key])
+        for layer in range(LAYERS):
+            q, k, v = torch.randn(1, HKV, D, generator=g), torch.randn(1, HKV, D, generator=g), \
+                torch.randn(1, HKV, D, generator=g)  # fmt: skip
+            s.service.executor.step(layer, [key], q, k, v)
+
+
+def test_defect7_an_offloaded_request_decodes_its_full_length_past_the_executor_reserve(sgl_context, hooked):
+    """Defect 7 (unit form; tests/e2e has it on real servers): the executor's decode-token slots were one shared
+    reserve (`--adrenaline-executor-max-tokens`); a request decoding more tokens than it held was aborted when it
+    ran out (`begin_step: PoolFullError`, which also failed every other offloaded row of decode's step). The
+    request's full length is credited at the hand-off, growing the executor's slots from the pool when the
+    reserve is short, and given back at release. Here the reserve is 4 and the request decodes 11 tokens."""
+    with sgl_context():
+        s = PrefillScheduler()
+        req = s.prefilled("long", 5, room=21, max_new_tokens=12)
+        hand_off(s, req)
+        s.process_disagg_prefill_inflight_queue()
+        assert "room-21" in s.service.executor.rids
+        _decode(s, "room-21", 12 - 1)  # every token decode produces after prefill's first
+        assert s.service.executor.seq_len("room-21") == 5 + 11
+        s.release_all_and_check()  # the grown slots are back in SGLang's pool
+        assert s.kept.capacity_tokens == RESERVE
+
+
+def test_capacity_is_admission_a_request_the_executor_cannot_hold_fails_alone(sgl_context, hooked):
+    """Capacity is admission, not an exception: a request whose decode length the executor cannot hold (not in
+    its reserve, not in the pool's free slots) is refused at the hand-off through SGLang's own transfer failure
+    (decode gets `Failed` with the reason and aborts that request alone); this scheduler releases it as a failed
+    transfer with that error, and the request next to it is served."""
+    with sgl_context():
+        s = PrefillScheduler()
+        ok = s.prefilled("ok", 5, room=31)
+        huge = s.prefilled("huge", 5, room=32, max_new_tokens=10_000)  # more than the whole pool
+        for req in (ok, huge):
+            hand_off(s, req)
+        assert 32 not in ok.disagg_kv_sender.kv_mgr.failures and huge.disagg_kv_sender.sent == [0]  # metadata only
+        assert "cannot hold request room-32" in huge.disagg_kv_sender.kv_mgr.failures[32]
+        s.process_disagg_prefill_inflight_queue()
+        assert s.disagg_prefill_inflight_queue == [] and s.service.executor.rids == ["room-31"]
+        assert "cannot hold request room-32" in huge.finished_reason.message and "room-32" not in s.kept
+        assert s.kept.credited_tokens == 8 - 1 + 2  # only ok's credit
+        s.release_all_and_check()
+
+
+def test_credit_of_a_request_whose_transfer_fails_after_the_hand_off_goes_back(sgl_context, hooked):
+    """KV accounting closed when the transfer fails (or is aborted) after the request was credited: its release
+    is SGLang's failed-transfer release, and its credited (grown) slots go back to the pool."""
+    with sgl_context():
+        s = PrefillScheduler()
+        req = s.prefilled("lost", 5, room=41, max_new_tokens=20)
+        hand_off(s, req)
+        assert s.kept.credited_tokens == 20 - 1 + 2 and s.kept.capacity_tokens >= 21
+        req.disagg_kv_sender.kv_mgr.failures[41] = "decode went away"  # the transfer fails afterwards
+        s.process_disagg_prefill_inflight_queue()
+        assert "room-41" not in s.kept and s.kept.credited_tokens == 0 and s.kept.capacity_tokens == RESERVE
+        s.release_all_and_check()
+
+
+def test_n2_second_sample_on_the_same_room_is_refused_at_the_hand_off(sgl_context, hooked):
+    """Defect 2 at the hand-off: the second request on a bootstrap room already offloaded (n > 1) is refused
+    there, with a clear reason for both sides, before decode could mix the two samples up."""
+    with sgl_context():
+        s = PrefillScheduler()
+        first, second = s.prefilled("sample-0", 5, room=51), s.prefilled("sample-1", 5, room=51)
+        hand_off(s, first)
+        hand_off(s, second)
+        assert "already offloaded" in second.disagg_kv_sender.kv_mgr.failures[51]
+        s.process_disagg_prefill_inflight_queue()  # (in SGLang the status is per room: the first may fail too)
+        assert s.disagg_prefill_inflight_queue == [] and s.service.executor.rids == ["room-51"]
+        assert "already offloaded" in second.finished_reason.message
         s.release_all_and_check()

@@ -223,6 +223,9 @@ def test_hosted_executor_attends_over_the_kept_kv_and_decode_release_frees_it(sg
             pool.k_buffer[layer][slots] = torch.randn(5, HKV, D, generator=g)
             pool.v_buffer[layer][slots] = torch.randn(5, HKV, D, generator=g)
         s.process_disagg_prefill_inflight_queue()
+        # its full decode length (max_new_tokens 8 - the first token + 2 slack) is credited: 1 more than the
+        # reserve, taken from the pool (issue 18 defect 7: a request never runs out of executor slots mid-decode)
+        assert kept.credited_tokens == 9 and kept.capacity_tokens == 9 and s.free_slots() == free0 - 9 - 5
         channel = InprocChannel(service)
         try:
             client = OffloadClient(channel, RowLayout(hq, HKV, D, torch.float32), LAYERS)
@@ -237,12 +240,12 @@ def test_hosted_executor_attends_over_the_kept_kv_and_decode_release_frees_it(sg
                 scores = torch.einsum("hd,thd->ht", q[0], keys) * D**-0.5  # [Hq, 6]
                 torch.testing.assert_close(o[0], torch.einsum("ht,thd->hd", scores.softmax(-1), vals))
                 torch.testing.assert_close(lse[0], torch.logsumexp(scores, -1))
-            assert s.free_slots() == free0 - 8 - 5  # the new token went into the executor's reserve
+            assert s.free_slots() == free0 - 9 - 5  # the new token went into the executor's slots
             client.release("off")  # decode finished: arrives on the transport's thread
             assert "off" in kept  # nothing freed off the scheduler thread
             s.process_disagg_prefill_inflight_queue()  # the scheduler's next pass
             assert "off" not in kept and service.executor.rids == []
-            assert service.executor.pool.allocator.available_size() == 8
+            assert service.executor.pool.allocator.available_size() == 8 and kept.capacity_tokens == 8  # grown back
             assert s.free_slots() + s.tree_cache.evictable_size() == free0 - 8
         finally:
             channel.close()
