@@ -11,7 +11,7 @@ import logging
 
 from adrenaline_sgl.sglang_ext import decode_hooks, flags, marks
 from adrenaline_sgl.sglang_ext.prefill_colocation import COLOCATION_ATTR
-from adrenaline_sgl.sglang_ext.prefill_kept import KeptKV, held_by_adrenaline
+from adrenaline_sgl.sglang_ext.prefill_kept import MAX_NEW_ATTR, KeptKV, held_by_adrenaline
 
 _MIXIN = "sglang.srt.disaggregation.prefill.SchedulerDisaggregationPrefillMixin"
 INFLIGHT = f"{_MIXIN}.process_disagg_prefill_inflight_queue"
@@ -24,6 +24,7 @@ HELD_TOKENS = f"{_OBSERVER}.session_held_tokens"
 HELD_REQS = f"{_OBSERVER}.session_held_req_count"
 INIT_DISAGG = "sglang.srt.managers.scheduler.Scheduler.init_disaggregation"
 ADD_TO_QUEUE = "sglang.srt.managers.scheduler.Scheduler._add_request_to_queue"
+PROCESS_REQ = "sglang.srt.disaggregation.prefill.PrefillBootstrapQueue._process_req"
 SERVER_ATTR = "_adrenaline_executor"
 STORE_ATTR = "_adrenaline_kept"
 
@@ -152,6 +153,15 @@ def _admit(scheduler, req, sender) -> None:
         sender.abort()
 
 
+def process_req_hook(original, self, req):
+    """Changes: nothing in SGLang; the request's `max_new_tokens` is remembered (`prefill_kept.MAX_NEW_ATTR`)
+    before SGLang's prefill queue sets it to 1. Why: the executor credits an offloaded request's full decode
+    length at the hand-off (`KeptKV.reserve`), which that 1 would hide."""
+    if getattr(req, MAX_NEW_ATTR, None) is None:
+        setattr(req, MAX_NEW_ATTR, getattr(req.sampling_params, "max_new_tokens", None))
+    return original(self, req)
+
+
 def add_request_hook(original, self, req, *args, **kwargs):
     """Changes: nothing in SGLang. On a prefill instance re-planning its executor's SM share
     (`--adrenaline-ttft-slo-ms`), the prompt tokens of each request it admits go into the arrival window.
@@ -233,6 +243,7 @@ def hooks(hook_type) -> list[tuple[str, object, object]]:
         (INIT_DISAGG, init_disaggregation_hook, around),
         (INFLIGHT, inflight_hook, around),
         (ADD_TO_QUEUE, add_request_hook, around),
+        (PROCESS_REQ, process_req_hook, around),
         (TRANSFER_FAILURE, transfer_failure_hook, around),
         (SEND_KV_CHUNK, send_kv_chunk_hook, around),
         (RELEASE_KV, release_kv_hook, around),

@@ -40,11 +40,17 @@ DECODE_SLACK_TOKENS = 2
 EARLY_RELEASE_TTL_S = 600.0  # how long a release of a request not kept (yet) is remembered
 
 
+# the request's max_new_tokens as it arrived (`prefill_hooks.process_req_hook`): SGLang's prefill queue sets
+# sampling_params.max_new_tokens to 1 (its own memory estimate), decode keeps the request's
+MAX_NEW_ATTR = "adrenaline_max_new_tokens"
+
+
 def decode_tokens(req) -> int:
     """KV slots the executor may append for `req`: its remaining `max_new_tokens` (SGLang has already capped it
     by the context and the pool) plus `DECODE_SLACK_TOKENS`."""
-    params = getattr(req, "sampling_params", None)
-    max_new = getattr(params, "max_new_tokens", None)
+    max_new = getattr(req, MAX_NEW_ATTR, None)
+    if max_new is None:
+        max_new = getattr(getattr(req, "sampling_params", None), "max_new_tokens", None)
     if not isinstance(max_new, int):
         return 0
     return max(0, max_new - len(getattr(req, "output_ids", ()) or ())) + DECODE_SLACK_TOKENS

@@ -233,6 +233,9 @@ def test_defect7_an_offloaded_request_decodes_its_full_length_past_the_executor_
     with sgl_context():
         s = PrefillScheduler()
         req = s.prefilled("long", 5, room=21, max_new_tokens=12)
+        # SGLang's prefill queue sets max_new_tokens to 1 (its memory estimate): the request's own is remembered
+        prefill_hooks.process_req_hook(sgl_prefill.PrefillBootstrapQueue._process_req, None, req)
+        assert req.sampling_params.max_new_tokens == 1
         hand_off(s, req)
         s.process_disagg_prefill_inflight_queue()
         assert "room-21" in s.service.executor.rids
