@@ -33,6 +33,7 @@ def hook_table() -> list[tuple[str, object, object]]:
         decode_hooks,
         decode_stats,
         dist_store,
+        emulate_hooks,
         load_endpoint,
         prefill_hooks,
     )
@@ -44,6 +45,7 @@ def hook_table() -> list[tuple[str, object, object]]:
         *decode_hooks.hooks(HookType),
         *decode_stats.hooks(HookType),  # the scheduler's side of the decode load report
         *dist_store.hooks(HookType),  # torch.distributed's store on the configured host only
+        *emulate_hooks.hooks(HookType),  # emulated-GPU mode, only with $ADRENALINE_EMULATE (docs/emulator.md)
     ]
     if multiprocessing.parent_process() is None:  # the launcher: the only process that runs the HTTP server
         table.append((load_endpoint.LAUNCH_SERVER, load_endpoint.launch_server_hook, HookType.AROUND))

@@ -1,0 +1,45 @@
+"""EmulateConfig: validation with one-line errors, the environment round trip, the proxy's flags."""
+
+import pytest
+
+from adrenaline_sgl.emulate import config
+
+
+def test_round_trip_through_the_environment():
+    cfg = config.EmulateConfig(gpu="h100-sxm", model="llama2-7b", clock_scale=4, trace_dir="/tmp/x")
+    assert config.from_env({config.ENV_VAR: cfg.to_json()}) == cfg
+    assert config.from_env({}) is None
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"gpu": "tpu"}, "gpu must be one of"),
+    ({"model": "gpt5"}, "model must be one of"),
+    ({"tp": 2}, "tp=2 is not supported"),
+    ({"clock_scale": 0.5}, "clock_scale"),
+    ({"clock_scale": float("nan")}, "clock_scale"),
+    ({"executor_sm_share": 1.0}, "executor_sm_share"),
+    ({"mem_fraction": 0}, "mem_fraction"),
+    ({"link": "carrier-pigeon"}, "link must be one of"),
+    ({"predictor": "oracle"}, "predictor"),
+    ({"predictor": "table"}, "needs emulate.profile"),
+])  # fmt: skip
+def test_bad_values_fail_in_one_line(bad, match):
+    with pytest.raises(ValueError, match=match) as err:
+        config.EmulateConfig(**bad)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_keys_and_non_mappings_are_refused():
+    with pytest.raises(ValueError, match="unknown keys"):
+        config.from_dict({"gpu": "a100-80g", "clock": 2})
+    with pytest.raises(ValueError, match="must be a mapping"):
+        config.from_dict(["a100-80g"])
+    with pytest.raises(ValueError, match="is not JSON"):
+        config.EmulateConfig.from_json("{gpu")
+
+
+def test_proxy_gets_the_emulated_cost_model_unless_given():
+    cfg = config.EmulateConfig(gpu="a100-80g", model="llama2-13b", executor_sm_share=0.2)
+    assert config.proxy_args(cfg) == ["--gpu", "a100-80g", "--model", "llama2-13b", "--executor-sm-share", "0.2"]
+    assert config.proxy_args(cfg, ("--policy", "auto", "--gpu=h200")) == ["--model", "llama2-13b",
+                                                                          "--executor-sm-share", "0.2"]
