@@ -378,6 +378,13 @@ def start_cluster(cfg: cluster.ClusterConfig, run_dir: str | os.PathLike | None 
     folder = _run_dir(run_dir or cfg.run_dir)
     t0 = time.monotonic()
     model_dir = cluster.resolve_model(cfg.model)
+    if cfg.emulate is not None:  # emulated GPU: serve the tiny stand-in, trace into the run folder
+        from adrenaline_sgl.emulate import standin
+
+        if cfg.emulate.trace_dir is None:
+            cfg = dataclasses.replace(cfg, emulate=dataclasses.replace(cfg.emulate,
+                                                                       trace_dir=str(folder.resolve() / "emulate")))
+        model_dir = str(standin.checkpoint_dir(cfg.emulate.model, model_dir))
     support_dir = None
     if cfg.cpu_support:
         from adrenaline_sgl.sglang_ext.cpu import server_env

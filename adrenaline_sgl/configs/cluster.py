@@ -142,6 +142,9 @@ class ClusterConfig:
                 "most restart_limit times each; false: it is marked down and the rest keep serving (the proxy "
                 "routes around it)"})  # fmt: skip
     restart_limit: int = field(default=3, metadata={"help": "restarts per process, 0..100; then it stays down"})
+    emulate: Any = field(default=None, metadata={
+        "help": "emulated-GPU mode: {gpu, model, clock_scale, ...} (adrenaline_sgl/emulate/config.py, "
+                "docs/emulator.md); `model` then only gives the tokenizer"})
 
     def __post_init__(self):
         if not isinstance(self.model, str) or not self.model:
@@ -169,6 +172,8 @@ class ClusterConfig:
             raise ValueError(f"stop_timeout_s must be in 1..300, got {self.stop_timeout_s!r}")
         self.prefill.validate("prefill")
         self.decode.validate("decode")
+        if self.emulate is not None:
+            _check_emulate(self)
         self._check_specs()
         reserved = {"--disaggregation-mode", "--port", "--host", "--disaggregation-bootstrap-port", "--model-path",
                     "--disaggregation-transfer-backend"}
@@ -212,7 +217,7 @@ class ClusterConfig:
                     raise ValueError(f"{name}: {err}") from None
         args = self.proxy.extra_args
         auto = "--policy=auto" in args or any(a == "--policy" and b == "auto" for a, b in zip(args, args[1:]))
-        if self.proxy.kind == "adrenaline" and auto and (self.served_model_spec is None or self.gpu is None):
+        if self.proxy.kind == "adrenaline" and auto and (self.served_model_spec is None or self.served_gpu is None):
             raise ValueError(f"proxy --policy auto needs the served model's and hardware's specs: set model_spec "
                              f"(model {self.model!r} is not a known spec and has no config.json here; one of "
                              f"{sorted(MODELS)} or a Llama config.json) and gpu (one of {sorted(GPUS)})")  # fmt: skip
@@ -220,11 +225,19 @@ class ClusterConfig:
     @property
     def served_model_spec(self) -> str | None:
         """The scheduler's spec of what is served: `model_spec`, else the bundled SmolLM2's, else the checkpoint's
-        `config.json` where it is on this machine, else None."""
+        `config.json` where it is on this machine, else None. Under `emulate`, the emulated model (`model` is
+        then only the tokenizer's checkpoint)."""
+        if self.emulate is not None:
+            return self.emulate.model
         if self.model_spec or self.model.startswith(SMOLLM2_PREFIX):
             return self.model_spec or "smollm2-135m"
         hf_config = Path(self.model).expanduser() / "config.json"
         return str(hf_config) if hf_config.is_file() else None
+
+    @property
+    def served_gpu(self) -> str | None:
+        """The hardware the auto policy models: the emulated GPU under `emulate`, else `gpu`."""
+        return self.emulate.gpu if self.emulate is not None else self.gpu
 
     @property
     def hosts(self) -> set[str]:
@@ -238,6 +251,20 @@ class ClusterConfig:
     def is_local(self) -> bool:
         """True when every process runs on this machine (the launcher can start them itself)."""
         return self.hosts <= set(LOCAL_HOSTS)
+
+
+def _check_emulate(cfg: ClusterConfig) -> None:
+    """`emulate` is an EmulateConfig, and no server arg sets what the emulator sizes (pool, chunk, context)."""
+    from adrenaline_sgl.emulate.config import EmulateConfig
+    from adrenaline_sgl.emulate.pool import RESERVED_FLAGS
+
+    if not isinstance(cfg.emulate, EmulateConfig):
+        raise ValueError(f"emulate must be a mapping of emulate settings, got {cfg.emulate!r}")
+    for where, args in (("server_args", cfg.server_args), ("prefill.extra_args", cfg.prefill.extra_args),
+                        ("decode.extra_args", cfg.decode.extra_args)):
+        clash = sorted(set(RESERVED_FLAGS).intersection(a.split("=", 1)[0] for a in args))
+        if clash:
+            raise ValueError(f"{where} must not set {clash} with emulate: the emulator sets them")
 
 
 def _tuple(value: Any) -> Any:
@@ -262,6 +289,10 @@ def from_dict(data: dict[str, Any]) -> ClusterConfig:
             kwargs[role] = RoleConfig(**_build(RoleConfig, kwargs[role] or {}, role))
     if "proxy" in kwargs:
         kwargs["proxy"] = ProxyLaunchConfig(**_build(ProxyLaunchConfig, kwargs["proxy"] or {}, "proxy"))
+    if kwargs.get("emulate") is not None:
+        from adrenaline_sgl.emulate.config import from_dict as emulate_from_dict
+
+        kwargs["emulate"] = emulate_from_dict(kwargs["emulate"])
     if "model" not in kwargs:
         raise ValueError("cluster config: `model` is required (a checkpoint directory or smollm2:<dtype>)")
     return ClusterConfig(**kwargs)

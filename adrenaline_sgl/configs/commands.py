@@ -147,6 +147,10 @@ def _server(cfg: ClusterConfig, role: str, i: int, model_dir: str, ports: Ports,
     if role == "prefill":
         argv += ["--disaggregation-bootstrap-port", str(ports.bootstrap[i])]
         bound.append(ports.bootstrap[i])
+    if cfg.emulate is not None:  # emulated GPU: its pool in tokens, its chunked prefill size (docs/emulator.md)
+        from adrenaline_sgl.emulate import pool
+
+        argv += pool.server_args(cfg.emulate)
     argv += [*cfg.server_args, *role_cfg.extra_args]
     return ProcessSpec(f"{role}-{i}", role, host, tuple(argv), ports=tuple(bound), port=port,
                        cpus=role_cfg.cpus_of(i, role))
@@ -164,8 +168,10 @@ def _router(cfg: ClusterConfig, prefill: list[ProcessSpec], bootstrap: tuple[int
              "--prometheus-host", host, "--prometheus-port", str(ports.prometheus)]
     if cfg.proxy.kind == "adrenaline":  # what is served: its tokenizer, and the specs of the auto policy
         argv += ["--model-path", model_dir]
-        for flag, value in (("--model", cfg.served_model_spec), ("--gpu", cfg.gpu)):
+        for flag, value in (("--model", cfg.served_model_spec), ("--gpu", cfg.served_gpu)):
             argv += [flag, value] if value else []
+        if cfg.emulate is not None:  # the auto policy's executor share: the emulated one
+            argv += ["--executor-sm-share", str(cfg.emulate.executor_sm_share)]
     return (*argv, *cfg.proxy.extra_args)
 
 
@@ -194,6 +200,10 @@ def build_plan(cfg: ClusterConfig, model_dir: str, ports: Ports, python: str,
         inherited = {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}
         env = server_env({**inherited, **env}, support_dir)
     own_env = {"prefill": cfg.prefill.env, "decode": cfg.decode.env, "proxy": cfg.proxy.env}
+    if cfg.emulate is not None:
+        from adrenaline_sgl.emulate.config import ENV_VAR
+
+        own_env = {**own_env, **{r: {ENV_VAR: cfg.emulate.to_json(), **own_env[r]} for r in ("prefill", "decode")}}
     pinned = {p.name: thread_env(p.cpus) if p.cpus else {} for p in [*prefill, *decode]}
     return [_fill_named_ports(dataclasses.replace(p, env_overrides={**env, **own_env[p.role],
                                                                     **pinned.get(p.name, {})}), ports.named)

@@ -103,12 +103,5 @@ def from_env(environ=os.environ) -> EmulateConfig | None:
     return EmulateConfig.from_json(text) if text else None
 
 
-def proxy_args(cfg: EmulateConfig, given: tuple[str, ...] = ()) -> list[str]:
-    """The adrenaline proxy's cost-model flags for the emulated GPU and model (those not already `given`)."""
-    wanted = {"--gpu": cfg.gpu, "--model": cfg.model, "--executor-sm-share": str(cfg.executor_sm_share)}
-    present = {a.split("=", 1)[0] for a in given}
-    return [x for flag, value in wanted.items() if flag not in present for x in (flag, value)]
-
-
 def field_help() -> dict[str, str]:
     return {f.name: f.metadata.get("help", "") for f in fields(EmulateConfig)}

@@ -1,4 +1,4 @@
-"""EmulateConfig: validation with one-line errors, the environment round trip, the proxy's flags."""
+"""EmulateConfig: validation with one-line errors, the environment round trip, the proxy's flags from a launch plan."""
 
 import pytest
 
@@ -39,7 +39,17 @@ def test_unknown_keys_and_non_mappings_are_refused():
 
 
 def test_proxy_gets_the_emulated_cost_model_unless_given():
-    cfg = config.EmulateConfig(gpu="a100-80g", model="llama2-13b", executor_sm_share=0.2)
-    assert config.proxy_args(cfg) == ["--gpu", "a100-80g", "--model", "llama2-13b", "--executor-sm-share", "0.2"]
-    assert config.proxy_args(cfg, ("--policy", "auto", "--gpu=h200")) == ["--model", "llama2-13b",
-                                                                          "--executor-sm-share", "0.2"]
+    """Under `emulate` the adrenaline proxy's auto policy models the emulated GPU and model (not the stand-in's
+    checkpoint); the proxy's own parser takes the command, and extra_args still override."""
+    from pathlib import Path
+
+    from adrenaline_sgl.configs import cluster
+    from adrenaline_sgl.configs.commands import assign_ports, build_plan
+    from adrenaline_sgl.proxy.config import build_parser, from_args
+
+    cfg = cluster.load(Path(cluster.__file__).parent / "emulate_adrenaline.yaml")
+    argv = list(build_plan(cfg, "/standin", assign_ports(cfg, pick_free=False), "py", None)[-1].argv)
+    got = from_args(build_parser().parse_args(argv[3:]))
+    assert (got.model, got.gpu, got.executor_sm_share) == (cfg.emulate.model, cfg.emulate.gpu,
+                                                           cfg.emulate.executor_sm_share)
+    assert got.model_path == "/standin"
