@@ -4,7 +4,8 @@ Conventions (experiments/README.md):
 - outputs go to `$RESULTS_DIR/figN/` (default `results/figN`, relative to the working directory);
 - each run writes `config.resolved.yaml` (the config file after CLI overrides, plus the mode and the
   command line) beside its CSVs, then renders `figN.png` with `plots/figN.py` (which reads only the CSVs);
-- `MODE=sim` (default) simulates; `MODE=real` (or `--mode real`) measures live servers (experiments/real.py).
+- `MODE=sim` (default) simulates; `MODE=real` (or `--mode real`) measures live servers (experiments/real.py);
+  `MODE=emulated` runs real SGLang servers with an emulated GPU (experiments/emulated.py, docs/emulator.md).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import yaml
 from tqdm import tqdm
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-MODES = ("sim", "real")
+MODES = ("sim", "real", "emulated")
+SOURCES = {"sim": "simulated", "real": "measured",
+           "emulated": "emulated: real SGLang control plane, modelled GPU time"}  # meta.csv, plot titles
 
 
 class ExperimentError(ValueError):
@@ -54,7 +57,8 @@ def base_parser(fig: str, description: str) -> argparse.ArgumentParser:
         "--mode",
         choices=MODES,
         default=os.environ.get("MODE") or "sim",
-        help="sim (default; also env MODE) or real: measure live servers (see experiments/real.py)",
+        help="sim (default; also env MODE), real: measure live servers (experiments/real.py), or emulated: "
+             "real SGLang servers with an emulated GPU (experiments/emulated.py, fig5)",
     )
     ap.add_argument("--no-plot", action="store_true", help="write the CSVs only")
     ap.add_argument("--gpu", help="GPU name from adrenaline_sgl.scheduler.specs (default: the config's, a100-80g)")
@@ -97,10 +101,10 @@ def start_simulated(fig: str, fig_dir: Path, doc: str, argv: list[str] | None) -
     """The start of every simulation-only figure: parse the common flags, refuse MODE=real with one
     line, resolve the config and write it beside the results. Returns (args, cfg, results folder)."""
     args = base_parser(fig, doc.splitlines()[0]).parse_args(argv)
-    if args.mode == "real":
+    if args.mode in ("real", "emulated"):
         from experiments import real  # lazy: real imports this module
 
-        raise real.unsupported(fig)
+        raise real.unsupported(fig, args.mode)
     cfg = apply_common(load_config(fig_dir), args)
     out = results_dir(fig)
     write_resolved(out, cfg, args.mode)
@@ -115,7 +119,7 @@ def write_resolved(out: Path, cfg: dict, mode: str) -> None:
 
 def write_meta(out: Path, mode: str, **facts: Any) -> Path:
     """`meta.csv`: one row saying how the figure's data were made (plots put it in the title)."""
-    source = "simulated" if mode == "sim" else "measured"
+    source = SOURCES[mode]
     return write_csv(out / "meta.csv", ["source", *facts], [[source, *facts.values()]])
 
 

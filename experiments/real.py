@@ -251,7 +251,9 @@ def _run_recording(arrivals_file: str, bench_argv: list[str]) -> None:
         Path(arrivals_file).write_text(json.dumps([round(t - t0, 6) for t in released]) + "\n")
 
 
-def unsupported(fig: str) -> ExperimentError:
+def unsupported(fig: str, mode: str = "real") -> ExperimentError:
+    if mode == "emulated":
+        return ExperimentError(f"MODE=emulated is not available for {fig} yet; MODE=emulated supports fig5")
     return ExperimentError(
         f"MODE=real is not available for {fig}: it needs GPU utilization counters; MODE=real supports fig5"
     )

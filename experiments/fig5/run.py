@@ -4,7 +4,9 @@ Writes `$RESULTS_DIR/fig5/e2e.csv` (the contract columns), `e2e_detail.csv` (plu
 TTFT, hidden round-trip share, steady-state and total-token throughputs), `requests.csv` (raw per-request
 timestamps of every run, from which `adrenaline_sgl.sim.metrics` derives the rest), `config.resolved.yaml`,
 then `fig5.png`. MODE=real measures live servers through experiments/real.py instead of simulating and
-writes the same e2e.csv.
+writes the same e2e.csv. MODE=emulated runs the sweep through real SGLang servers with an emulated GPU
+(experiments/emulated.py, docs/emulator.md) and writes the same CSVs, plus the servers' timelines
+(`timeline.csv`) and per-step overheads (`overheads.csv`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 
 from adrenaline_sgl.sim import metrics
 
-from .. import common, real, sim_runs
+from .. import common, emulated, real, sim_runs
 
 HERE = Path(__file__).resolve().parent
 FIG = "fig5"
@@ -61,6 +63,33 @@ def _real_rows(cfg: dict, out: Path) -> list:
     return rows
 
 
+def _emulated_rows(cfg: dict, out) -> tuple[list, list, list, list, list, list]:
+    """Both systems' sweeps on emulated stacks; rows as the simulator's, plus timelines and overheads."""
+    model, wl = cfg["model"], cfg["workload"]
+    detail, requests, timelines, overheads, failures = [], [], [], [], []
+    for system in cfg["systems"]:
+        for pt in emulated.run_system(cfg, system, wl, [float(r) for r in cfg["request_rates"]],
+                                      int(cfg["num_requests"]), out):
+            m = metrics.request_metrics(pt.records)
+            off = pt.offloaded / pt.routed if pt.routed else 0.0
+            steady = emulated.steady_throughput(pt)
+            detail.append([system, model, wl, pt.rate, m.mean_ttft_s, m.mean_tpot_ms, m.p99_tpot_ms,
+                           m.decode_throughput_tok_s, m.p99_ttft_s, off, float("nan"), m.completed,
+                           steady.decode_tok_s, m.total_throughput_tok_s, steady.total_tok_s])  # fmt: skip
+            requests += [[system, pt.rate, *r] for r in sim_runs.request_rows(_with(pt))]
+            timelines += emulated.timeline(pt)
+            overheads += emulated.overheads(pt)
+            failures += [f"{system} @ {pt.rate:g}: {f}" for f in pt.failures]
+    return [d[: len(E2E_COLUMNS)] for d in detail], detail, requests, timelines, overheads, failures
+
+
+def _with(pt):
+    """A SimResult-like holder of the point's records (sim_runs.request_rows reads `.requests`)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(requests=pt.records)
+
+
 @common.guarded
 def main(argv: list[str] | None = None) -> int:
     ap = common.base_parser(FIG, __doc__.splitlines()[0])
@@ -70,7 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", help="model name (default: the config's, llama2-13b)")
     ap.add_argument("--rates", help="comma-separated request rates (req/s) instead of the config's")
     args = ap.parse_args(argv)
-    cfg = common.apply_common(common.load_config(HERE), args)
+    cfg = common.load_config(HERE)
+    if args.mode == "emulated":  # its own, smaller sweep (config.yaml `emulated:`)
+        cfg = emulated.figure_config(cfg, args.quick)
+    else:
+        cfg.pop("emulated", None)
+    cfg = common.apply_common(cfg, args)
     if args.workload:
         cfg["workload"] = args.workload
     if args.dataset_path:
@@ -88,12 +122,24 @@ def main(argv: list[str] | None = None) -> int:
     out = common.results_dir(FIG)
     common.write_resolved(out, cfg, args.mode)
     common.write_meta(out, args.mode, gpu=cfg["gpu"], setup=f"{cfg['n_prefill']}P{cfg['n_decode']}D")
+    failures = []
     if args.mode == "real":
         rows = _real_rows(cfg, out)
+    elif args.mode == "emulated":
+        rows, detail, requests, timelines, overheads, failures = _emulated_rows(cfg, out)
+        common.write_csv(out / "e2e_detail.csv", E2E_COLUMNS + DETAIL_COLUMNS, detail)
+        common.write_csv(out / "requests.csv", ["system", "request_rate", *sim_runs.REQUEST_COLUMNS], requests,
+                         digits=12)
+        common.write_csv(out / "timeline.csv", emulated.TIMELINE_COLUMNS, timelines)
+        common.write_csv(out / "overheads.csv", emulated.OVERHEAD_COLUMNS, overheads)
     else:
         rows, detail, requests = _sim_rows(cfg)
         common.write_csv(out / "e2e_detail.csv", E2E_COLUMNS + DETAIL_COLUMNS, detail)
         common.write_csv(out / "requests.csv", ["system", "request_rate", *sim_runs.REQUEST_COLUMNS], requests,
                          digits=12)  # timestamps: microseconds at hours
     common.write_csv(out / "e2e.csv", E2E_COLUMNS, rows)
-    return common.finish(FIG, out, args.no_plot)
+    status = common.finish(FIG, out, args.no_plot)
+    if failures:  # every CSV is written; the run still fails, naming what did not complete
+        print(f"fig5: {len(failures)} requests failed, e.g. {failures[:3]}", flush=True)
+        return 1
+    return status

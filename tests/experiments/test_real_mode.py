@@ -52,7 +52,7 @@ def test_unknown_mode_is_a_one_line_error(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("RESULTS_DIR", str(tmp_path))
     monkeypatch.setenv("MODE", "gpu")
     assert runner.main(["fig1", "--quick"]) == 2
-    assert capsys.readouterr().err.strip() == "error: MODE='gpu' is unknown; valid: sim, real"
+    assert capsys.readouterr().err.strip() == "error: MODE='gpu' is unknown; valid: sim, real, emulated"
 
 
 def test_failed_benchmark_says_why(tmp_path):

@@ -1,0 +1,89 @@
+"""MODE=emulated without servers: its config, the per-point summaries from traces, the comparison's simulator
+half, and clean one-line failures. (The servers themselves: tests/e2e/test_emulated.py.)"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from adrenaline_sgl.sim.records import RequestRecord
+from experiments import common, emulated
+from experiments.fig5 import run as fig5
+
+
+def test_figure_config_takes_the_emulated_sweep():
+    cfg = common.load_config(fig5.HERE)
+    full = emulated.figure_config(cfg, quick=False)
+    assert full["request_rates"] == cfg["emulated"]["request_rates"] and full["num_requests"] == 200
+    assert full["emulated"] == {"clock_scale": 1} and "quick" not in full
+    quick = emulated.figure_config(cfg, quick=True)
+    assert quick["request_rates"] == [2, 4.8] and quick["num_requests"] == 40
+    assert cfg["request_rates"][0] == 1 and cfg["num_requests"] == 1000  # the simulator's own sweep untouched
+
+
+def test_cluster_config_sets_the_figures_gpu_and_clock(tmp_path):
+    cfg = {**common.load_config(fig5.HERE), "emulated": {"clock_scale": 3}, "executor_sm_share": 0.3}
+    cl = emulated.cluster_config(cfg, "adrenaline", tmp_path)
+    assert (cl.emulate.gpu, cl.emulate.model, cl.emulate.clock_scale) == ("a100-80g", "llama2-13b", 3.0)
+    assert cl.emulate.executor_sm_share == 0.3 and cl.run_dir == str(tmp_path)
+    with pytest.raises(common.ExperimentError, match="no stack for system 'ratio:0.5'"):
+        emulated.cluster_config(cfg, "ratio:0.5", tmp_path)
+
+
+def test_request_stream_is_the_simulators():
+    from adrenaline_sgl.sim.workloads import make_requests
+    from experiments.sim_runs import workload
+
+    cfg = common.load_config(fig5.HERE)
+    specs = emulated.request_specs(cfg, "sharegpt", 2.0, 30, "t")
+    reqs = make_requests(workload(cfg, "sharegpt", 2.0, 30))
+    assert [s.prompt_len for s in specs] == reqs.prompt_len.tolist()
+    assert [s.arrival_s for s in specs] == reqs.arrival_s.tolist() and specs[0].rid == "t-0"
+
+
+def _row(kind, t, batch, kv_used, running=1, **kw):
+    base = dict(kind=kind, batch=batch, new_tokens=batch, context_tokens=100 * batch, offloaded=0, model_ms=20.0,
+                launch_s=t, start_s=t, done_s=t + 0.02, processed_s=t + 0.021, idle_before_ms=0.5, cpu_ms=3.0,
+                kv_total=1000, kv_available=1000 - kv_used, kv_evictable=0, kv_used=kv_used, waiting=0,
+                running=running, bootstrap=0, inflight=0, prealloc=2, transfer=1, exec_tokens=0, exec_reserve=0,
+                exec_reserve_free=0, wall_idle_before_ms=0.5, wall_cpu_ms=3.0)
+    return {**base, **kw}
+
+
+def test_timeline_and_overheads_from_trace_rows():
+    steps = {"decode": [_row("decode", 0.1, 4, 400), _row("decode", 0.5, 6, 600), _row("decode", 1.2, 2, 300)],
+             "prefill": [_row("prefill", 0.05, 1, 900, exec_reserve=200, exec_reserve_free=150)]}
+    recs = [RequestRecord(0, 0.0, 10, 5)]
+    pt = emulated.EmulatedPoint("pd", 2.0, recs, [], steps, clock_scale=2.0)
+    tl = emulated.timeline(pt)
+    assert [r[3] for r in tl] == [0.0, 1.0]
+    # mean batch, last decode KV, prefill KV without the executor's free reserve
+    assert tl[0][4] == 5.0 and tl[0][5] == 600 and tl[0][6] == 750
+    assert tl[0][8] == 3 and math.isnan(tl[1][6])
+    oh = {r[2]: r for r in emulated.overheads(pt)}
+    assert oh["decode"][3] == 3 and oh["decode"][6] == 3.0 and oh["decode"][7] == 0.5
+    assert oh["decode"][8] == pytest.approx(1.0 / (60.0 * 2))  # two 0.5 ms bubbles over 3 x 20 ms x clock 2
+    assert math.isnan(oh["prefill"][7])  # bubbles are a decode notion here
+    assert pt.completed == 0
+
+
+def test_comparison_simulator_half_runs_and_plots(tmp_path, monkeypatch):
+    from experiments.sim_vs_emu import run as compare
+
+    monkeypatch.setenv("RESULTS_DIR", str(tmp_path))
+    assert compare.main(["--quick", "--no-emulator"]) == 0
+    rows = common.read_csv(tmp_path / "sim_vs_emu" / "compare.csv")
+    assert {r["source"] for r in rows} == {"sim", "sim-watermark"} and len(rows) == 8
+    assert all(int(r["completed"]) == int(r["num_requests"]) for r in rows)
+    assert (tmp_path / "sim_vs_emu" / "sim_vs_emu.png").exists()
+
+
+def test_emulated_mode_refused_where_not_built(capsys, tmp_path, monkeypatch):
+    from experiments import run as runner
+
+    monkeypatch.setenv("RESULTS_DIR", str(tmp_path))
+    monkeypatch.setenv("MODE", "emulated")
+    assert runner.main(["fig7", "--quick"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: MODE=emulated is not available for fig7 yet; MODE=emulated supports fig5"
