@@ -44,6 +44,8 @@ class EmulateConfig:
                                 "pool in tokens exactly as the simulator does", DEFAULT_MEM_FRACTION)
     executor_sm_share: float = _help("SM share of the attention executor on an Adrenaline prefill GPU: prefill "
                                      "runs on the rest, remote decode attention on this share", 0.2)
+    max_total_tokens: int | None = _help("KV pool in tokens instead of the GPU arithmetic (e.g. the real CPU "
+                                         "experiment's --max-total-tokens when emulating it); None: computed", None)
     clock_scale: float = _help("k >= 1: emulated time runs k times slower than wall time (all sleeps x k)", 1.0)
     trace_dir: str | None = _help("folder for per-step traces and the prefill busy state (the launcher sets "
                                   "its run folder); None: no trace, no executor contention", None)
@@ -70,6 +72,9 @@ class EmulateConfig:
             raise ValueError(f"emulate.clock_scale={self.clock_scale!r} is out of range; valid: [1, 1000]")
         from adrenaline_sgl.emulate.pool import kv_pool_tokens
 
+        if self.max_total_tokens is not None and (not isinstance(self.max_total_tokens, int)
+                                                  or self.max_total_tokens < 1):
+            raise ValueError(f"emulate.max_total_tokens={self.max_total_tokens!r} must be an integer >= 1 or null")
         if kv_pool_tokens(self) < model.max_context_tokens:
             raise ValueError(f"emulate: {model.name} leaves {kv_pool_tokens(self)} KV tokens on {gpu.name} at "
                              f"mem_fraction={self.mem_fraction}; need >= {model.max_context_tokens}")

@@ -19,7 +19,9 @@ from adrenaline_sgl.scheduler.specs import get_gpu, get_model
 
 
 def kv_pool_tokens(cfg) -> int:
-    """KV tokens of one emulated instance (`cfg`: an EmulateConfig)."""
+    """KV tokens of one emulated instance (`cfg`: an EmulateConfig; its `max_total_tokens` wins when set)."""
+    if cfg.max_total_tokens is not None:
+        return int(cfg.max_total_tokens)
     gpu, model = get_gpu(cfg.gpu), get_model(cfg.model)
     return int(kv_capacity_bytes(gpu, model, cfg.mem_fraction) // model.kv_bytes_per_token)
 

@@ -36,3 +36,9 @@ def test_server_args_carry_pool_chunk_and_context():
 def test_a_model_that_does_not_fit_is_refused():
     with pytest.raises(ValueError, match="KV tokens"):
         EmulateConfig(gpu="a100-80g", model="llama3-70b")
+
+
+def test_an_explicit_pool_size_wins():
+    assert pool.kv_pool_tokens(EmulateConfig(model="smollm2-135m", max_total_tokens=16384)) == 16384
+    with pytest.raises(ValueError, match="max_total_tokens"):
+        EmulateConfig(max_total_tokens=0)
