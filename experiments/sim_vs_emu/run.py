@@ -11,7 +11,7 @@ the emulator runs the same stream through real SGLang servers with an emulated G
 - `probe.csv` (`--probe`): PD's TTFT at two clock scales, and the split TTFT(k) = S + C / k;
 - `sim_vs_emu.png` (plots/sim_vs_emu.py).
 
-    python -m experiments.sim_vs_emu.run [--quick] [--probe] [--no-plot]      # ~35 min (--quick ~6 min)
+    python -m experiments.sim_vs_emu.run [--quick] [--probe] [--with-fig5 DIR] [--no-plot]
 
 Holds real servers: run under `flock /tmp/heavy.lock` on a shared machine.
 """
@@ -39,11 +39,15 @@ PROBE_COLUMNS = ["clock_scale", "request_rate", "num_requests", "mean_ttft_s", "
                  "fit_sglang_ttft_s", "fit_cpu_ttft_s"]  # fmt: skip
 
 
-def _summary(system, rate, n, source, req_metrics, batches, dec_kv, pre_kv) -> list:
-    m = req_metrics
+def _summary(system, rate, n, source, m: metrics.RequestMetrics, timeline: list[list]) -> list:
+    """One compare.csv row: the requests' metrics, and decode batch and KV use from the 1-s timeline bins
+    (the same binning for both tools: mean and largest bin-mean batch, largest KV in use at a bin's end)."""
+    batches = [r[4] for r in timeline if r[4] > 0]
+    dec_kv = [r[5] for r in timeline if not math.isnan(r[5])]
+    pre_kv = [r[6] for r in timeline if not math.isnan(r[6])]
     return [system, rate, n, source, m.mean_ttft_s, m.p99_ttft_s, m.mean_tpot_ms, m.p99_tpot_ms,
-            m.decode_throughput_tok_s, float(np.mean(batches)) if len(batches) else math.nan,
-            max(batches, default=0), max(dec_kv, default=0), max(pre_kv, default=0), m.completed]  # fmt: skip
+            m.decode_throughput_tok_s, float(np.mean(batches)) if batches else math.nan, max(batches, default=0),
+            max(dec_kv, default=0), max(pre_kv, default=0), m.completed]  # fmt: skip
 
 
 def _sim(cfg: dict, variant: str, overrides: dict, system: str, rate: float, n: int) -> tuple[list, list]:
@@ -52,9 +56,8 @@ def _sim(cfg: dict, variant: str, overrides: dict, system: str, rate: float, n: 
     dec_steps = [s for s in res.steps if s.kind == DECODE]
     dec_mem = [m for m in res.mem if m.kind == DECODE]
     pre_mem = [m for m in res.mem if m.kind == PREFILL]
-    row = _summary(system, rate, n, variant, pt.req, [s.batch for s in dec_steps],
-                   [m.kv_used_tokens for m in dec_mem], [m.kv_used_tokens for m in pre_mem])
-    return row, _sim_timeline(system, rate, variant, dec_steps, dec_mem, pre_mem)
+    tl = _sim_timeline(system, rate, variant, dec_steps, dec_mem, pre_mem)
+    return _summary(system, rate, n, variant, pt.req, tl), tl
 
 
 def _sim_timeline(system, rate, variant, dec_steps, dec_mem, pre_mem, bin_s: float = emulated.TIMELINE_BIN_S):
@@ -79,16 +82,40 @@ def _emulated(cfg: dict, system: str, points: list[dict], out: Path) -> tuple[li
     for n, rates in by_n.items():
         results += [(n, pt) for pt in emulated.run_system(cfg, system, cfg["workload"], rates, n, out)]
     for n, pt in results:
-        dec = [r for r in pt.steps.get("decode", []) if r["kind"] == "decode"]
-        pre = pt.steps.get("prefill", [])
-        m = metrics.request_metrics(pt.records)
-        rows.append(_summary(system, pt.rate, n, "emulated", m, [r["batch"] for r in dec],
-                             [emulated._used(r) for r in dec], [emulated._used(r) for r in pre]))
-        timeline += emulated.timeline(pt)
+        tl = emulated.timeline(pt)
+        rows.append(_summary(system, pt.rate, n, "emulated", metrics.request_metrics(pt.records), tl))
+        timeline += tl
         overheads += emulated.overheads(pt)
         if pt.failures:
             print(f"{NAME}: {system} @ {pt.rate:g}: {len(pt.failures)} failed, e.g. {pt.failures[:2]}", flush=True)
     return rows, timeline, overheads
+
+
+def _from_fig5(folder: Path) -> tuple[list[dict], list, list, list]:
+    """A finished `MODE=emulated` figure 5 (its requests.csv, timeline.csv, overheads.csv): its points, and
+    compare rows, timeline and overheads for them, so its runs need not be repeated here."""
+    import yaml
+
+    from adrenaline_sgl.sim.records import RequestRecord
+
+    resolved = yaml.safe_load((folder / "config.resolved.yaml").read_text())
+    if resolved.get("mode") != "emulated":
+        raise common.ExperimentError(f"{folder} is not a MODE=emulated figure 5 (mode {resolved.get('mode')!r})")
+    n = int(resolved["num_requests"])
+    reqs, tl = common.read_csv(folder / "requests.csv"), common.read_csv(folder / "timeline.csv")
+    numeric = emulated.TIMELINE_COLUMNS[3:]
+    timeline = [[r["system"], float(r["request_rate"]), r["source"], *[float(r[c]) for c in numeric]] for r in tl]
+    rows, points = [], []
+    for system, rate in sorted({(r["system"], float(r["request_rate"])) for r in reqs}):
+        recs = [RequestRecord(int(r["rid"]), float(r["arrival_s"]), int(r["prompt_len"]), int(r["output_len"]),
+                              first_token_s=float(r["first_token_s"]), finish_s=float(r["finish_s"]),
+                              tokens_out=int(r["tokens_out"]))
+                for r in reqs if r["system"] == system and float(r["request_rate"]) == rate]  # fmt: skip
+        mine = [t for t in timeline if t[0] == system and t[1] == rate]
+        rows.append(_summary(system, rate, n, "emulated", metrics.request_metrics(recs), mine))
+        points.append({"system": system, "rate": rate, "num_requests": n})
+    overheads = [[r[c] for c in emulated.OVERHEAD_COLUMNS] for r in common.read_csv(folder / "overheads.csv")]
+    return points, rows, timeline, overheads
 
 
 def _probe(cfg: dict, probe: dict, out: Path) -> list:
@@ -115,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="a small version (config.yaml `quick:`)")
     ap.add_argument("--probe", action="store_true", help="also split TTFT into SGLang's and this machine's part")
     ap.add_argument("--no-emulator", action="store_true", help="simulator only (no servers; for tests)")
+    ap.add_argument("--with-fig5", metavar="DIR", help="also compare a finished MODE=emulated figure 5 folder "
+                                                       "(its points are not rerun)")
     ap.add_argument("--no-plot", action="store_true")
     args = ap.parse_args(argv)
     cfg = common.load_config(HERE)
@@ -133,7 +162,17 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_emulator:
             r, tl, oh = _emulated(cfg, system, cfg["points"], out)
             rows, timeline, overheads = rows + r, timeline + tl, overheads + oh
-    rows.sort(key=lambda r: (r[0] != "pd", r[1], r[3]))
+    if args.with_fig5:
+        points, r, tl, oh = _from_fig5(Path(args.with_fig5))
+        done = {(row[0], row[1], row[2], row[3]) for row in rows}
+        for p in points:
+            for variant, overrides in cfg["sim_variants"].items():
+                if (p["system"], p["rate"], p["num_requests"], variant) in done:
+                    continue
+                row, stl = _sim(cfg, variant, overrides or {}, p["system"], p["rate"], p["num_requests"])
+                rows, timeline = rows + [row], timeline + stl
+        rows, timeline, overheads = rows + r, timeline + tl, overheads + oh
+    rows.sort(key=lambda r: (r[0] != "pd", r[1], r[2], r[3]))
     common.write_csv(out / "compare.csv", COMPARE_COLUMNS, rows)
     common.write_csv(out / "timeline.csv", emulated.TIMELINE_COLUMNS, timeline)
     common.write_csv(out / "overheads.csv", emulated.OVERHEAD_COLUMNS, overheads)
