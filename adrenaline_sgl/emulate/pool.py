@@ -1,6 +1,6 @@
 """How big the emulated GPU's KV pool is, in tokens, and the SGLang settings that GPU would get by default.
 
-The pool is sized exactly as the simulator sizes a GPU (`sim/scheduler_costs.py`): `mem_fraction x HBM -
+The pool is sized exactly as the simulator sizes a GPU (`sim/costs.py`): `mem_fraction x HBM -
 weights`, divided by the emulated model's KV bytes per token (all layers, K and V, fp16/bf16), i.e. the
 scheduler's `kv_capacity_bytes`. A100-80GB with Llama-2 13B: 0.88 x 80 GiB - 24.2 GiB of weights = 46.2 GiB,
 / 800 KiB per token = 60,497 tokens. The stand-in model allocates only a tiny footprint per token; SGLang

@@ -51,7 +51,7 @@ def _summary(system, rate, n, source, m: metrics.RequestMetrics, timeline: list[
 
 
 def _sim(cfg: dict, variant: str, overrides: dict, system: str, rate: float, n: int) -> tuple[list, list]:
-    pt = sim_runs.run_point({**cfg, **overrides}, cfg["model"], system, cfg["workload"], rate, n)
+    pt = sim_runs.run_point({**cfg, **overrides}, cfg["model"], sim_runs.policy_of(system), cfg["workload"], rate, n)
     res = pt.result
     dec_steps = [s for s in res.steps if s.kind == DECODE]
     dec_mem = [m for m in res.mem if m.kind == DECODE]

@@ -5,8 +5,8 @@ import pytest
 from adrenaline_sgl.emulate.config import EmulateConfig
 from adrenaline_sgl.emulate.timing import RemoteRows, StepModel
 from adrenaline_sgl.scheduler.cost_model import get_predictor
-from adrenaline_sgl.sim.config import ClusterConfig
-from adrenaline_sgl.sim.scheduler_costs import SchedulerCosts
+from adrenaline_sgl.sim.config import SimConfig
+from adrenaline_sgl.sim.costs import SchedulerCosts
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_a_busy_prefill_gpu_slows_remote_attention(model):
 
 def test_matches_the_simulators_step_formula(model):
     """Same numbers as the simulator's cost adapter for the same step (its engine composes them alike)."""
-    sim = SchedulerCosts(ClusterConfig(model="llama2-13b", gpu="a100-80g"))
+    sim = SchedulerCosts(SimConfig(model="llama2-13b", gpu="a100-80g"))
     assert model.decode(64, 64 * 700).ms == pytest.approx(sim.decode_nonattn(64).ms + sim.decode_attn(64, 44_800, 1).ms)
     assert model.prefill([161, 300], 0.8).ms == pytest.approx(sim.prefill([161, 300], 0.8).ms)
     assert model.kv_transfer_ms(161) == pytest.approx(sim.kv_transfer_ms(161))

@@ -70,7 +70,7 @@ def test_decode_step_is_the_cost_model_and_builds_attention_metadata(emu):
 
 
 def test_offloaded_rows_of_the_adrenaline_split_are_timed_remotely(emu):
-    from adrenaline_sgl.sglang_ext.decode_offload import Group, RowSplit
+    from adrenaline_sgl.offload.decode_state import Group, RowSplit
 
     split = RowSplit(torch.tensor([0, 2]), (Group("127.0.0.1:31000", torch.tensor([1, 3]), ("room-1", "room-3")),))
     runner = types.SimpleNamespace(attn_backend=_Backend(split))
