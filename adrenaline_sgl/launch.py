@@ -485,6 +485,10 @@ def metrics_url(proxy: ProcessSpec) -> str:
 def print_commands(cfg: cluster.ClusterConfig) -> None:
     """Print every process's command grouped by host (ports: configured or fixed defaults)."""
     model = cluster.resolve_model(cfg.model) if cfg.model.startswith(cluster.SMOLLM2_PREFIX) else cfg.model
+    if cfg.emulate is not None:  # the servers load the stand-in (made here, cached per machine)
+        from adrenaline_sgl.emulate import standin
+
+        model = str(standin.checkpoint_dir(cfg.emulate.model, cluster.resolve_model(cfg.model)))
     support_dir = Path("cpu_support") if cfg.cpu_support else None
     plan = build_plan(cfg, model, assign_ports(cfg, pick_free=False), python="python", support_dir=support_dir)
     if support_dir is not None:
