@@ -36,6 +36,7 @@ COMPARE_COLUMNS = ["system", "request_rate", "num_requests", "source", "mean_ttf
                    "p99_tpot_ms", "decode_throughput_tok_s", "mean_decode_batch", "max_decode_batch",
                    "max_decode_kv_tokens", "max_prefill_kv_tokens", "completed"]  # fmt: skip
 PROBE_COLUMNS = ["clock_scale", "request_rate", "num_requests", "mean_ttft_s", "mean_tpot_ms", "completed",
+                 "before_prefill_ms", "prefill_ms", "after_prefill_ms",
                  "fit_sglang_ttft_s", "fit_cpu_ttft_s"]  # fmt: skip
 
 
@@ -128,12 +129,27 @@ def _probe(cfg: dict, probe: dict, out: Path) -> list:
                                     out / f"probe-k{k:g}")
         m = metrics.request_metrics(pt.records)
         rows.append([float(k), float(probe["rate"]), int(probe["num_requests"]), m.mean_ttft_s, m.mean_tpot_ms,
-                     m.completed, math.nan, math.nan])  # fmt: skip
+                     m.completed, *ttft_segments_ms(pt), math.nan, math.nan])  # fmt: skip
     (k1, t1), (k2, t2) = [(r[0], r[3]) for r in rows[:2]]
     c_s = (t1 - t2) / (1 / k1 - 1 / k2)
     for r in rows:
-        r[6], r[7] = t1 - c_s / k1, c_s
+        r[9], r[10] = t1 - c_s / k1, c_s
     return rows
+
+
+def ttft_segments_ms(pt: emulated.EmulatedPoint) -> tuple[float, float, float]:
+    """Mean TTFT split at the prefill step (emulated ms): arrival -> prefill launched, the prefill step, prefill
+    done -> first token at the client. At low load each request has a prefill batch of its own, so the k-th
+    single-request prefill step after the run's start is the k-th request's (requests sharing a batch or
+    prefilled in chunks are left out)."""
+    steps = sorted((r for r in pt.steps.get("prefill", []) if r["kind"] == "prefill"), key=lambda r: r["launch_s"])
+    recs = sorted((r for r in pt.records if math.isfinite(r.finish_s)), key=lambda r: r.arrival_s)
+    if len(steps) != len(recs) or any(s["batch"] != 1 for s in steps):
+        return math.nan, math.nan, math.nan
+    before = [s["launch_s"] - r.arrival_s for s, r in zip(steps, recs)]
+    run = [s["done_s"] - s["launch_s"] for s in steps]
+    after = [r.first_token_s - s["done_s"] for s, r in zip(steps, recs)]
+    return tuple(float(np.mean(x)) * 1e3 for x in (before, run, after))
 
 
 @common.guarded

@@ -87,3 +87,14 @@ def test_emulated_mode_refused_where_not_built(capsys, tmp_path, monkeypatch):
     assert runner.main(["fig7", "--quick"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: MODE=emulated is not available for fig7 yet; MODE=emulated supports fig5"
+
+
+def test_ttft_split_at_the_prefill_step():
+    from experiments.sim_vs_emu.run import ttft_segments_ms
+
+    recs = [RequestRecord(i, float(i), 10, 5, first_token_s=i + 0.1, finish_s=i + 1.0, tokens_out=5) for i in range(2)]
+    steps = {"prefill": [_row("prefill", i + 0.02, 1, 10) for i in range(2)]}  # launched 20 ms after, 20 ms long
+    before, run, after = ttft_segments_ms(emulated.EmulatedPoint("pd", 1.0, recs, [], steps))
+    assert (before, run, after) == pytest.approx((20.0, 20.0, 60.0))
+    steps["prefill"][0]["batch"] = 2  # a shared batch: no per-request split
+    assert all(math.isnan(x) for x in ttft_segments_ms(emulated.EmulatedPoint("pd", 1.0, recs, [], steps)))
