@@ -20,7 +20,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 
-from adrenaline_sgl.scheduler.bounds import DEFAULT_MEM_FRACTION
+from adrenaline_sgl.scheduler.bounds import DEFAULT_EXECUTOR_SM_SHARE, DEFAULT_MEM_FRACTION, check_executor_sm_share
 
 ENV_VAR = "ADRENALINE_EMULATE"
 
@@ -43,7 +43,8 @@ class EmulateConfig:
     mem_fraction: float = _help("share of HBM for weights + KV (SGLang's mem_fraction_static); sizes the KV "
                                 "pool in tokens exactly as the simulator does", DEFAULT_MEM_FRACTION)
     executor_sm_share: float = _help("SM share of the attention executor on an Adrenaline prefill GPU: prefill "
-                                     "runs on the rest, remote decode attention on this share", 0.2)
+                                     "runs on the rest, remote decode attention on this share",
+                                     DEFAULT_EXECUTOR_SM_SHARE)
     max_total_tokens: int | None = _help("KV pool in tokens instead of the GPU arithmetic (e.g. the real CPU "
                                          "experiment's --max-total-tokens when emulating it); None: computed", None)
     clock_scale: float = _help("k >= 1: emulated time runs k times slower than wall time (all sleeps x k)", 1.0)
@@ -64,8 +65,7 @@ class EmulateConfig:
         get_link(self.link, gpu)
         if not 0.0 < self.mem_fraction <= 1.0:
             raise ValueError(f"emulate.mem_fraction={self.mem_fraction!r} is out of range; valid: (0, 1]")
-        if not 0.0 < self.executor_sm_share < 1.0:
-            raise ValueError(f"emulate.executor_sm_share={self.executor_sm_share!r} is out of range; valid: (0, 1)")
+        check_executor_sm_share(self.executor_sm_share, "emulate.executor_sm_share")
         if not (isinstance(self.clock_scale, int | float) and 1.0 <= self.clock_scale <= 1000.0) or math.isnan(
             self.clock_scale
         ):
