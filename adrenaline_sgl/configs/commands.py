@@ -150,7 +150,7 @@ def _server(cfg: ClusterConfig, role: str, i: int, model_dir: str, ports: Ports,
     if cfg.emulate is not None:  # emulated GPU: its pool in tokens, its chunked prefill size (docs/emulator.md)
         from adrenaline_sgl.emulate import pool
 
-        argv += pool.server_args(cfg.emulate)
+        argv += pool.server_args(cfg.emulate, role)
     argv += [*cfg.server_args, *role_cfg.extra_args]
     return ProcessSpec(f"{role}-{i}", role, host, tuple(argv), ports=tuple(bound), port=port,
                        cpus=role_cfg.cpus_of(i, role))

@@ -47,6 +47,8 @@ class EmulateConfig:
                                      DEFAULT_EXECUTOR_SM_SHARE)
     max_total_tokens: int | None = _help("KV pool in tokens instead of the GPU arithmetic (e.g. the real CPU "
                                          "experiment's --max-total-tokens when emulating it); None: computed", None)
+    prefill_max_total_tokens: int | None = _help("prefill's KV pool in tokens when it differs from decode's (the "
+                                                 "real CPU experiment: 8192 vs 320); None: as decode's", None)
     clock_scale: float = _help("k >= 1: emulated time runs k times slower than wall time (all sleeps x k)", 1.0)
     trace_dir: str | None = _help("folder for per-step traces and the prefill busy state (the launcher sets "
                                   "its run folder); None: no trace, no executor contention", None)
@@ -72,10 +74,12 @@ class EmulateConfig:
             raise ValueError(f"emulate.clock_scale={self.clock_scale!r} is out of range; valid: [1, 1000]")
         from adrenaline_sgl.emulate.pool import kv_pool_tokens
 
-        if self.max_total_tokens is not None and (not isinstance(self.max_total_tokens, int)
-                                                  or self.max_total_tokens < 1):
-            raise ValueError(f"emulate.max_total_tokens={self.max_total_tokens!r} must be an integer >= 1 or null")
-        if kv_pool_tokens(self) < model.max_context_tokens:
+        for name in ("max_total_tokens", "prefill_max_total_tokens"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"emulate.{name}={value!r} must be an integer >= 1 or null")
+        if self.max_total_tokens is None and kv_pool_tokens(self) < model.max_context_tokens:  # a given pool may
+            # hold less than one context, as a capped real server's does (SGLang serves it)
             raise ValueError(f"emulate: {model.name} leaves {kv_pool_tokens(self)} KV tokens on {gpu.name} at "
                              f"mem_fraction={self.mem_fraction}; need >= {model.max_context_tokens}")
 

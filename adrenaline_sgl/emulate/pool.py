@@ -18,8 +18,11 @@ from adrenaline_sgl.scheduler.bounds import kv_capacity_bytes
 from adrenaline_sgl.scheduler.specs import get_gpu, get_model
 
 
-def kv_pool_tokens(cfg) -> int:
-    """KV tokens of one emulated instance (`cfg`: an EmulateConfig; its `max_total_tokens` wins when set)."""
+def kv_pool_tokens(cfg, role: str = "decode") -> int:
+    """KV tokens of one emulated instance of `role` (`cfg`: an EmulateConfig; its `max_total_tokens`, and
+    for prefill its `prefill_max_total_tokens`, win when set)."""
+    if role == "prefill" and cfg.prefill_max_total_tokens is not None:
+        return int(cfg.prefill_max_total_tokens)
     if cfg.max_total_tokens is not None:
         return int(cfg.max_total_tokens)
     gpu, model = get_gpu(cfg.gpu), get_model(cfg.model)
@@ -40,10 +43,10 @@ def chunked_prefill_size(cfg) -> int:
     return 16384
 
 
-def server_args(cfg) -> list[str]:
-    """SGLang flags every emulated server gets: the pool in tokens, the GPU's chunked prefill size, the
-    emulated model's context length."""
-    return ["--max-total-tokens", str(kv_pool_tokens(cfg)),
+def server_args(cfg, role: str = "decode") -> list[str]:
+    """SGLang flags every emulated server of `role` gets: its pool in tokens, the GPU's chunked prefill size,
+    the emulated model's context length."""
+    return ["--max-total-tokens", str(kv_pool_tokens(cfg, role)),
             "--chunked-prefill-size", str(chunked_prefill_size(cfg)),
             "--context-length", str(get_model(cfg.model).max_context_tokens)]  # fmt: skip
 

@@ -42,3 +42,14 @@ def test_an_explicit_pool_size_wins():
     assert pool.kv_pool_tokens(EmulateConfig(model="smollm2-135m", max_total_tokens=16384)) == 16384
     with pytest.raises(ValueError, match="max_total_tokens"):
         EmulateConfig(max_total_tokens=0)
+
+
+def test_prefill_may_have_its_own_pool_and_a_given_pool_may_hold_less_than_a_context():
+    """The real CPU experiment's pair: decode capped at 320 tokens, prefill 8192 (SGLang serves both)."""
+    cfg = EmulateConfig(model="smollm2-135m", max_total_tokens=320, prefill_max_total_tokens=8192)
+    assert (pool.kv_pool_tokens(cfg, "decode"), pool.kv_pool_tokens(cfg, "prefill")) == (320, 8192)
+    assert pool.server_args(cfg, "prefill")[:2] == ["--max-total-tokens", "8192"]
+    assert pool.server_args(cfg, "decode")[:2] == ["--max-total-tokens", "320"]
+    assert pool.kv_pool_tokens(EmulateConfig(prefill_max_total_tokens=9000), "decode") == 60_497
+    with pytest.raises(ValueError, match="prefill_max_total_tokens"):
+        EmulateConfig(prefill_max_total_tokens=True)

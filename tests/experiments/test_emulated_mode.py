@@ -74,7 +74,7 @@ def test_comparison_simulator_half_runs_and_plots(tmp_path, monkeypatch):
     monkeypatch.setenv("RESULTS_DIR", str(tmp_path))
     assert compare.main(["--quick", "--no-emulator"]) == 0
     rows = common.read_csv(tmp_path / "sim_vs_emu" / "compare.csv")
-    assert {r["source"] for r in rows} == {"sim", "sim-watermark"} and len(rows) == 8
+    assert {r["source"] for r in rows} == {"sim", "sim-reserve-max"} and len(rows) == 8
     assert all(int(r["completed"]) == int(r["num_requests"]) for r in rows)
     assert (tmp_path / "sim_vs_emu" / "sim_vs_emu.png").exists()
 
