@@ -12,7 +12,7 @@ _spec = importlib.util.spec_from_file_location("plots_common", Path(__file__).wi
 pc = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(pc)
 
-SOURCE_COLOR = {"sim": "tab:blue", "sim-watermark": "tab:green", "emulated": "tab:red"}
+SOURCE_COLOR = {"sim": "tab:blue", "sim-reserve-max": "tab:green", "emulated": "tab:red"}
 SYSTEM_LINE = {"pd": "-", "adrenaline": "--"}
 RATE_PANELS = [("mean_ttft_s", "mean TTFT (s)"), ("mean_tpot_ms", "mean TPOT (ms)"),
                ("decode_throughput_tok_s", "decode throughput (tok/s)"), ("mean_decode_batch", "mean decode batch")]

@@ -1,7 +1,7 @@
 """Simulator vs emulator on figure 5's setting: the same request streams through both, side by side.
 
 For every system (PD, Adrenaline) and point (rate, requests) of config.yaml, the simulator runs each of its
-variants (`sim_variants`: figure 5's reserve-max decode admission, and its SGLang-like watermark rule) and
+variants (`sim_variants`: figure 5's, with SGLang's watermark decode admission, and the older reserve-max rule) and
 the emulator runs the same stream through real SGLang servers with an emulated GPU
 (experiments/emulated.py). Writes to `$RESULTS_DIR/sim_vs_emu/`:
 - `compare.csv`: per (system, rate, source) mean/P99 TTFT, mean/P99 TPOT, decode throughput, mean and
