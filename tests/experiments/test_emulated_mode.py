@@ -98,3 +98,32 @@ def test_ttft_split_at_the_prefill_step():
     assert (before, run, after) == pytest.approx((20.0, 20.0, 60.0))
     steps["prefill"][0]["batch"] = 2  # a shared batch: no per-request split
     assert all(math.isnan(x) for x in ttft_segments_ms(emulated.EmulatedPoint("pd", 1.0, recs, [], steps)))
+
+
+def test_the_real_cpu_stack_is_emulated_with_its_own_pools_and_streams(tmp_path):
+    """experiments.emulate_real_cpu: the real experiment's pools move into the emulate block (prefill 8192,
+    decode 320), every other flag stays; the real run's recorded arrivals and lengths are the streams."""
+    from adrenaline_sgl.configs import cluster
+    from experiments import emulate_real_cpu as erc
+
+    real = cluster.from_dict({"model": "smollm2:bfloat16", "cpu_support": True, "transfer_backend": "mooncake_tcp",
+                              "prefill": {"cpus": ["0"], "extra_args": ["--max-total-tokens", "8192"]},
+                              "decode": {"cpus": ["1"], "extra_args": ["--max-total-tokens=320",
+                                                                       "--num-reserved-decode-tokens", "64"]},
+                              "proxy": {"kind": "sglang-router", "extra_args": ["--mini-lb"]}})  # fmt: skip
+    cl = erc.emulated_cluster(real, "a100-80g", "unused.csv", tmp_path)
+    assert (cl.emulate.max_total_tokens, cl.emulate.prefill_max_total_tokens) == (320, 8192)
+    assert cl.decode.extra_args == ("--num-reserved-decode-tokens", "64") and cl.prefill.extra_args == ()
+    assert cl.decode.cpus == ("1",) and cl.emulate.model == "smollm2-135m" and cl.emulate.predictor == "table"
+    with pytest.raises(common.ExperimentError, match="no --max-total-tokens"):
+        erc.emulated_cluster(cluster.from_dict({"model": "smollm2:bfloat16"}), "a100-80g", "x.csv", tmp_path)
+    common.write_csv(tmp_path / "requests.csv", ["system", "request_rate", "rid", "arrival_s", "prompt_len",
+                                                 "output_len", "first_token_s", "finish_s"],
+                     [["pd", 0.5, 0, 0.0, 16, 64, 0.2, 7.0], ["pd", 0.5, 1, 2.5, 16, 64, 2.8, 9.1],
+                      ["pd", 1.0, 0, 0.0, 16, 64, 0.3, 8.0]])  # fmt: skip
+    points = erc.real_points(tmp_path)
+    assert sorted(points) == [("pd", 0.5), ("pd", 1.0)]
+    assert [(r.arrival_s, r.prompt_len, r.output_len, r.tokens_out) for r in points[("pd", 0.5)]] == [
+        (0.0, 16, 64, 64), (2.5, 16, 64, 64)]
+    rows = [["pd", 0.5, *[0] * 7, 0.1, 0, 0, -0.3, 0, 0], ["pd", 1.0, *[0] * 7, -0.2, 0, 0, 0.1, 0, 0]]
+    assert erc.median_errors(rows)["pd"] == pytest.approx((0.2, 0.15))
