@@ -75,7 +75,8 @@ class DecodeGPU:
     n_prefill: int
     prealloc: deque = field(default_factory=deque)  # rids waiting for decode to admit them (before prefill)
     retracted: deque = field(default_factory=deque)  # retracted local rids waiting for their KV to come back
-    ready: deque = field(default_factory=deque)  # rids whose first token is here, waiting to join the batch
+    ready: deque = field(default_factory=deque)  # rids whose KV is here, not yet seen by the decode scheduler
+    joining: deque = field(default_factory=deque)  # rids whose first token is out, joining the next step launched
     busy: bool = False
     steps_done: int = 0
     reserved_tokens: int = 0  # KV allocated to local requests (reserve-max: their maximum lengths)

@@ -97,6 +97,11 @@ class SimConfig:
     )
     decode_reserved_tokens: int = _help("watermark admission: headroom per active request (SGLang: 512)", 512)
     max_decode_batch: int = _help("max running requests per decode instance (vLLM's max_num_seqs)", 256)
+    decode_overlap_schedule: bool = _help(
+        "SGLang's overlap scheduler on decode (its default): the batch of step i+1 is built while step i runs, so a "
+        "request whose KV arrived gets its first token out at the next scheduler iteration and joins the step "
+        "after the one in flight (docs/simulator.md, 'Overlap scheduling'); False (--disable-overlap-schedule): it "
+        "joins the step starting at that iteration", True)
     gpu_mem_util: float = _help(
         "fraction of HBM for weights + KV (the scheduler's default, SGLang's mem_fraction_static)", DEFAULT_MEM_FRACTION
     )

@@ -30,6 +30,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+from collections import deque
 from dataclasses import asdict
 
 from adrenaline_sgl.scheduler.admission import LiveStats, OffloadPolicy, RequestInfo
@@ -99,7 +100,7 @@ class Simulator:
     def _on_arrival(self, t: float, rid: int) -> None:
         r = self.reqs[rid]
         p = min(self.prefill, key=lambda g: (g.queued_tokens + g.busy, g.idx))
-        d = min(self.decode, key=lambda g: (g.batch + len(g.prealloc) + len(g.ready), g.idx))
+        d = min(self.decode, key=lambda g: (g.batch + len(g.prealloc) + len(g.ready) + len(g.joining), g.idx))
         r.prefill_instance, r.decode_instance = p.idx, d.idx
         max_seq = r.prompt_len + r.output_len
         request = RequestInfo(r.prompt_len, r.output_len)
@@ -265,17 +266,39 @@ class Simulator:
 
     # ---- decode ----------------------------------------------------------------------------------------
     def _on_decode_ready(self, t: float, rid: int) -> None:
-        r = self.reqs[rid]
-        r.first_token_s = t
-        d = self.decode[r.decode_instance]
-        if r.output_len <= 1:
-            self._finish(t, r, d, context=r.prompt_len + 1, joined=False)
-            return
+        """r's KV (or, offloaded, its first token and metadata) is on decode; the scheduler sees it at its next
+        iteration (`_start_step`), at once when decode is idle."""
+        d = self.decode[self.reqs[rid].decode_instance]
         d.ready.append(rid)
         if not d.busy:
             self._start_step(t, d)
 
+    def _deliver(self, t: float, d: DecodeGPU) -> None:
+        """One iteration of SGLang's decode scheduler at a step boundary (`event_loop_overlap_disagg_decode`):
+        the requests whose KV arrived since the last one get their first token out
+        (`process_batch_result_prebuilt`) and merge into the running batch. With the overlap scheduler the
+        step it launches runs after the one in flight, so when a step is in flight (requests are running or
+        joining) they join the step after this one; with nothing in flight they join now."""
+        in_flight = self.cfg.decode_overlap_schedule and (d.batch > 0 or bool(d.joining))
+        later = []
+        while d.ready:
+            rid = d.ready.popleft()
+            r = self.reqs[rid]
+            if math.isnan(r.first_token_s):  # a restored (retracted) request's first token was out long ago
+                r.first_token_s = t
+                if r.output_len <= 1:
+                    self._finish(t, r, d, context=r.prompt_len + 1, joined=False)
+                    continue
+            later.append(rid)
+        if in_flight:
+            joining_now, d.joining = d.joining, deque(later)
+        else:
+            joining_now = deque([*d.joining, *later])
+            d.joining = deque()
+        d.ready = joining_now  # `_start_step` takes them into this step (the rest wait, in order)
+
     def _start_step(self, t: float, d: DecodeGPU) -> None:
+        self._deliver(t, d)
         while d.ready and d.batch < self.cfg.max_decode_batch:
             r = self.reqs[d.ready.popleft()]
             max_seq = r.prompt_len + r.output_len
@@ -289,11 +312,16 @@ class Simulator:
                     d.reserved_tokens += 1
                 d.local_rids[r.rid] = r.tokens_out
             d.schedule_finish(r.rid, r.output_len - r.tokens_out)
+        if d.ready:  # no request slot left this step: they join the next one, ahead of the later ones
+            d.joining = deque([*d.ready, *d.joining])
+            d.ready = deque()
         if self.watermark:
             while d.local.requests and d.reserved_tokens + d.local.requests > d.capacity_tokens:
                 self._retract(t, d)  # this step's tokens would not fit: retract the newest local request
         if d.batch == 0:
             d.busy = False
+            if d.joining:  # retraction emptied the batch: nothing is in flight, the joining ones start now
+                self._start_step(t, d)
             return
         d.busy = True
         step_ms = self._step_time(t, d)

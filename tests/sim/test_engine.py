@@ -192,3 +192,24 @@ def test_offloaded_requests_take_a_decode_slot_but_no_decode_kv():
     a, b, c = res.requests
     assert a.decode_admit_s == b.decode_admit_s == 0.0  # 2 request slots
     assert c.decode_admit_s == pytest.approx(min(a.finish_s, b.finish_s))
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_a_request_joins_a_running_decode_as_sglangs_overlap_scheduler_lets_it(overlap):
+    """SGLang's decode loop builds step i+1 while step i runs: a request whose KV arrives mid-step gets its first
+    token out at the next step boundary (the scheduler's next iteration) and decodes from the step after the
+    one starting there (the emulated servers show this one-step lag, docs/simulator.md). Without the overlap
+    scheduler (`--disable-overlap-schedule`) it joins the step starting at that boundary."""
+    reqs = Requests(np.array([1.0, 1.015]), np.array([100, 100]), np.array([10, 3]))
+    res = Simulator(SimConfig(offload="never", decode_overlap_schedule=overlap), reqs, FakeCosts(),
+                    FakePolicy(0.0)).run()  # fmt: skip
+    a, b = res.requests
+    assert a.first_token_s == pytest.approx(1.011)  # decode was idle: A's first token and first step at once
+    starts = [s.start_s for s in res.steps if s.kind == DECODE]
+    kv_here = b.prefill_end_s + 100 * 0.01e-3  # B's KV transfer ends
+    boundary = min(t for t in starts if t >= kv_here)
+    joined = [s.start_s for s in res.steps if s.kind == DECODE and s.batch == 2]
+    assert len(joined) == b.output_len - 1 and b.tokens_out == 3
+    assert b.first_token_s == pytest.approx(boundary) and boundary > kv_here
+    assert joined[0] == pytest.approx(min(t for t in starts if t > boundary) if overlap else boundary)
+    assert b.finish_s == pytest.approx(max(s.end_s for s in res.steps if s.kind == DECODE and s.batch == 2))
