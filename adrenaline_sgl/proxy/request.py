@@ -164,6 +164,11 @@ def request_info(body: dict, endpoint: str, tokens: TokenCounter = _ESTIMATE) ->
     if not isinstance(body, dict):
         raise BadRequest(f"request body: expected a JSON object, got {type(body).__name__}")
     _check_types(body, endpoint, tokens.vocab_size)
+    if samples(body, endpoint) > 1:
+        # SGLang's PD mode gives every sample of a request one bootstrap room: decode waits for KV that never
+        # comes (a hang, with or without offload); refused here instead (issue 18 defect 2)
+        raise BadRequest("field 'n': more than one sample per request is not supported in PD disaggregation "
+                         "(SGLang gives the samples one KV hand-off); send n separate requests")
     if endpoint == "generate":
         prompt = tokens.prompt(body["input_ids"] if body.get("input_ids") is not None else body["text"])
         sp = body.get("sampling_params")
@@ -178,19 +183,24 @@ def request_info(body: dict, endpoint: str, tokens: TokenCounter = _ESTIMATE) ->
     return RequestInfo(prompt_tokens=prompt, max_new_tokens=new or DEFAULT_MAX_NEW_TOKENS)
 
 
+def samples(body: dict, endpoint: str) -> int:
+    """`n`: how many samples each prompt of the request asks for (a valid body)."""
+    if endpoint == "generate":
+        sp = body.get("sampling_params")
+        items = [item or {} for item in (sp if isinstance(sp, list) else [sp])]
+        return max((_int_field(body, "sampling_params.n", item.get("n")) or 1) for item in items)
+    return _int_field(body, "n", body.get("n")) or 1
+
+
 def sequences(body: dict, endpoint: str) -> int:
     """How many sequences the request decodes, each with its own KV: the batch size times `n` (a valid body)."""
     if endpoint == "generate":
         batch = _batch_size(body) or 1
-        sp = body.get("sampling_params")
-        items = [item or {} for item in (sp if isinstance(sp, list) else [sp])]
-        n = max((_int_field(body, "sampling_params.n", item.get("n")) or 1) for item in items)
     else:
         prompt = body.get("prompt")
         listed = endpoint == "v1/completions" and isinstance(prompt, list) and prompt and not _is_int(prompt[0])
         batch = len(prompt) if listed else 1
-        n = _int_field(body, "n", body.get("n")) or 1
-    return batch * n
+    return batch * samples(body, endpoint)
 
 
 def prepare(

@@ -283,3 +283,19 @@ def test_defect12_proxy_answers_adrenaline_load():
     status, text = run(body())
     assert status == 200, (status, text[:200])
     assert prefill_load()["executor_addr"] in text  # the prefill instance's report is in it
+
+
+@pytest.mark.parametrize("endpoint, body", [
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "n": 2, "max_tokens": 4}),
+    ("/generate", {"text": "hi", "sampling_params": {"n": 2, "max_new_tokens": 4}}),
+])  # fmt: skip
+def test_defect2_more_than_one_sample_gets_a_400_not_a_hang(endpoint, body):
+    """Defect 2: SGLang's PD mode gives every sample of a request one bootstrap room, so decode waits for KV that
+    never comes (it hung over 60 s with policy never). The front door refuses it with a clear error."""
+    from adrenaline_sgl.proxy import request as rq
+
+    kind = endpoint.lstrip("/")
+    with pytest.raises(rq.BadRequest, match="field 'n'"):
+        rq.request_info(body, kind)
+    assert rq.request_info({**body, "n": 1} if "messages" in body else
+                           {"text": "hi", "sampling_params": {"n": 1, "max_new_tokens": 4}}, kind).max_new_tokens == 4

@@ -47,8 +47,9 @@ class Stack:
             if d._runner is not None:
                 await d.stop()
 
-    async def generate(self, chars: int = 400, max_new_tokens: int = 300, **extra) -> tuple[int, dict]:
-        body = {"text": "x" * chars, "sampling_params": {"max_new_tokens": max_new_tokens, **extra}}
+    async def generate(self, chars: int = 400, max_new_tokens: int = 300, batch: int = 0, **extra) -> tuple[int, dict]:
+        text = ["x" * chars] * batch if batch else "x" * chars
+        body = {"text": text, "sampling_params": {"max_new_tokens": max_new_tokens, **extra}}
         async with self.http.post(self.proxy.url + "/generate", json=body) as resp:
             return resp.status, await resp.json(content_type=None)
 
@@ -82,7 +83,7 @@ def test_capacity_admission_counts_requests_in_flight_at_full_length():
 
 def test_capacity_admission_counts_what_was_sent_since_the_last_report_and_every_sequence():
     """The report says 500 free (another proxy's requests hold the rest); until the next report the proxy counts
-    what it sent there since. `n: 2` decodes two sequences: twice the KV."""
+    what it sent there since. A batch of 2 decodes two sequences: twice the KV."""
 
     async def body():
         load = prefill_load(executor_free_tokens=500, executor_capacity_tokens=10_000)
@@ -92,8 +93,8 @@ def test_capacity_admission_counts_what_was_sent_since_the_last_report_and_every
             await s.generate()  # both finished (their KV is back): the report's 500 hold again
             assert _offloaded(s.decodes[0].bodies[-1])
         async with Stack(load, load_interval_s=60.0) as s:
-            await s.generate(chars=400, max_new_tokens=100, n=3)  # 3 x (100 + 100) = 600 > 500
-            await s.generate(chars=400, max_new_tokens=100, n=2)  # 2 x 200 = 400 <= 500
+            await s.generate(chars=400, max_new_tokens=100, batch=3)  # 3 x (100 + 100) = 600 > 500
+            await s.generate(chars=400, max_new_tokens=100, batch=2)  # 2 x 200 = 400 <= 500
             assert [_offloaded(b) for b in s.decodes[0].bodies] == [False, True]
 
     run(body())
