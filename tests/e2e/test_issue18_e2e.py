@@ -178,7 +178,6 @@ def test_defect6_failed_offloads_are_counted_by_decode(failed_offloads):
     assert failed_offloads["decode"] >= failed_offloads["failed"], failed_offloads
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 defect 6 (the proxy's metrics)")
 def test_defect6_failed_offloads_are_counted_by_the_proxy(failed_offloads):
     """Defect 6: the proxy's metrics read 0 after offloaded requests failed, and the proxy counted those
     requests as answered."""
