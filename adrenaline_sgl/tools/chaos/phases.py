@@ -108,8 +108,9 @@ def burst(ctx: Ctx, n: int) -> PhaseRun:
 
 
 def parallel_samples(ctx: Ctx) -> PhaseRun:
-    """`n: 2` on /v1/chat/completions and /generate, streamed and not."""
-    return PhaseRun(ctx.send(cases.parallel_samples("n2"), bound_s=120))
+    """`n: 2` on /v1/chat/completions and /generate, streamed and not: each must get the proxy's 400."""
+    out = ctx.send(cases.parallel_samples("n2"), bound_s=120)
+    return PhaseRun(out, {"refused_as_expected": sum(o.as_expected for o in out), "cases": len(out)})
 
 
 def long_offloaded(ctx: Ctx, max_new_tokens: int = 1500) -> PhaseRun:
