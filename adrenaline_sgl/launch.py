@@ -197,13 +197,13 @@ class ProcessGroupSet:
         old = next(p for s, p in self.running if s.name == spec.name)
         _signal_group(old.pid, signal.SIGKILL)
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and (_group_members(psutil, old.pid)
+        while time.monotonic() < deadline and (group_members(psutil, old.pid)
                                                or not all(port_is_free(spec.host, p) for p in spec.ports)):  # fmt: skip
             time.sleep(0.2)
         with contextlib.suppress(subprocess.TimeoutExpired):
             old.wait(timeout=5)
-        if _group_members(psutil, old.pid):
-            raise LaunchError(f"{spec.name}: processes {_group_members(psutil, old.pid)} of the old group survive "
+        if group_members(psutil, old.pid):
+            raise LaunchError(f"{spec.name}: processes {group_members(psutil, old.pid)} of the old group survive "
                               "SIGKILL")  # fmt: skip
         self.running = [(s, p) for s, p in self.running if s.name != spec.name]
         log = self.folder / spec.log_name
@@ -231,14 +231,14 @@ class ProcessGroupSet:
                 popen.send_signal(signal.SIGTERM)
         orphans_termed: set[int] = set()
         deadline = time.monotonic() + self.stop_timeout_s
-        while time.monotonic() < deadline and any(_group_members(psutil, p.pid) for p in leaders):
+        while time.monotonic() < deadline and any(group_members(psutil, p.pid) for p in leaders):
             for popen in leaders:  # a leader that is gone left members behind: SIGTERM them at once
                 if popen.poll() is not None and popen.pid not in orphans_termed:
                     orphans_termed.add(popen.pid)
                     _signal_group(popen.pid, signal.SIGTERM)
             time.sleep(0.2)
         for popen in leaders:
-            if _group_members(psutil, popen.pid):
+            if group_members(psutil, popen.pid):
                 print(f"launch: group {popen.pid} still running {self.stop_timeout_s} s after SIGTERM: SIGKILL",
                       flush=True)
                 _signal_group(popen.pid, signal.SIGKILL)
@@ -250,10 +250,10 @@ class ProcessGroupSet:
         leftovers = []
         deadline = time.monotonic() + 10
         for spec, popen in self.running:
-            while _group_members(psutil, popen.pid) and time.monotonic() < deadline:
+            while group_members(psutil, popen.pid) and time.monotonic() < deadline:
                 time.sleep(0.2)
-            if _group_members(psutil, popen.pid):
-                leftovers.append(f"{spec.name}: pids {_group_members(psutil, popen.pid)} still running")
+            if group_members(psutil, popen.pid):
+                leftovers.append(f"{spec.name}: pids {group_members(psutil, popen.pid)} still running")
             for port in spec.ports:
                 while not port_is_free(spec.host, port) and time.monotonic() < deadline:
                     time.sleep(0.2)
@@ -270,7 +270,7 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
-def _group_members(psutil, pgid: int) -> list[int]:
+def group_members(psutil, pgid: int) -> list[int]:
     """Live (non-zombie) processes in process group `pgid`."""
     found = []
     for proc in psutil.process_iter(["pid", "status"]):

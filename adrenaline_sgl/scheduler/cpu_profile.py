@@ -28,6 +28,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from adrenaline_sgl.scheduler.table import split_provenance
+
 RAW_KINDS = ("prefill_step", "decode_step", "decode_local_attn", "executor_attn", "executor_begin_step",
              "round_trip")
 RAW_COLUMNS = ("what", "rows", "context_tokens", "ms_p50", "ms_p99", "samples")
@@ -73,13 +75,7 @@ class RawProfile:
 
     @staticmethod
     def from_csv(text: str) -> RawProfile:
-        prov, body = {}, []
-        for line in text.splitlines():
-            if line.startswith("#"):
-                key, _, value = line[1:].partition(":")
-                prov[key.strip()] = value.strip()
-            elif line.strip():
-                body.append(line)
+        prov, body = split_provenance(text)
         reader = csv.DictReader(body)
         if reader.fieldnames is None or list(reader.fieldnames) != list(RAW_COLUMNS):
             raise ValueError(f"raw profile columns must be {list(RAW_COLUMNS)}, got {reader.fieldnames}")

@@ -61,6 +61,18 @@ class TableRow:
     ms: float
 
 
+def split_provenance(text: str) -> tuple[dict[str, str], list[str]]:
+    """A profile CSV's `# key: value` provenance lines (a dict) and its non-empty CSV lines."""
+    prov, body = {}, []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            key, _, value = line[1:].partition(":")
+            prov[key.strip()] = value.strip()
+        elif line.strip():
+            body.append(line)
+    return prov, body
+
+
 @dataclass(frozen=True)
 class ProfileTable:
     """Measured rows plus provenance (every key of PROVENANCE_KEYS)."""
@@ -93,13 +105,7 @@ class ProfileTable:
 
     @staticmethod
     def from_csv(text: str) -> ProfileTable:
-        prov, body = {}, []
-        for line in text.splitlines():
-            if line.startswith("#"):
-                key, _, value = line[1:].partition(":")
-                prov[key.strip()] = value.strip()
-            elif line.strip():
-                body.append(line)
+        prov, body = split_provenance(text)
         reader = csv.DictReader(body)
         if reader.fieldnames is None or set(COLUMNS) - set(reader.fieldnames):
             raise ValueError(f"profile table columns must include {list(COLUMNS)}, got {reader.fieldnames}")

@@ -25,7 +25,7 @@ import yaml
 
 from adrenaline_sgl.configs import cluster
 from adrenaline_sgl.configs.commands import port_is_free
-from adrenaline_sgl.launch import RunningCluster, start_cluster
+from adrenaline_sgl.launch import RunningCluster, group_members, start_cluster
 from adrenaline_sgl.tools.chaos import sockets
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -107,14 +107,7 @@ class ChaosStack:
 
     def members(self, name: str) -> list[int]:
         """Live (non-zombie) processes of `name`'s process group."""
-        pgid, found = self.group(name), []
-        for proc in psutil.process_iter(["pid", "status"]):
-            try:
-                if proc.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(proc.info["pid"]) == pgid:
-                    found.append(proc.info["pid"])
-            except (ProcessLookupError, psutil.Error, OSError):
-                continue
-        return found
+        return group_members(psutil, self.group(name))
 
     def leader_exit(self, name: str) -> int | None:
         """The group leader's exit code, None while it runs."""
