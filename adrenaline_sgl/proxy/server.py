@@ -138,7 +138,8 @@ class Proxy:
         self.poller = LoadPoller(
             [u for u, _ in cfg.prefill] + list(cfg.decode), cfg.load_interval_s, cfg.load_timeout_s, cfg.load_stale_s
         )
-        self.session: aiohttp.ClientSession | None = None
+        self.session: aiohttp.ClientSession | None = None  # requests and passthrough GETs
+        self._load_session: aiohttp.ClientSession | None = None  # the poller's /adrenaline/load pulls
         self._runners: list[web.AppRunner] = []
         self.port: int | None = None
         self.metrics_port: int | None = None
@@ -157,10 +158,15 @@ class Proxy:
         return app
 
     async def start(self) -> None:
-        timeout = aiohttp.ClientTimeout(total=self.cfg.request_timeout_s, connect=self.cfg.connect_timeout_s)
-        self.session = aiohttp.ClientSession(timeout=timeout)
-        await self.poller.pull_once(self.session)  # first decisions already see the instances
-        self.poller.start(self.session)
+        # Every request holds one connection to prefill and one to decode for its whole life, so the pool has
+        # no cap (aiohttp's default 100 made a burst of 128 wait for slots), and the connect timeout covers the
+        # TCP connect only (aiohttp's `connect` also counts that wait: the burst got 504s, issue 18).
+        timeout = aiohttp.ClientTimeout(total=self.cfg.request_timeout_s, sock_connect=self.cfg.connect_timeout_s)
+        self.session = aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0))
+        # load pulls on their own session: a busy request pool never delays them into staleness
+        self._load_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        await self.poller.pull_once(self._load_session)  # first decisions already see the instances
+        self.poller.start(self._load_session)
         self.port = await self._serve(self.app(), self.cfg.host, self.cfg.port)
         if self.cfg.metrics_port is not None:
             metrics_app = web.Application(middlewares=[json_errors])
@@ -182,9 +188,10 @@ class Proxy:
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()
-        if self.session is not None:
-            await self.session.close()
-            self.session = None
+        for session in (self.session, self._load_session):
+            if session is not None:
+                await session.close()
+        self.session = self._load_session = None
 
     @property
     def url(self) -> str:

@@ -236,11 +236,18 @@ def test_killed_executor_fails_offloaded_requests_fast_local_ones_finish_servers
         reply = generate(url, "Count from one to one hundred:", n)
         results[name] = (time.monotonic(), reply)
 
-    workers = [threading.Thread(target=run, args=(f"off{i}", proxies["always"], 500)) for i in range(2)]
+    # 2 x (8 prompt + 300 new) tokens fit the executor's 1024-token reserve with room to spare; 2 x 500 left
+    # 8 tokens, and a proxy load report one pull old (the stall test's KV still held) made one request local
+    workers = [threading.Thread(target=run, args=(f"off{i}", proxies["always"], 300)) for i in range(2)]
     workers += [threading.Thread(target=run, args=(f"local{i}", proxies["never"], 48)) for i in range(2)]
     for w in workers:
         w.start()
-    wait_for(lambda: load(running, "prefill-0")["offloaded_reqs"] == 2, 60, what="both offloaded requests held")
+    try:
+        wait_for(lambda: load(running, "prefill-0")["offloaded_reqs"] == 2, 60, what="both offloaded requests held")
+    except AssertionError as err:  # say why: the `always` proxy's decisions and the executor's room
+        decisions = [line for line in requests.get(proxies["always"] + "/metrics", timeout=10).text.splitlines()
+                     if line.startswith("adrenaline_proxy_requests_total")]  # fmt: skip
+        raise AssertionError(f"{err}; prefill load {load(running, 'prefill-0')}; decisions {decisions}") from err
     stop = requests.post(prefill_url + "/adrenaline/executor/stop", timeout=30)
     killed_at = time.monotonic()
     assert stop.status_code == 200, stop.text

@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import random
+import time
 
 import aiohttp
 import pytest
@@ -299,3 +300,40 @@ def test_defect2_more_than_one_sample_gets_a_400_not_a_hang(endpoint, body):
         rq.request_info(body, kind)
     assert rq.request_info({**body, "n": 1} if "messages" in body else
                            {"text": "hi", "sampling_params": {"n": 1, "max_new_tokens": 4}}, kind).max_new_tokens == 4
+
+
+# ---- must-show: a burst of 128 concurrent requests -------------------------------------------------------
+
+
+def test_burst_of_150_concurrent_requests_all_answered_none_waits_for_a_pool_slot():
+    """The chaos burst of 128 got 53 proxy 504s (`upstream_timeout`) with both servers healthy: aiohttp's pool
+    holds 100 connections and its `connect` timeout counts the wait for a slot, while every request holds one
+    connection to each side for its whole life. 150 requests held 1.5 s each by the stand-ins, connect timeout
+    0.5 s: all 200, and the load pulls stay fresh meanwhile (their own session)."""
+
+    async def body():
+        prefill = StandIn("prefill", prefill_load(), delay_s=1.5)
+        decode = StandIn("decode", decode_load(), delay_s=1.5)
+        await prefill.start()
+        await decode.start()
+        proxy = await _proxy(prefill.url, decode.url, connect_timeout_s=0.5, load_interval_s=0.2)
+        try:
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                             timeout=aiohttp.ClientTimeout(total=30)) as http:  # fmt: skip
+                async def one(i):
+                    async with http.post(proxy.url + "/generate", json={"text": f"q{i}", "sampling_params": {}}) as r:
+                        return r.status, await r.text()
+
+                task = asyncio.gather(*(one(i) for i in range(150)))
+                await asyncio.sleep(1.0)  # mid-burst: every request holds its two upstream connections
+                ages = [time.monotonic() - proxy.poller.pulled_at(u) for u in (prefill.url, decode.url)]
+                return await task, ages
+        finally:
+            await proxy.stop()
+            await prefill.stop()
+            await decode.stop()
+
+    replies, ages = run(body())
+    statuses = [s for s, _ in replies]
+    assert statuses.count(200) == 150, [(s, t[:120]) for s, t in replies if s != 200][:3]
+    assert all(a < 1.0 for a in ages), ages  # s; pulled every 0.2 s during the burst

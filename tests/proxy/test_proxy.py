@@ -219,8 +219,11 @@ def test_unreachable_decode_fails_fast_with_a_clear_error():
             assert status == 502 and out["error"]["type"] == "upstream_unreachable"
             assert dead in out["error"]["message"]
             assert time.monotonic() - t0 < 5.0
-            # the unreachable decode also means no offload: its load pull failed
-            assert s.prefill.bodies[0]["sampling_params"]["custom_params"]["adrenaline_offload"] is False
+            # the unreachable decode also means no offload: its load pull failed (prefill may not even see the
+            # body: decode's refused connect cancels the prefill half)
+            routed = s.proxy.metrics.requests.labels(offloaded="false", reason="decode not offload-capable")
+            assert routed._value.get() == 1
+            assert all(b["sampling_params"]["custom_params"]["adrenaline_offload"] is False for b in s.prefill.bodies)
 
     run(body())
 
