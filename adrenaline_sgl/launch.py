@@ -390,8 +390,16 @@ def start_cluster(cfg: cluster.ClusterConfig, run_dir: str | os.PathLike | None 
         from adrenaline_sgl.sglang_ext.cpu import server_env
 
         support_dir = server_env.write_support_dir(folder.resolve() / "cpu_support")
+    bind_shim = None
+    if cfg.bind_host_shim:
+        from adrenaline_sgl.support import bind_host
+
+        bind_shim, why_not = bind_host.build(folder.resolve() / "bind_host")
+        if bind_shim is None:
+            print(f"launch: {why_not}; servers start without it (Mooncake's listeners on every interface)",
+                  flush=True)  # fmt: skip
     plan = build_plan(cfg, model_dir, assign_ports(cfg, pick_free=True), python=sys.executable,
-                      support_dir=support_dir)
+                      support_dir=support_dir, bind_shim=bind_shim)
     running = RunningCluster(folder, plan, ProcessGroupSet(folder, stop_timeout_s=cfg.stop_timeout_s),
                              {"started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     print(f"launch: run folder {folder} (logs, run.json)", flush=True)
@@ -494,6 +502,10 @@ def print_commands(cfg: cluster.ClusterConfig) -> None:
     if support_dir is not None:
         print(f"# cpu_support: first write the shims on each node: "
               f"python -m adrenaline_sgl.sglang_ext.cpu.server_env {support_dir}\n")
+    if cfg.bind_host_shim:  # what start_cluster does per launch (support/bind_host.py)
+        print("# bind_host_shim: on each node build the shim, cc -shared -fPIC -O2 -o libadrenaline_bind_host.so "
+              "adrenaline_sgl/support/bind_host.c -ldl, and start each server with LD_PRELOAD=<that .so> "
+              "ADRENALINE_BIND_HOST=<its host>\n")  # fmt: skip
     for host in sorted({p.host for p in plan}):
         print(f"# on {host}")
         for p in (p for p in plan if p.host == host):

@@ -137,6 +137,9 @@ class ClusterConfig:
     cpu_exclusive: bool = field(
         default=True, metadata={"help": "pinned instances on one host must not share a CPU (role `cpus`)"}
     )
+    bind_host_shim: bool = field(default=True, metadata={
+        "help": "preload adrenaline_sgl/support/bind_host.c into the servers: their wildcard binds (Mooncake's "
+                "listeners) go to the instance's host; needs a C compiler, else one line and no shim"})  # fmt: skip
     restart: bool = field(default=True, metadata={
         "help": "a server or the proxy that exits while serving is started again (same command and ports), at "
                 "most restart_limit times each; false: it is marked down and the rest keep serving (the proxy "
@@ -151,7 +154,7 @@ class ClusterConfig:
             raise ValueError("model must be a checkpoint directory or smollm2:<dtype>, got an empty value")
         if self.transfer_backend not in TRANSFER_BACKENDS:
             raise ValueError(f"transfer_backend must be one of {TRANSFER_BACKENDS}, got {self.transfer_backend!r}")
-        for name in ("cpu_support", "cpu_exclusive", "restart"):
+        for name in ("cpu_support", "cpu_exclusive", "restart", "bind_host_shim"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("startup_timeout_s", "stop_timeout_s"):  # a number before its range is compared

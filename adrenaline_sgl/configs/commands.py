@@ -185,8 +185,9 @@ PROXY_MODULES: dict[str, str] = {
 
 
 def build_plan(cfg: ClusterConfig, model_dir: str, ports: Ports, python: str,
-               support_dir: Path | None) -> list[ProcessSpec]:
-    """Prefill servers, decode servers, then the proxy. `support_dir`: CPU shims (cpu_support only)."""
+               support_dir: Path | None, bind_shim: Path | None = None) -> list[ProcessSpec]:
+    """Prefill servers, decode servers, then the proxy. `support_dir`: CPU shims (cpu_support only);
+    `bind_shim`: the built bind-host shim, preloaded into every server (support/bind_host.py)."""
     prefill = [_server(cfg, "prefill", i, model_dir, ports, python) for i in range(cfg.prefill.count)]
     decode = [_server(cfg, "decode", i, model_dir, ports, python) for i in range(cfg.decode.count)]
     module = PROXY_MODULES[cfg.proxy.kind]
@@ -205,6 +206,12 @@ def build_plan(cfg: ClusterConfig, model_dir: str, ports: Ports, python: str,
 
         own_env = {**own_env, **{r: {ENV_VAR: cfg.emulate.to_json(), **own_env[r]} for r in ("prefill", "decode")}}
     pinned = {p.name: thread_env(p.cpus) if p.cpus else {} for p in [*prefill, *decode]}
+    if bind_shim is not None:  # every listener of a server on its host (Mooncake's too)
+        from adrenaline_sgl.support import bind_host
+
+        for p in [*prefill, *decode]:
+            inherited = {**env, **own_env[p.role]}.get("LD_PRELOAD", os.environ.get("LD_PRELOAD", ""))
+            pinned[p.name] = {**pinned[p.name], **bind_host.server_env(bind_shim, p.host, inherited)}
     return [_fill_named_ports(dataclasses.replace(p, env_overrides={**env, **own_env[p.role],
                                                                     **pinned.get(p.name, {})}), ports.named)
             for p in [*prefill, *decode, proxy]]

@@ -55,7 +55,7 @@ def test_defect12_the_launcher_prints_the_metrics_address(tmp_path, capsys, monk
     script.write_text(FAKE)
     seen = {}
 
-    def plan(cfg, model_dir, ports, python, support_dir):
+    def plan(cfg, model_dir, ports, python, support_dir, bind_shim=None):
         seen["metrics_port"], seen["proxy_port"] = ports.prometheus, ports.proxy
         specs = []
         for name, role, port in (("prefill-0", "prefill", ports.prefill[0]), ("decode-0", "decode", ports.decode[0]),

@@ -49,7 +49,7 @@ def fake_cluster(tmp_path, monkeypatch):
     script.write_text(FAKE)
     answer = {"text": "The capital of France is Paris."}
 
-    def plan(cfg, model_dir, ports, python, support_dir):
+    def plan(cfg, model_dir, ports, python, support_dir, bind_shim=None):
         specs = []
         for name, role in (("prefill-0", "prefill"), ("decode-0", "decode"), ("proxy", "proxy")):
             port = _free_port()

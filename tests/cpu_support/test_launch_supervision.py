@@ -46,7 +46,7 @@ def fake_plan(tmp_path, monkeypatch):
     script = tmp_path / "fake.py"
     script.write_text(FAKE)
 
-    def plan(cfg, model_dir, ports, python, support_dir):
+    def plan(cfg, model_dir, ports, python, support_dir, bind_shim=None):
         specs = []
         for name, role in (("prefill-0", "prefill"), ("decode-0", "decode"), ("proxy", "proxy")):
             port = _free_port()
