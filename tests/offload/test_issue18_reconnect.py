@@ -97,3 +97,37 @@ def test_decode_follows_an_executor_restarted_on_the_same_address():
             assert client.stats()["tokens_held"] == 0
         finally:
             offload.close()
+
+
+def test_a_killed_executor_ends_the_layer_wait_in_about_a_second_not_at_the_timeout():
+    """chaos: after prefill's SIGKILL or the executor's stop, decode's wait for a layer ran to its 5 s timeout
+    (and the decode batch stalled with it). The closed connection now ends it: a 10 s layer timeout here,
+    an error within PEER_GONE_S (1 s) plus slack on a busy 2-core machine."""
+    from adrenaline_sgl.offload.transports.router import PEER_GONE_S
+
+    with ExecutorProcess(LAYERS, HKV, D, NUM_SLOTS, attention="reference") as proc:
+        channel = create_channel("mooncake", address=proc.address, layout=LAYOUT, max_rows=512)
+        client = OffloadClient(channel, LAYOUT, LAYERS, ClientConfig(layer_timeout_s=10.0))
+        try:
+            client.adopt_copy("a", *random_kv(3))
+            client.begin_step(["a"])
+            client.submit(0, *random_rows(1))
+            client.wait()
+            proc.kill()
+            client.submit(1, *random_rows(1))
+            t0 = time.monotonic()
+            with pytest.raises(OffloadError, match="closed its connection"):
+                client.wait()
+            took_s = time.monotonic() - t0
+            assert PEER_GONE_S <= took_s + 0.1 and took_s < PEER_GONE_S + 3.0, took_s
+        finally:
+            client.close()
+
+
+def test_nothing_listening_fails_the_connect_in_about_a_second():
+    """A decode told to use an executor whose process is gone waited the whole connect timeout (5 s in chaos's
+    executor-stop: the request sent just after the stop)."""
+    t0 = time.monotonic()
+    with pytest.raises(OffloadError, match="nothing listens there"):
+        _connect(f"127.0.0.1:{_free_port()}", connect_timeout_s=10.0)
+    assert time.monotonic() - t0 < 4.0

@@ -85,7 +85,7 @@ class CudaIpcChannel(RouterChannel):
 
     def close(self) -> None:
         self._say_goodbye()
-        self._main.close(linger=0)
+        self._close_main()
 
 
 @dataclass

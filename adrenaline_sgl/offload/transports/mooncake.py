@@ -59,7 +59,7 @@ class MooncakeChannel(RouterChannel):
         except BaseException:
             for buf in registered:
                 unregister(self._engine, buf)
-            self._main.close(linger=0)
+            self._close_main()
             raise
 
     def send_layer(self, step_id: int, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -78,4 +78,4 @@ class MooncakeChannel(RouterChannel):
         self._say_goodbye()
         unregister(self._engine, self._send_buf)
         unregister(self._engine, self._recv_buf)
-        self._main.close(linger=0)
+        self._close_main()

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 import zmq
+import zmq.utils.monitor
 
 from .. import errors
 from ..errors import NotConnectedError, NotReadyError, OffloadError
@@ -32,6 +33,7 @@ from ..wire import RowLayout, decode, decode_layer, encode, encode_layer
 from .base import Channel
 
 _POLL_SLICE_MS = 50
+PEER_GONE_S = 1.0  # s without a connection to the executor that end a wait (ZMQ reconnects every 0.1 s)
 
 
 def raise_remote(address: str, what: str, header: dict[str, Any]) -> None:
@@ -53,7 +55,15 @@ class RouterChannel(Channel):
         self.max_rows = max_rows
         self._client_id = uuid.uuid4().hex
         self._ctx = zmq.Context.instance()
-        self._main = self._socket(f"{self._client_id}-main")
+        self._main, self._monitor = self._socket(f"{self._client_id}-main")
+        # The executor's end of the connection, watched: a dead or stopped executor closes it (the kernel does,
+        # for a killed process); when ZMQ has not re-established it within PEER_GONE_S of a wait's start, the
+        # wait ends then instead of at its timeout. A stalled (SIGSTOPped) executor keeps the connection open:
+        # only the timeout ends that wait. An executor restarted on the address is reconnected to by ZMQ.
+        self._connected = False
+        self._peer_seen = False  # a connection to the executor was up once
+        self._down_since = time.monotonic()
+        self._wait_start = self._down_since
         self._seq = 0
         self._broken: str | None = None
 
@@ -71,12 +81,14 @@ class RouterChannel(Channel):
         reply, _ = self._request("connect", header, None, timeout_s, "connect")
         return reply
 
-    def _socket(self, identity: str) -> zmq.Socket:
+    def _socket(self, identity: str) -> tuple[zmq.Socket, zmq.Socket]:
+        """The DEALER, connected, and its monitor (attached first: no connection event is missed)."""
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.ROUTING_ID, identity.encode())
         sock.setsockopt(zmq.LINGER, 0)
+        monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         sock.connect(f"tcp://{self.address}")
-        return sock
+        return sock, monitor
 
     def _check_usable(self, what: str) -> None:
         if self._broken is not None:
@@ -89,8 +101,27 @@ class RouterChannel(Channel):
                                f"{self.max_rows} of this channel")
 
     def _local_error(self) -> str | None:
-        """A failure noticed on this side (a failed write) that should end a wait early."""
-        return None
+        """A failure noticed on this side that should end the current wait early: no connection to the executor
+        for PEER_GONE_S since the later of the wait's start and the connection's loss."""
+        while self._monitor.poll(0, zmq.POLLIN):
+            event = zmq.utils.monitor.parse_monitor_message(self._monitor.recv_multipart())["event"]
+            if event == zmq.EVENT_CONNECTED:
+                self._connected = self._peer_seen = True
+            elif event == zmq.EVENT_DISCONNECTED and self._connected:
+                self._connected, self._down_since = False, time.monotonic()
+        if self._connected or time.monotonic() - max(self._down_since, self._wait_start) < PEER_GONE_S:
+            return None
+        if self._peer_seen:
+            return f"the executor closed its connection and is not back after {PEER_GONE_S} s (process died or stopped)"
+        return f"no connection within {PEER_GONE_S} s (nothing listens there)"
+
+    def _close_main(self) -> None:
+        """Close the DEALER and its monitor (subclasses' `close`; a second call does nothing)."""
+        if self._main.closed:
+            return
+        self._main.disable_monitor()
+        self._monitor.close(linger=0)
+        self._main.close(linger=0)
 
     def _poll(self, deadline: float) -> list[bytes] | None:
         while True:
@@ -106,9 +137,13 @@ class RouterChannel(Channel):
         self._seq += 1
         header = {**header, "client": self._client_id, "seq": self._seq}
         self._main.send_multipart(encode(kind, header, tensors))
-        deadline = time.monotonic() + timeout_s
+        self._wait_start = time.monotonic()
+        deadline = self._wait_start + timeout_s
         while True:
             frames = self._poll(deadline)
+            if frames is None and self._local_error() is not None:
+                self._broken = self._local_error()
+                raise OffloadError(f"executor at {self.address}: {what}: {self._broken}")
             if frames is None:
                 self._broken = f"{what} timed out"
                 raise OffloadError(f"executor at {self.address}: {what}: no reply within {timeout_s} s")
@@ -121,7 +156,8 @@ class RouterChannel(Channel):
 
     def _wait_layer(self, step_id: int, layer: int, timeout_s: float) -> int:
         """The row count of the executor's `layer_done` for (step_id, layer); raises on error or timeout."""
-        deadline = time.monotonic() + timeout_s
+        self._wait_start = time.monotonic()
+        deadline = self._wait_start + timeout_s
         while True:
             error = self._local_error()
             if error is not None:
