@@ -20,7 +20,9 @@ from adrenaline_sgl.tools.chaos import cases
 from adrenaline_sgl.tools.chaos.stack import ChaosStack
 from adrenaline_sgl.tools.chaos.traffic import Call, Outcome, Progress, run_calls
 
-STOP_S = 6.0  # SIGSTOP length: below the 10 s hang bound, above decode's 5 s layer timeout
+RECOVER_S = 15.0  # how long a recovered pair may take to offload again: the proxy pauses offloading to an
+# executor whose offloads failed twice in a row for 10 s (ProxyConfig.offload_pause_s), then tries it again
+STOP_S = 6.0  # SIGSTOP length: below the 10 s hang bound, above decode's 3 s layer timeout (flags.py)
 INFLIGHT_TOKENS = 200  # decode length of the requests in flight when a fault hits
 ADMITTED_OFFLOADED = r"adrenaline: admitted \S+ offloaded to"
 
@@ -182,6 +184,18 @@ def offload_probe(stack: ChaosStack) -> tuple[bool, bool]:
     return ok, after > before
 
 
+def _probe_until_offloaded(stack: ChaosStack) -> tuple[bool, float | None]:
+    """Probe every 2 s for up to RECOVER_S: (a probe was answered and offloaded, seconds until it was)."""
+    t0 = time.monotonic()
+    while True:
+        ok, offloaded = offload_probe(stack)
+        if ok and offloaded:
+            return True, round(time.monotonic() - t0, 1)
+        if time.monotonic() - t0 > RECOVER_S:
+            return False, None
+        time.sleep(2.0)
+
+
 def _recover(stack: ChaosStack, run: PhaseRun, restart_first: list[str]) -> None:
     """Restart `restart_first` (may be none), then check the stack serves offloaded requests again; if not, restart
     decode too (the workaround issue 18 defect 5 describes) and check again."""
@@ -189,12 +203,12 @@ def _recover(stack: ChaosStack, run: PhaseRun, restart_first: list[str]) -> None
         run.notes["restart_s"] = round(stack.restart_servers(restart_first), 1)
         run.restarted += restart_first
     time.sleep(3.0)  # the proxy's next load pull sees the restarted executor
-    ok, offloaded = offload_probe(stack)
-    run.notes["offload_works_after"] = ok and offloaded
-    if not (ok and offloaded) and not restart_first:  # a stop: if the pair does not recover, restart both
+    works, run.notes["seconds_to_offload_again"] = _probe_until_offloaded(stack)
+    run.notes["offload_works_after"] = works
+    if not works and not restart_first:  # a stop: if the pair does not recover, restart both
         run.notes["restart_s"] = round(stack.restart_servers(["prefill-0", "decode-0"]), 1)
         run.restarted += ["prefill-0", "decode-0"]
-    elif not (ok and offloaded) and "decode-0" not in restart_first and not stack.dead():
+    elif not works and "decode-0" not in restart_first and not stack.dead():
         run.notes["decode_restart_needed"] = True
         run.notes["restart_s"] = round(run.notes.get("restart_s", 0) + stack.restart_servers(["decode-0"]), 1)
         run.restarted.append("decode-0")
