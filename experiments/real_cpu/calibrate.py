@@ -15,6 +15,12 @@ itself, never the experiment's sweep:
      each batch b of the grid; SGLang's own decode step counters (`decode_moments` of /v1/loads: steps, sum
      of batch, sum of step time) over the polls where all b run, split in two halves (two mean contexts) =
      one decode step at (b, context).
+3. One Adrenaline pair pinned the same way (the adrenaline stack, policy `always`, decode's pool opened as in
+   2): `b` requests at once for each batch of `calibration.offload_batches`, every one offloaded; decode's step
+   counters while all b run offloaded (`offload_step`: a step whose attention is all remote), and the
+   executor's own attention time per layer inside the prefill server over the same polls (`executor_attn`).
+   Why in the servers: the executor attends slower there than in `make profile-cpu`'s harness (it shares the
+   prefill process and core), and the round trip costs more than the transport's microbenchmark.
 
 Writes `calibration.csv` (what, rows, context_tokens, ms, samples; provenance lines with the machine, load
 average, command, date, git sha) into the output folder; `profile.py` turns it and the CPU profile into the
@@ -43,7 +49,7 @@ COLUMNS = ["what", "rows", "context_tokens", "ms", "samples"]
 
 @dataclass(frozen=True)
 class CalRow:
-    what: str  # sglang_attn (per layer) | prefill_step | decode_step (whole step, all layers)
+    what: str  # sglang_attn, executor_attn (per layer) | prefill_step | decode_step, offload_step (whole step)
     rows: int  # batch (decode, attention) or prompt tokens (prefill)
     context_tokens: int  # mean KV tokens per sequence (decode, attention); 0 for prefill
     ms: float
@@ -132,35 +138,65 @@ def prefill_steps(proxy_url: str, prefill_url: str, prompt_lens: list[int], repe
     return rows
 
 
-def decode_steps(proxy_url: str, prefill_url: str, decode_url: str, batches: list[int], input_len: int,
-                 output_len: int, poll_s: float = 0.25) -> list[CalRow]:
+def _batch_polls(urls: dict, b: int, input_len: int, output_len: int, poll_s: float, adrenaline: bool) -> list:
+    """The polls of both servers while all of `b` requests sent at once run in decode's batch (offloaded ones
+    too, and then all offloaded, when `adrenaline`)."""
+    poller = server_stats.Poller(urls["prefill"], urls["decode"], adrenaline=adrenaline, interval_s=poll_s).start()
+    threads = [threading.Thread(target=_generate, args=(urls["proxy"], _ids(input_len, 7 * b + i), output_len,
+                                                        1800.0)) for i in range(b)]  # fmt: skip
+    errors: list[BaseException] = []
+    for t in threads:
+        t.run = _catching(t.run, errors)
+        t.start()
+    for t in threads:
+        t.join()
+    samples = poller.stop()
+    if errors:
+        raise common.ExperimentError(f"calibration at batch {b}: {errors[0]}")
+    full = [s for s in samples if s.decode_running == b and (not adrenaline or s.decode_offloaded == b)]
+    if len(full) < 4:
+        what = "offloaded and running" if adrenaline else "running"
+        raise common.ExperimentError(f"calibration at batch {b}: only {len(full)} polls saw all {b} requests "
+                                     f"{what} (output too short for the poll interval?)")
+    half = len(full) // 2
+    return [full[: half + 1], full[half:]]  # two mean contexts
+
+
+def _step_ms(part: list) -> tuple[float, int]:
+    """Decode's mean step time over the polls of `part` (its own counters), and the step count."""
+    steps = part[-1].decode_steps - part[0].decode_steps
+    return ((part[-1].decode_step_us_sum - part[0].decode_step_us_sum) / steps / 1e3 if steps > 0 else 0.0,
+            int(steps))
+
+
+def decode_steps(urls: dict, batches: list[int], input_len: int, output_len: int, poll_s: float = 0.25) -> list[CalRow]:
     """b requests at once per batch b; SGLang's decode step counters while all b run (module doc, 2)."""
     rows = []
     for b in batches:
-        poller = server_stats.Poller(prefill_url, decode_url, adrenaline=False, interval_s=poll_s).start()
-        threads = [threading.Thread(target=_generate, args=(proxy_url, _ids(input_len, 7 * b + i), output_len,
-                                                            1800.0)) for i in range(b)]  # fmt: skip
-        errors: list[BaseException] = []
-        for t in threads:
-            t.run = _catching(t.run, errors)
-            t.start()
-        for t in threads:
-            t.join()
-        samples = poller.stop()
-        if errors:
-            raise common.ExperimentError(f"calibration at batch {b}: {errors[0]}")
-        full = [s for s in samples if s.decode_running == b]
-        if len(full) < 4:
-            raise common.ExperimentError(f"calibration at batch {b}: only {len(full)} polls saw all {b} requests "
-                                         "running (output too short for the poll interval?)")
-        half = len(full) // 2
-        for part in (full[: half + 1], full[half:]):
-            steps = part[-1].decode_steps - part[0].decode_steps
-            if steps <= 0:
+        for part in _batch_polls(urls, b, input_len, output_len, poll_s, adrenaline=False):
+            ms, steps = _step_ms(part)
+            if steps > 0:
+                ctx = sum(s.decode_used_tokens for s in part) / len(part) / b
+                rows.append(CalRow("decode_step", b, round(ctx), ms, steps))
+    return rows
+
+
+def offload_steps(urls: dict, batches: list[int], input_len: int, output_len: int,
+                  poll_s: float = 0.25) -> list[CalRow]:
+    """b requests at once per batch b, all offloaded (policy always; module doc, 3): decode's step with every
+    row's attention remote (`offload_step`, whole step), and the executor's own attention per layer inside the
+    prefill server over the same polls (`executor_attn`, its `attention_s` over its layer calls)."""
+    rows = []
+    for b in batches:
+        for part in _batch_polls(urls, b, input_len, output_len, poll_s, adrenaline=True):
+            ms, steps = _step_ms(part)
+            calls = part[-1].executor_layer_calls - part[0].executor_layer_calls
+            if steps <= 0 or calls <= 0:
                 continue
-            ms = (part[-1].decode_step_us_sum - part[0].decode_step_us_sum) / steps / 1e3
-            ctx = sum(s.decode_used_tokens for s in part) / len(part) / b
-            rows.append(CalRow("decode_step", b, round(ctx), ms, int(steps)))
+            ctx = round(sum(s.executor_kv_tokens for s in part) / len(part) / b)  # decode holds none of it
+            rows.append(CalRow("offload_step", b, ctx, ms, steps))
+            attn_ms = (part[-1].executor_attention_s - part[0].executor_attention_s) / calls * 1e3
+            rows.append(CalRow("executor_attn", b, ctx, attn_ms, int(calls)))
     return rows
 
 
@@ -214,8 +250,14 @@ def run(cfg: dict, out: Path, argv: list[str]) -> Path:
         print("calibrate: prefill steps vs prompt tokens", flush=True)
         rows += prefill_steps(urls["proxy"], urls["prefill"], cal["prompt_lens"], int(cal["prefill_repeats"]))
         print("calibrate: decode steps vs batch", flush=True)
-        rows += decode_steps(urls["proxy"], urls["prefill"], urls["decode"], cal["batches"], int(wl["input_len"]),
-                             int(wl["output_len"]))
+        rows += decode_steps(urls, cal["batches"], int(wl["input_len"]), int(wl["output_len"]))
+    if cal.get("offload_batches"):
+        offload_cfg = setup.cluster_config(cfg, "adrenaline", out / "launch",
+                                           decode_pool_tokens=int(cal["decode_pool_tokens"]), policy="always")
+        with start_cluster(offload_cfg) as running:
+            print("calibrate: offloaded decode steps and the executor's attention vs batch", flush=True)
+            rows += offload_steps(setup.urls(running), cal["offload_batches"], int(wl["input_len"]),
+                                  int(wl["output_len"]))
     prov["load_avg_end"] = setup.load_avg()
     prov["wall_s"] = f"{time.monotonic() - t0:.0f}"
     return write(out / CALIBRATION_FILE, rows, prov)

@@ -11,11 +11,14 @@ Two devices of one core type, one per role's software (the simulator's `gpu` and
   measured prefill step of a prompt length over the CPU profile's (all its ops x one factor per length).
 - `<base>-sgl-exec` (prefill): the same rows, except decode attention, which is the executor's own kernel
   as the CPU profile measured it (`executor_attn` of its raw file), since on the prefill core the offloaded
-  rows' attention runs in our executor.
-Device specs (bf16 peak, copy bandwidth, link fit) are the base profile's: the same core.
+  rows' attention runs in our executor; times the executor's slowdown inside the prefill server at that batch
+  (calibrate.py, 3: its in-server attention over the harness's at the same rows and context).
+Device specs (bf16 peak, copy bandwidth) are the base profile's: the same core. The link (the per-layer offload
+transfer) is fitted to what the servers paid (calibrate.py, 3; `server_link`) when the calibration has it,
+else the base profile's fit to the transport's microbenchmark.
 
-The factors are in the provenance (`scale_decode`, `scale_prefill`): how far SGLang's engine is from the
-harness's, per batch and per prompt length.
+The factors are in the provenance (`scale_decode`, `scale_prefill`, `scale_executor`): how far SGLang's engine
+and the in-server executor are from the harness's, per batch and per prompt length.
 """
 
 from __future__ import annotations
@@ -84,10 +87,53 @@ def table_rows(cal: list, raw, pred, num_layers: int, executor: bool) -> tuple[l
         batches = sorted({b for b, _ in grid})
         contexts = sorted({c for _, c in grid})
         complete = [b for b in batches if all((b, c) in grid for c in contexts)]
-        rows += [TableRow("attn", "decode", b, b * c, b, 1.0, grid[(b, c)]) for b in complete for c in contexts]
+        scales["executor"] = executor_scales(cal, {(b, c): grid[(b, c)] for b in complete for c in contexts})
+        f = _nearest(scales["executor"])
+        rows += [TableRow("attn", "decode", b, b * c, b, 1.0, grid[(b, c)] * f(b)) for b in complete for c in contexts]
     else:
         rows += [TableRow("attn", "decode", b, b * c, b, 1.0, v) for (b, c), v in sorted(attn.items())]
     return rows, scales
+
+
+def executor_scales(cal: list, grid: dict) -> dict[int, float]:
+    """{batch: the executor's attention inside the prefill server (calibrate.py, 3) over the harness's at the same
+    rows and context (the CPU profile's grid, interpolated)}; {} without that calibration (factor 1)."""
+    harness = _grid_predictor(grid)
+    ratios: dict[int, list[float]] = {}
+    for r in (r for r in cal if r.what == "executor_attn"):
+        ratios.setdefault(r.rows, []).append(r.ms / harness(r.rows, r.context_tokens))
+    return {b: sum(v) / len(v) for b, v in sorted(ratios.items())}
+
+
+def _nearest(scales: dict[int, float]):
+    """f(batch): the factor of the nearest calibrated batch (1.0 when none is)."""
+    return lambda b: scales[min(scales, key=lambda c: (abs(c - b), c))] if scales else 1.0
+
+
+def server_link(cal: list, pred, num_layers: int):
+    """The per-layer offload transfer as the servers pay it (calibrate.py, 3), fitted like the CPU profile's link
+    (scheduler.cpu_profile.fit_link: two messages per layer): (an offloaded step - SGLang's non-attention step
+    at that batch) / layers - the executor's attention in the server, per batch and half; None without that
+    calibration. Everything of a remote step that is not the model's non-attention work or the executor's
+    attention (the doorbells, the wait, begin_step) lands here, as the simulator composes it."""
+    from adrenaline_sgl.scheduler.cpu_profile import fit_link
+
+    offload = [r for r in cal if r.what == "offload_step"]
+    attn = [r for r in cal if r.what == "executor_attn"]
+    if not offload:
+        return None, []
+    local = _grid_predictor({(r.rows, r.context_tokens): r.ms for r in cal if r.what == "sglang_attn"})
+    nonattn: dict[int, list[float]] = {}
+    for r in (r for r in cal if r.what == "decode_step"):
+        nonattn.setdefault(r.rows, []).append(r.ms - num_layers * local(r.rows, r.context_tokens))
+    points = []
+    for step, exe in zip(offload, attn, strict=True):  # written pairwise, per batch and half
+        if step.rows not in nonattn:
+            raise common.ExperimentError(f"calibration: offloaded batch {step.rows} has no decode_step at that batch")
+        base = sum(nonattn[step.rows]) / len(nonattn[step.rows])
+        out_bytes, back_bytes = pred.offload_layer_bytes(step.rows)
+        points.append((float(out_bytes + back_bytes), (step.ms - base) / num_layers - exe.ms))
+    return fit_link([pt for pt in points if pt[1] > 0]), points
 
 
 def _grid_predictor(attn: dict):
@@ -113,6 +159,7 @@ def build(cal_path: Path, profiles: Path, out: Path, base_device: str = BASE_DEV
     status = ("measured" if all(_quiet(cal_prov.get(k, "")) for k in ("load_avg_start", "load_avg_end"))
               and str(base_table.provenance.get("status", "")).startswith("measured") else "provisional")
     written = []
+    link, link_points = server_link(cal, pred, get_model(MODEL).num_layers)
     for suffix, executor in (("-sgl", False), ("-sgl-exec", True)):
         device = f"{base_device}{suffix}"
         rows, scales = table_rows(cal, raw, pred, get_model(MODEL).num_layers, executor)
@@ -130,12 +177,21 @@ def build(cal_path: Path, profiles: Path, out: Path, base_device: str = BASE_DEV
                 "scale_decode": " ".join(f"{b}:{f:.3f}" for b, f in scales["decode"].items()),
                 "scale_prefill": " ".join(f"{t}:{f:.3f}" for t, f in scales["prefill"].items()),
                 "status": status}  # fmt: skip
+        if executor:
+            prov["scale_executor"] = " ".join(f"{b}:{f:.3f}" for b, f in scales["executor"].items()) or "none"
         table = ProfileTable(prov, tuple(rows))
         path = out / f"{device}__{MODEL}.csv"
         path.write_text(table.to_csv())
         spec = {"spec": {**base_spec["spec"], "name": device},
                 "fields": {**base_spec.get("fields", {}), "role": prov["role"]},
                 "provenance": prov}
+        if link is not None:  # the round trip as the servers pay it, not the transport's microbenchmark
+            spec["spec"].update(nvlink_gbs=float(f"{link.gbs:.6g}"), link_latency_us=float(f"{link.latency_us:.6g}"))
+            spec["fields"]["nvlink_gbs, link_latency_us"] = (
+                "per message between the pinned servers, fitted to (offloaded decode step - SGLang's non-attention "
+                "step) / layers - the executor's attention in the server (calibrate.py, 3), per batch "
+                f"{[round(b) for b, _ in link_points]} bytes: {[round(ms, 3) for _, ms in link_points]} ms; max "
+                f"error {100 * link.max_abs_rel_err:.0f}%")  # fmt: skip
         dev_path = out / f"{device}.device.json"
         dev_path.write_text(json.dumps(spec, indent=1) + "\n")
         written += [dev_path, path]

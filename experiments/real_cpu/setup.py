@@ -55,9 +55,10 @@ def num_requests(cfg: dict, rate: float) -> int:
     return min(int(cfg["max_requests"]), max(int(cfg["min_requests"]), n))
 
 
-def cluster_config(cfg: dict, system: str, run_dir: Path, decode_pool_tokens: int | None = None):
-    """The system's ClusterConfig (its YAML), logs under run_dir; decode's pool replaced when asked
-    (calibration: the last `--max-total-tokens` SGLang reads wins)."""
+def cluster_config(cfg: dict, system: str, run_dir: Path, decode_pool_tokens: int | None = None,
+                   policy: str | None = None):
+    """The system's ClusterConfig (its YAML), logs under run_dir; decode's pool and the proxy's policy replaced
+    when asked (calibration: the last `--max-total-tokens` SGLang reads, and the last `--policy`, win)."""
     from adrenaline_sgl.configs import cluster
 
     data = yaml.safe_load((common.REPO_ROOT / cfg["clusters"][system]).read_text())
@@ -66,6 +67,8 @@ def cluster_config(cfg: dict, system: str, run_dir: Path, decode_pool_tokens: in
     if decode_pool_tokens is not None:
         data["decode"]["extra_args"] = [*data["decode"].get("extra_args", []), "--max-total-tokens",
                                         str(decode_pool_tokens)]
+    if policy is not None:
+        data["proxy"]["extra_args"] = [*data["proxy"].get("extra_args", []), "--policy", policy]
     return cluster.from_dict(data)
 
 

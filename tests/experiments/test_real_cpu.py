@@ -386,6 +386,61 @@ def test_profiles_reproduce_the_calibrated_steps(tmp_path):
     assert exe.op_cost("attn", "decode", 4, 4 * point.context_tokens, 4).ms == pytest.approx(point.ms_p50)
 
 
+def test_offload_steps_reads_decode_and_executor_counters_over_the_all_offloaded_polls(monkeypatch):
+    from experiments.real_cpu import calibrate, server_stats
+
+    def poll(t, steps, us, calls, attn_s, kv):
+        return server_stats.Sample(t, decode_running=4, decode_offloaded=4, decode_steps=steps,
+                                   decode_step_us_sum=us, executor_layer_calls=calls, executor_attention_s=attn_s,
+                                   executor_kv_tokens=kv)  # fmt: skip
+
+    first = [poll(0, 10, 1e6, 300, 0.3, 80), poll(1, 20, 2.5e6, 600, 0.9, 120)]  # 150 ms steps, 2 ms per layer
+    second = [poll(1, 20, 2.5e6, 600, 0.9, 200), poll(2, 30, 4.5e6, 900, 1.8, 280)]  # 200 ms, 3 ms
+    monkeypatch.setattr(calibrate, "_batch_polls", lambda urls, b, *a, **k: [first, second])
+    rows = calibrate.offload_steps({}, [4], 16, 64)
+    C = calibrate.CalRow
+    want = [C("offload_step", 4, 25, 150.0, 10), C("executor_attn", 4, 25, 2.0, 300),
+            C("offload_step", 4, 60, 200.0, 10), C("executor_attn", 4, 60, 3.0, 300)]
+    assert [(r.what, r.rows, r.context_tokens, r.samples) for r in rows] == \
+        [(r.what, r.rows, r.context_tokens, r.samples) for r in want]  # fmt: skip
+    assert [r.ms for r in rows] == pytest.approx([r.ms for r in want])
+
+
+def test_in_server_executor_and_link_come_from_the_offloaded_calibration(tmp_path):
+    """calibrate.py part 3: the executor attends 3x slower inside the prefill server than in the harness, and the
+    offloaded step leaves a per-layer transfer the servers pay; the -exec profile and both devices' link take
+    them (the real sweep's Adrenaline TPOT was 20-70% above the simulator's without)."""
+    from adrenaline_sgl.scheduler.cpu_profile import RawProfile
+    from adrenaline_sgl.scheduler.specs import MEASURED_DEVICES_DIR, load_device
+    from adrenaline_sgl.scheduler.table import TablePredictor
+    from experiments.real_cpu import calibrate, profile
+
+    raw = RawProfile.load(MEASURED_DEVICES_DIR / "cpu-epyc-1core__smollm2-135m.raw.csv")
+    grid = {(r.rows, r.context_tokens): r.ms_p50 for r in raw.of("executor_attn")}
+    ctx = min(c for _, c in grid)
+    C = calibrate.CalRow
+    cal = [C("sglang_attn", b, c, 0.01 * b, 30) for b in (1, 4) for c in (32, 160)]
+    cal += [C("prefill_step", 32, 0, 150.0, 3), C("prefill_step", 64, 0, 200.0, 3)]
+    cal += [C("decode_step", b, c, 40.0 * b, 80) for b in (1, 4) for c in (100, 140)]
+    nonattn = {b: 40.0 * b - 30 * 0.01 * b for b in (1, 4)}  # 30 layers
+    transfer = {1: 0.6, 4: 1.2}  # ms per layer, both messages: 2 x latency + bytes / bandwidth
+    for b in (1, 4):
+        attn = 3.0 * grid[(b, ctx)]
+        cal += [C("offload_step", b, ctx, nonattn[b] + 30 * (attn + transfer[b]), 50),
+                C("executor_attn", b, ctx, attn, 1500)]
+    path = calibrate.write(tmp_path / "calibration.csv", cal, {"command": "test", "git_sha": "abc"})
+    profile.build(path, MEASURED_DEVICES_DIR, tmp_path)
+    exe_dev = load_device(tmp_path / "cpu-epyc-1core-sgl-exec.device.json")
+    exe = TablePredictor(exe_dev, "smollm2-135m", path=tmp_path / "cpu-epyc-1core-sgl-exec__smollm2-135m.csv")
+    assert exe.table.provenance["scale_executor"] == "1:3.000 4:3.000"
+    assert exe.op_cost("attn", "decode", 4, 4 * ctx, 4).ms == pytest.approx(3.0 * grid[(4, ctx)], rel=1e-4)
+    for dev in ("cpu-epyc-1core-sgl", "cpu-epyc-1core-sgl-exec"):
+        pred = TablePredictor(load_device(tmp_path / f"{dev}.device.json"), "smollm2-135m",
+                              path=tmp_path / f"{dev}__smollm2-135m.csv")  # fmt: skip
+        for b, ms in transfer.items():  # the fitted link gives back the calibrated transfer (two points: exact)
+            assert pred.offload_layer_roundtrip_ms(b) == pytest.approx(ms, rel=1e-3)
+
+
 def test_validation_table_goes_between_the_docs_markers(tmp_path):
     doc = tmp_path / "sim.md"
     doc.write_text(f"intro\n{compare.BEGIN}\nold table\n{compare.END}\nafter\n")
