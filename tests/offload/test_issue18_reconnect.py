@@ -131,3 +131,25 @@ def test_nothing_listening_fails_the_connect_in_about_a_second():
     with pytest.raises(OffloadError, match="nothing listens there"):
         _connect(f"127.0.0.1:{_free_port()}", connect_timeout_s=10.0)
     assert time.monotonic() - t0 < 4.0
+
+
+def test_a_reply_that_came_while_decode_was_stopped_is_taken_not_timed_out(monkeypatch):
+    """chaos decode-sigstop: decode frozen for 6 s mid-wait (layer timeout 3 s) woke past its deadline and failed
+    the step although the executor's reply sat in its socket. The clock here jumps past the deadline at once."""
+    from adrenaline_sgl.offload.transports import router
+
+    with ExecutorProcess(LAYERS, HKV, D, NUM_SLOTS, attention="reference") as proc:
+        client = _connect(proc.address)  # layer timeout 5 s
+        try:
+            client.adopt_copy("a", *random_kv(3))
+            client.begin_step(["a"])
+            client.submit(0, *random_rows(1))
+            time.sleep(0.5)  # the reply arrives
+            real = time.monotonic
+            calls = iter(range(10**6))
+            monkeypatch.setattr(router.time, "monotonic", lambda: real() + (0 if next(calls) == 0 else 60.0))
+            o, _ = client.wait()  # the deadline is taken, then every later reading is a minute on
+            assert o.shape == (1, HQ, D)
+        finally:
+            monkeypatch.undo()
+            client.close()

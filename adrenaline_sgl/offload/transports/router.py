@@ -126,8 +126,8 @@ class RouterChannel(Channel):
     def _poll(self, deadline: float) -> list[bytes] | None:
         while True:
             left_ms = (deadline - time.monotonic()) * 1e3
-            if left_ms <= 0:
-                return None
+            if left_ms <= 0:  # one last look: a reply that came while this process was stopped still counts
+                return self._main.recv_multipart() if self._main.poll(0, zmq.POLLIN) else None
             if self._main.poll(min(_POLL_SLICE_MS, max(1, int(left_ms))), zmq.POLLIN):
                 return self._main.recv_multipart()
             if self._local_error() is not None:
