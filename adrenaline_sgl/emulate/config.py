@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, fields
 from adrenaline_sgl.scheduler.bounds import DEFAULT_EXECUTOR_SM_SHARE, DEFAULT_MEM_FRACTION, check_executor_sm_share
 
 ENV_VAR = "ADRENALINE_EMULATE"
+EXECUTOR_COLOCATIONS = ("partition", "timeshare")  # the simulator's (sim/config.py), same meaning
 
 
 def _help(text: str, default):
@@ -33,18 +34,29 @@ def _help(text: str, default):
 class EmulateConfig:
     """The emulated hardware and model, and how emulated time maps to wall time."""
 
-    gpu: str = _help("GPU name known to adrenaline_sgl.scheduler.specs (e.g. a100-80g); a CPU profile of the "
-                     "real-CPU validation issue plugs in here once it exists (docs/emulator.md)", "a100-80g")
+    gpu: str = _help("GPU name known to adrenaline_sgl.scheduler.specs (e.g. a100-80g), or a measured device "
+                     "(a CPU profile: cpu-epyc-1core-sgl, docs/emulator.md); the decode instance's", "a100-80g")
+    prefill_gpu: str | None = _help("the prefill instance's device (its prefill and its executor's attention) "
+                                    "when it differs from decode's (the real CPU experiment: "
+                                    "cpu-epyc-1core-sgl-exec); None: as gpu", None)
     model: str = _help("emulated model, known to adrenaline_sgl.scheduler.specs (e.g. llama2-13b)", "llama2-13b")
     tp: int = _help("tensor parallel size of the emulated instance; only 1 (the cost model is TP 1)", 1)
     predictor: str = _help("cost predictor: roofline | table (adrenaline_sgl.scheduler.cost_model)", "roofline")
     profile: str | None = _help("table predictor: its profile CSV (scheduler/profiles); unused by roofline", None)
+    prefill_profile: str | None = _help("table predictor: prefill_gpu's profile CSV; None: the package's profile "
+                                        "of prefill_gpu (scheduler/profiles), or profile when prefill_gpu is gpu",
+                                        None)
     link: str = _help("prefill -> decode link for the KV transfer time (nvlink | pcie4 | ib-200g ...)", "nvlink")
     mem_fraction: float = _help("share of HBM for weights + KV (SGLang's mem_fraction_static); sizes the KV "
                                 "pool in tokens exactly as the simulator does", DEFAULT_MEM_FRACTION)
     executor_sm_share: float = _help("SM share of the attention executor on an Adrenaline prefill GPU: prefill "
                                      "runs on the rest, remote decode attention on this share",
                                      DEFAULT_EXECUTOR_SM_SHARE)
+    executor_colocation: str = _help("how the executor shares its prefill device, as the simulator's field of "
+                                     "that name: partition (a GPU: executor_sm_share of the SMs, prefill the "
+                                     "rest) or timeshare (one CPU core: each at the whole core's speed alone, "
+                                     "the executor's attention twice as long while a prefill batch runs)",
+                                     "partition")
     max_total_tokens: int | None = _help("KV pool in tokens instead of the GPU arithmetic (e.g. the real CPU "
                                          "experiment's --max-total-tokens when emulating it); None: computed", None)
     prefill_max_total_tokens: int | None = _help("prefill's KV pool in tokens when it differs from decode's (the "
@@ -58,12 +70,20 @@ class EmulateConfig:
         from adrenaline_sgl.scheduler.specs import get_gpu, get_model
 
         gpu, model = get_gpu(self.gpu), get_model(self.model)  # one-line ValueError naming the valid names
+        if self.prefill_gpu is not None:
+            get_gpu(self.prefill_gpu)
         if self.tp != 1:
             raise ValueError(f"emulate.tp={self.tp!r} is not supported: the cost model is TP 1; valid: 1")
         if self.predictor not in predictor_names():
             raise ValueError(f"emulate.predictor={self.predictor!r} is unknown; valid: {', '.join(predictor_names())}")
         if self.predictor == "table" and not self.profile:
             raise ValueError("emulate.predictor=table needs emulate.profile (a profile CSV)")
+        if self.predictor == "table" and (path := prefill_profile_path(self)) is not None and not os.path.isfile(path):
+            raise ValueError(f"emulate: no profile CSV for prefill_gpu={self.prefill_gpu!r} at {path}; "
+                             "give emulate.prefill_profile")
+        if self.executor_colocation not in EXECUTOR_COLOCATIONS:
+            raise ValueError(f"emulate.executor_colocation={self.executor_colocation!r} is unknown; valid: "
+                             f"{', '.join(EXECUTOR_COLOCATIONS)}")
         get_link(self.link, gpu)
         if not 0.0 < self.mem_fraction <= 1.0:
             raise ValueError(f"emulate.mem_fraction={self.mem_fraction!r} is out of range; valid: (0, 1]")
@@ -93,6 +113,18 @@ class EmulateConfig:
         except json.JSONDecodeError as err:
             raise ValueError(f"${ENV_VAR} is not JSON ({err})") from None
         return from_dict(data, where=f"${ENV_VAR}")
+
+
+def prefill_profile_path(cfg: EmulateConfig) -> str | None:
+    """The table predictor's CSV for the prefill instance's device; None when it is decode's (`profile`)."""
+    if cfg.prefill_gpu is None or cfg.prefill_gpu == cfg.gpu:
+        return cfg.prefill_profile or None
+    if cfg.prefill_profile:
+        return cfg.prefill_profile
+    from adrenaline_sgl.scheduler.specs import get_model
+    from adrenaline_sgl.scheduler.table import default_profile_path
+
+    return str(default_profile_path(cfg.prefill_gpu, get_model(cfg.model).name))
 
 
 def from_dict(data, where: str = "emulate") -> EmulateConfig:

@@ -25,18 +25,23 @@ def kv_pool_tokens(cfg, role: str = "decode") -> int:
         return int(cfg.prefill_max_total_tokens)
     if cfg.max_total_tokens is not None:
         return int(cfg.max_total_tokens)
-    gpu, model = get_gpu(cfg.gpu), get_model(cfg.model)
+    gpu, model = get_gpu(device(cfg, role)), get_model(cfg.model)
     return int(kv_capacity_bytes(gpu, model, cfg.mem_fraction) // model.kv_bytes_per_token)
 
 
-def chunked_prefill_size(cfg) -> int:
+def device(cfg, role: str = "decode") -> str:
+    """The emulated device of an instance of `role`: `prefill_gpu` for prefill when set, else `gpu`."""
+    return cfg.prefill_gpu if role == "prefill" and cfg.prefill_gpu else cfg.gpu
+
+
+def chunked_prefill_size(cfg, role: str = "decode") -> int:
     """SGLang 0.5.23's default `--chunked-prefill-size` for the emulated GPU's memory (TP 1).
 
     From `srt/arg_groups/memory_hook.py::_handle_gpu_memory_settings`: < 20 GiB 2048, < 35 GiB 4096,
     < 60 GiB 4096, < 90 GiB 8192 (A100-80GB, H100), < 160 GiB 8192 (H200), else 16384. On a CPU SGLang
     falls back to 4096, so the emulated server must be told.
     """
-    mib = get_gpu(cfg.gpu).hbm_gib * 1024
+    mib = get_gpu(device(cfg, role)).hbm_gib * 1024
     for limit_gib, size in ((20, 2048), (35, 4096), (60, 4096), (90, 8192), (160, 8192)):
         if mib < limit_gib * 1024:
             return size
@@ -47,7 +52,7 @@ def server_args(cfg, role: str = "decode") -> list[str]:
     """SGLang flags every emulated server of `role` gets: its pool in tokens, the GPU's chunked prefill size,
     the emulated model's context length."""
     return ["--max-total-tokens", str(kv_pool_tokens(cfg, role)),
-            "--chunked-prefill-size", str(chunked_prefill_size(cfg)),
+            "--chunked-prefill-size", str(chunked_prefill_size(cfg, role)),
             "--context-length", str(get_model(cfg.model).max_context_tokens)]  # fmt: skip
 
 

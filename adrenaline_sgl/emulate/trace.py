@@ -13,7 +13,9 @@ Columns (`COLUMNS`; times are `time.monotonic()` wall seconds, durations wall ms
   evictable, as SGLang counts it) and queue lengths (`waiting`, `running`, and the PD queues:
   prefill `bootstrap` and `inflight`, decode `prealloc` and `transfer`);
 - on an Adrenaline prefill, `exec_tokens` (KV of offloaded requests the executor holds), `exec_reserve` (its
-  decode-token slots, carved out of the pool at start: `kv_used` counts them all) and `exec_reserve_free`.
+  decode-token slots, carved out of the pool at start: `kv_used` counts them all) and `exec_reserve_free`;
+- a decode step's modelled parts (emulated ms, `timing.DecodeTime`; 0 on other steps): `nonattn_ms`,
+  `local_attn_ms`, `remote_ms` (the slowest executor's attention + round trips) and its `roundtrip_ms`.
 
 The SGLang glue fills a row from the scheduler (`sglang_ext/emulate_hooks.record_of`).
 `experiments/emulated.py` converts wall times to emulated time (minus the run's start, divided by the clock
@@ -57,6 +59,10 @@ class StepRecord:
     exec_tokens: int
     exec_reserve: int
     exec_reserve_free: int
+    nonattn_ms: float = 0.0
+    local_attn_ms: float = 0.0
+    remote_ms: float = 0.0
+    roundtrip_ms: float = 0.0
 
 
 COLUMNS = [f.name for f in fields(StepRecord)]

@@ -18,7 +18,8 @@ Hooks (AROUND; inert unless the process was started with `$ADRENALINE_EMULATE`):
 
 Per process: one `EmulatedGPU` (its scheduler's), one `Link` (its prefill -> decode transfers). The prefill
 instance publishes its running batch (`emulate/busy.py`) so decode can slow remote attention while that
-GPU is busy prefilling (the simulator's contention rule).
+GPU is busy prefilling (the simulator's contention rule, or its time-sharing under `executor_colocation:
+timeshare`).
 """
 
 from __future__ import annotations
@@ -52,11 +53,14 @@ _EMU_ATTR = "_adrenaline_emulated_step"  # on a GenerationBatchResult: the step'
 class _Step:
     """One emulated forward: what ran and when the emulated GPU finishes it."""
 
-    __slots__ = ("kind", "batch", "new_tokens", "context_tokens", "offloaded", "model_ms", "launch", "start", "done")
+    __slots__ = ("kind", "batch", "new_tokens", "context_tokens", "offloaded", "model_ms", "launch", "start", "done",
+                 "decode_time")
 
-    def __init__(self, kind, batch, new_tokens, context_tokens, offloaded, model_ms, launch, start, done):
+    def __init__(self, kind, batch, new_tokens, context_tokens, offloaded, model_ms, launch, start, done,
+                 decode_time=None):
         self.kind, self.batch, self.new_tokens, self.context_tokens = kind, batch, new_tokens, context_tokens
         self.offloaded, self.model_ms, self.launch, self.start, self.done = offloaded, model_ms, launch, start, done
+        self.decode_time = decode_time  # a decode step's parts (timing.DecodeTime), None otherwise
 
 
 class Emulator:
@@ -78,8 +82,9 @@ class Emulator:
         self._lock = threading.Lock()
 
     def bind_scheduler(self, scheduler) -> None:
-        """Learn the role from the first scheduler call: prefill on an Adrenaline instance runs on the SMs the
-        executor leaves; it publishes its busy state for decode's contention model."""
+        """Learn the role from the first scheduler call: prefill on an Adrenaline instance runs on the share of
+        its device the executor leaves (`StepModel.prefill_sm_share`: all of it when they time-share); it
+        publishes its busy state for decode's contention model."""
         if self.role is not None:
             return
         from adrenaline_sgl.sglang_ext import flags
@@ -88,14 +93,16 @@ class Emulator:
         mode = str(getattr(scheduler.disaggregation_mode, "value", scheduler.disaggregation_mode))
         self.role = mode
         if mode == "prefill" and args.role == "prefill":
-            self.prefill_sm_share = 1.0 - self.cfg.executor_sm_share
+            self.prefill_sm_share = self.model.prefill_sm_share(hosts_executor=True)
         if self.cfg.trace_dir:
             os.makedirs(self.cfg.trace_dir, exist_ok=True)
             self.trace = StepTrace(os.path.join(self.cfg.trace_dir, f"emulate-{mode}-{os.getpid()}.csv"))
             if mode == "prefill" and args.role == "prefill":
                 self.busy_writer = busy_state.BusyWriter(busy_state.path(self.cfg.trace_dir, args.executor_port))
-        logger.info("adrenaline emulate: %s emulates %s on %s (clock x%g, prefill SM share %.2f), KV pool %s tokens",
-                    mode, self.cfg.model, self.cfg.gpu, self.cfg.clock_scale, self.prefill_sm_share,
+        device = self.cfg.prefill_gpu if mode == "prefill" and self.cfg.prefill_gpu else self.cfg.gpu
+        logger.info("adrenaline emulate: %s emulates %s on %s (clock x%g, prefill SM share %.2f, executor %s), "
+                    "KV pool %s tokens", mode, self.cfg.model, device, self.cfg.clock_scale, self.prefill_sm_share,
+                    self.cfg.executor_colocation,
                     getattr(scheduler, "max_total_num_tokens", "?"))  # fmt: skip
 
     # ---- the forward ----
@@ -118,7 +125,7 @@ class Emulator:
                                              busy_state.busy_bytes_per_s(self.cfg.trace_dir, g.executor, launch)))
             local_ctx = sum(seq[i] for i in local_rows)
             t = self.model.decode(len(local_rows), local_ctx, remote)
-            return self._queue("decode", len(seq), len(seq), sum(seq), sum(r.rows for r in remote), t.ms, launch)
+            return self._queue("decode", len(seq), len(seq), sum(seq), sum(r.rows for r in remote), t.ms, launch, t)
         new = list(forward_batch.extend_seq_lens_cpu or [])
         t = self.model.prefill(new, self.prefill_sm_share)
         step = self._queue("prefill", len(new), sum(new), int(sum(_lens(forward_batch))), 0, t.ms, launch)
@@ -126,9 +133,10 @@ class Emulator:
             self.busy_writer.publish(step.start, step.done, t.bytes_per_s)
         return step
 
-    def _queue(self, kind, batch, new_tokens, context_tokens, offloaded, model_ms, launch) -> _Step:
+    def _queue(self, kind, batch, new_tokens, context_tokens, offloaded, model_ms, launch, decode_time=None) -> _Step:
         start, done = self.gpu.submit(model_ms)
-        self.step = _Step(kind, batch, new_tokens, context_tokens, offloaded, model_ms, launch, start, done)
+        self.step = _Step(kind, batch, new_tokens, context_tokens, offloaded, model_ms, launch, start, done,
+                          decode_time)
         return self.step
 
     def sample(self, forward_batch) -> torch.Tensor:
@@ -188,6 +196,7 @@ def record_of(scheduler, step, processed_s: float, idle_ms: float, cpu_ms: float
     evictable = int(tree.evictable_size()) if tree is not None and hasattr(tree, "evictable_size") else 0
     running = getattr(scheduler, "running_batch", None)
     exec_tokens, reserve, reserve_free = _executor(scheduler)
+    parts = step.decode_time
     return StepRecord(
         step.kind, step.batch, step.new_tokens, step.context_tokens, step.offloaded, round(step.model_ms, 4),
         step.launch, step.start, step.done, processed_s, round(idle_ms, 4), round(cpu_ms, 4),
@@ -198,6 +207,8 @@ def record_of(scheduler, step, processed_s: float, idle_ms: float, cpu_ms: float
         _len(getattr(getattr(scheduler, "disagg_decode_prealloc_queue", None), "queue", None)),
         _len(getattr(getattr(scheduler, "disagg_decode_transfer_queue", None), "queue", None)),
         exec_tokens, reserve, reserve_free,
+        *((round(parts.nonattn_ms, 4), round(parts.local_attn_ms, 4), round(parts.remote_ms, 4),
+           round(parts.roundtrip_ms, 4)) if parts is not None else (0.0, 0.0, 0.0, 0.0)),
     )  # fmt: skip
 
 

@@ -53,3 +53,27 @@ def test_proxy_gets_the_emulated_cost_model_unless_given():
     assert (got.model, got.gpu, got.executor_sm_share) == (cfg.emulate.model, cfg.emulate.gpu,
                                                            cfg.emulate.executor_sm_share)
     assert got.model_path == "/standin"
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"executor_colocation": "share"}, "executor_colocation='share' is unknown; valid: partition, timeshare"),
+    ({"prefill_gpu": "tpu"}, "gpu must be one of"),
+    ({"model": "smollm2-135m", "predictor": "table", "profile": "x.csv", "prefill_gpu": "h100-sxm"},
+     "no profile CSV for prefill_gpu='h100-sxm'"),
+])  # fmt: skip
+def test_colocation_and_prefill_device_fail_in_one_line(bad, match):
+    with pytest.raises(ValueError, match=match) as err:
+        config.EmulateConfig(**bad)
+    assert "\n" not in str(err.value)
+
+
+def test_prefill_device_and_colocation_reach_every_process():
+    """The prefill device, its profile (the package's by default) and the colocation survive the environment."""
+    cfg = config.EmulateConfig(gpu="cpu-epyc-1core-sgl", prefill_gpu="cpu-epyc-1core-sgl-exec", model="smollm2-135m",
+                               predictor="table", profile="p.csv", executor_colocation="timeshare",
+                               max_total_tokens=320)  # fmt: skip
+    back = config.from_env({config.ENV_VAR: cfg.to_json()})
+    assert back == cfg and back.executor_colocation == "timeshare"
+    assert config.prefill_profile_path(cfg).endswith("cpu-epyc-1core-sgl-exec__smollm2-135m.csv")
+    assert config.prefill_profile_path(config.EmulateConfig()) is None
+    assert config.EmulateConfig().executor_colocation == "partition"

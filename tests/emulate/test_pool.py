@@ -53,3 +53,12 @@ def test_prefill_may_have_its_own_pool_and_a_given_pool_may_hold_less_than_a_con
     assert pool.kv_pool_tokens(EmulateConfig(prefill_max_total_tokens=9000), "decode") == 60_497
     with pytest.raises(ValueError, match="prefill_max_total_tokens"):
         EmulateConfig(prefill_max_total_tokens=True)
+
+
+def test_the_prefill_instance_is_sized_on_its_own_device():
+    """`prefill_gpu`: prefill's pool and chunked prefill size come from its device, decode's from `gpu`."""
+    cfg = EmulateConfig(gpu="a100-80g", prefill_gpu="h200", model="llama2-13b")
+    assert pool.kv_pool_tokens(cfg, "decode") == 60_497 < pool.kv_pool_tokens(cfg, "prefill")
+    assert pool.kv_pool_tokens(cfg, "prefill") == pool.kv_pool_tokens(EmulateConfig(gpu="h200"), "decode")
+    cpu = EmulateConfig(gpu="cpu-epyc-1core-sgl", prefill_gpu="a100-80g", model="smollm2-135m", max_total_tokens=320)
+    assert (pool.chunked_prefill_size(cpu, "decode"), pool.chunked_prefill_size(cpu, "prefill")) == (4096, 8192)
