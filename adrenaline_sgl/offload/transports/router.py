@@ -141,12 +141,10 @@ class RouterChannel(Channel):
         deadline = self._wait_start + timeout_s
         while True:
             frames = self._poll(deadline)
-            if frames is None and self._local_error() is not None:
-                self._broken = self._local_error()
-                raise OffloadError(f"executor at {self.address}: {what}: {self._broken}")
             if frames is None:
-                self._broken = f"{what} timed out"
-                raise OffloadError(f"executor at {self.address}: {what}: no reply within {timeout_s} s")
+                lost = self._local_error()
+                self._broken = lost or f"{what} timed out"
+                raise OffloadError(f"executor at {self.address}: {what}: {lost or f'no reply within {timeout_s} s'}")
             reply_kind, reply, reply_tensors = decode(frames)
             if reply.get("seq") != self._seq:
                 continue  # a stale layer reply or an answer to a timed-out call
