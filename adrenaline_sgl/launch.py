@@ -67,6 +67,21 @@ def _last_error_line(path: Path) -> str:
     return ""
 
 
+BIND_ERROR = "error while attempting to bind on address"  # uvicorn's, for the server's own HTTP port
+
+
+def _bind_error(path: Path) -> str:
+    """The server's HTTP bind failure from its log, else "" (read from the last 64 KiB)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))
+            tail = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    lines = [line.strip() for line in tail.splitlines() if BIND_ERROR in line]
+    return lines[-1][-200:] if lines else ""
+
+
 def _set_parent_death_signal() -> None:
     """In the child before exec: SIGTERM when the launcher dies, so a SIGKILLed launcher leaves nothing."""
     import ctypes
@@ -133,6 +148,9 @@ class ProcessGroupSet:
                     code = popens[spec.name].poll()
                     if code is not None:
                         raise self._failed(spec, f"exited with code {code} before it was healthy")
+                    bind_error = _bind_error(self.folder / spec.log_name)
+                    if bind_error:  # uvicorn logs it and SGLang's process stays up: it would never be healthy
+                        raise self._failed(spec, f"could not bind its port ({bind_error})")
                     try:
                         ok = requests.get(spec.health_url, timeout=2).status_code == 200
                     except requests.RequestException:

@@ -15,6 +15,7 @@ import os
 import re
 import shlex
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,14 +89,47 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def _free_port(host: str, taken: set[int]) -> int:
+# Ports others pick on their own while our servers start, which a launcher-picked port must avoid:
+# the kernel's ephemeral range (bind(0) and connect() source ports: SGLang's and ZMQ's random ports),
+# SGLang's get_free_port_below_ephemeral (22000-29999: the NCCL/TCPStore port) and Mooncake's handshake
+# listener (findAvailableTcpPort, 15000-17000). A port picked by bind(0) was taken by prefill between the
+# pick and decode's bind (decode's uvicorn: "address already in use"), so picks come from outside all three.
+SGLANG_PICKED_PORTS = range(22000, 30000)
+MOONCAKE_PICKED_PORTS = range(15000, 17001)
+LAUNCHER_PORT_FLOOR = 10000
+
+
+def ephemeral_port_range() -> range:
+    """The kernel's ephemeral range (Linux's ip_local_port_range; its default elsewhere)."""
+    try:
+        low, high = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[:2])
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
+def launcher_port_candidates() -> list[int]:
+    """Ports nobody else picks on their own (see above): ~17,000 with Linux's default ranges."""
+    avoid = (ephemeral_port_range(), SGLANG_PICKED_PORTS, MOONCAKE_PICKED_PORTS)
+    return [p for p in range(LAUNCHER_PORT_FLOOR, 65536) if not any(p in r for r in avoid)]
+
+
+def pick_free_port(host: str = "127.0.0.1", taken: Iterable[int] = ()) -> int:
+    """A port free on `host` now, outside every range other processes pick from (bind(0) where none is left)."""
+    import random
+
+    taken = set(taken)
+    candidates = [p for p in launcher_port_candidates() if p not in taken]
+    for port in random.SystemRandom().sample(candidates, min(200, len(candidates))):
+        if port_is_free(host, port):
+            return port
     for _ in range(100):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind((host, 0))
             port = s.getsockname()[1]
         if port not in taken:
             return port
-    raise RuntimeError(f"could not find a free port on {host} after 100 tries")
+    raise RuntimeError(f"could not find a free port on {host}")
 
 
 def assign_ports(cfg: ClusterConfig, pick_free: bool) -> Ports:
@@ -111,7 +145,7 @@ def assign_ports(cfg: ClusterConfig, pick_free: bool) -> Ports:
                 )
             port = configured
         else:
-            port = _free_port(host, taken) if pick_free else default
+            port = pick_free_port(host, taken) if pick_free else default
         if pick_free and port in taken:
             raise RuntimeError(f"{where} = {port} is used twice in the cluster config")
         taken.add(port)

@@ -200,3 +200,17 @@ def test_named_ports_are_one_free_port_shared_by_every_process():
     all_ports = [*ports.prefill, *ports.bootstrap, *ports.decode, ports.proxy, ports.prometheus, *ports.named.values()]
     assert len(all_ports) == len(set(all_ports))
     assert assign_ports(cfg, pick_free=False).named == {"executor": 31000, "metrics": 31001}
+
+
+def test_picked_ports_avoid_the_ranges_other_processes_pick_from():
+    # SGLang's own ports (bind(0), get_free_port_below_ephemeral) and Mooncake's handshake took a launcher
+    # port between its pick and the server's bind; picks come from outside those ranges.
+    from adrenaline_sgl.configs import commands
+
+    avoid = (commands.ephemeral_port_range(), commands.SGLANG_PICKED_PORTS, commands.MOONCAKE_PICKED_PORTS)
+    candidates = commands.launcher_port_candidates()
+    assert len(candidates) > 1000
+    picked = [commands.pick_free_port("127.0.0.1") for _ in range(50)]
+    assert not [p for p in picked if any(p in r for r in avoid)]
+    only = commands.pick_free_port("127.0.0.1", taken=candidates[1:])  # every candidate but one is taken
+    assert only == candidates[0] if commands.port_is_free("127.0.0.1", candidates[0]) else only not in candidates

@@ -18,7 +18,7 @@ from adrenaline_sgl.configs.cpus import format_cpu_list
 from adrenaline_sgl.launch import LaunchError, ProcessGroupSet
 
 # A server that answers /health, with a child process in its group (like SGLang's scheduler).
-# argv: port, mode ("ok" | "crash" | "stubborn": ignores SIGTERM).
+# argv: port, mode ("ok" | "crash" | "stubborn": ignores SIGTERM | "bindfail": uvicorn's bind error, stays up).
 FAKE_SERVER = r"""
 import http.server, signal, subprocess, sys
 port, mode = int(sys.argv[1]), sys.argv[2]
@@ -27,6 +27,10 @@ if mode == "crash":
     sys.exit(3)
 if mode == "stubborn":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+if mode == "bindfail":  # as SGLang's HTTP server does when its port is taken: the process does not exit
+    print(f"ERROR:    [Errno 98] error while attempting to bind on address ('127.0.0.1', {port}): "
+          "address already in use", flush=True)
+    signal.pause()
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
 print("child", child.pid, flush=True)
 class H(http.server.BaseHTTPRequestHandler):
@@ -87,6 +91,19 @@ def test_a_crash_before_health_reports_the_log_tail(tmp_path):
         expected = r"(?s)bad exited with code 3 before it was healthy.*exploding on purpose"
         with pytest.raises(LaunchError, match=expected):
             procs.wait_healthy([spec], timeout_s=30)
+    finally:
+        assert procs.stop_all() == []
+
+
+def test_a_server_that_could_not_bind_its_port_fails_at_once_not_at_the_startup_timeout(tmp_path):
+    procs = ProcessGroupSet(tmp_path, stop_timeout_s=5)
+    spec = _spec(tmp_path, "taken", "bindfail")
+    try:
+        procs.start([spec])
+        t0 = time.monotonic()
+        with pytest.raises(LaunchError, match=r"taken could not bind its port \(.*address already in use"):
+            procs.wait_healthy([spec], timeout_s=120)
+        assert time.monotonic() - t0 < 30  # before: the whole startup timeout (600 s in the e2e flake)
     finally:
         assert procs.stop_all() == []
 

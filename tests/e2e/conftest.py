@@ -6,13 +6,14 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
+
+from adrenaline_sgl.configs.commands import pick_free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU_DEMO = ROOT / "adrenaline_sgl" / "configs" / "cpu_demo.yaml"
@@ -26,9 +27,7 @@ ADMITTED_OFFLOADED = r"adrenaline: admitted \S+ offloaded to"
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return pick_free_port("127.0.0.1")
 
 
 class ExtraProxy:
