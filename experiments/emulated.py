@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from adrenaline_sgl.scheduler.bounds import DEFAULT_EXECUTOR_SM_SHARE
+
 from .common import REPO_ROOT, ExperimentError
 
 CLUSTER_CONFIGS = {"pd": "adrenaline_sgl/configs/emulate_pd.yaml",
@@ -79,7 +81,8 @@ def figure_config(cfg: dict, quick: bool) -> dict:
 def emulate_settings(cfg: dict) -> dict:
     """The `emulate:` block for the figure (gpu, model, executor SM share, clock scale)."""
     emu = dict(cfg.get("emulated") or {})
-    return {"gpu": cfg["gpu"], "model": cfg["model"], "executor_sm_share": float(cfg.get("executor_sm_share", 0.2)),
+    share = float(cfg.get("executor_sm_share", DEFAULT_EXECUTOR_SM_SHARE))
+    return {"gpu": cfg["gpu"], "model": cfg["model"], "executor_sm_share": share,
             "clock_scale": float(emu.get("clock_scale", 1.0)), "link": cfg.get("link", "nvlink")}  # fmt: skip
 
 

@@ -115,7 +115,13 @@ KNOBS = {  # knob name -> (the file whose literal is its one default, the consta
     "executor_sm_share": ("adrenaline_sgl/scheduler/bounds.py", "DEFAULT_EXECUTOR_SM_SHARE"),
     "tpot_slo_ms": ("adrenaline_sgl/scheduler/bounds.py", "DEFAULT_TPOT_SLO_MS"),
     "max_offload_ratio": ("adrenaline_sgl/scheduler/admission.py", "MAX_OFFLOAD_RATIO"),
+    "replan_interval_s": ("adrenaline_sgl/colocation/replan.py", "DEFAULT_REPLAN_INTERVAL_S"),
+    "arrival_window_s": ("adrenaline_sgl/colocation/replan.py", "DEFAULT_ARRIVAL_WINDOW_S"),
+    "transport": ("adrenaline_sgl/offload/transports/base.py", "DEFAULT_TRANSPORT"),
 }
+STRING_KNOBS = {"transport": ("inproc", "mooncake", "cuda_ipc")}  # knobs whose default is one of these names
+# where a string knob's name is a choice, not a default: the tools pick the transport they measure
+STRING_KNOB_CHOOSERS = ("adrenaline_sgl/tools/",)
 NAME_LISTS = {  # names of a registry -> (its owner file, how many of them make a copy of the list)
     "transports": (("inproc", "mooncake", "cuda_ipc"), "adrenaline_sgl/offload/transports/base.py"),
     "partitioners": (("green_context", "mps", "none", "fake"), "adrenaline_sgl/colocation/partitioner.py"),
@@ -128,33 +134,48 @@ def _has_number(node) -> bool:
     return any(isinstance(n, ast.Constant) and type(n.value) in (int, float) and n.value != 0 for n in ast.walk(node))
 
 
+def _has_value(node, knob: str) -> bool:
+    """A default written in place: a number for numeric knobs, one of the registry's names for string knobs."""
+    if knob not in STRING_KNOBS:
+        return _has_number(node)
+    return any(isinstance(n, ast.Constant) and n.value in STRING_KNOBS[knob] for n in ast.walk(node))
+
+
 def _knob_literals(tree: ast.AST, knob: str, constant: str) -> list[int]:
-    """Lines where `knob` gets a number written in place: `knob = 0.3`, `knob: float = field(default=0.3)`,
-    `def f(knob=0.3)`, `f(knob=0.3)`, `add_argument("--knob", default=0.3)`, or the constant itself."""
+    """Lines where `knob` gets a value written in place: `knob = 0.3`, `knob: float = field(default=0.3)`,
+    `def f(knob=0.3)`, `f(knob=0.3)`, `add_argument("--knob", default=0.3)`, `d.get("knob", 0.3)`,
+    `getattr(args, "knob", 0.3)`, or the constant itself."""
     flag = "--" + knob.replace("_", "-")
     lines = []
     for node in ast.walk(tree):
         if isinstance(node, ast.AnnAssign | ast.Assign):
             targets = [node.target] if isinstance(node, ast.AnnAssign) else node.targets
             names = {t.id if isinstance(t, ast.Name) else getattr(t, "attr", None) for t in targets}
-            if names & {knob, constant, knob.upper()} and node.value is not None and _has_number(node.value):
+            if names & {knob, constant, knob.upper()} and node.value is not None and _has_value(node.value, knob):
                 lines.append(node.lineno)
         elif isinstance(node, ast.arguments):
             args = [*node.posonlyargs, *node.args]
             pairs = [*zip(args[len(args) - len(node.defaults) :], node.defaults),
                      *zip(node.kwonlyargs, node.kw_defaults)]  # fmt: skip
-            lines += [d.lineno for a, d in pairs if a.arg == knob and d is not None and _has_number(d)]
+            lines += [d.lineno for a, d in pairs if a.arg == knob and d is not None and _has_value(d, knob)]
         elif isinstance(node, ast.Call):
-            lines += [k.value.lineno for k in node.keywords if k.arg == knob and _has_number(k.value)]
+            if knob not in STRING_KNOBS:  # a call passing a transport by name chooses it
+                lines += [k.value.lineno for k in node.keywords if k.arg == knob and _has_value(k.value, knob)]
             if any(isinstance(a, ast.Constant) and a.value == flag for a in node.args):
-                lines += [k.value.lineno for k in node.keywords if k.arg == "default" and _has_number(k.value)]
+                lines += [k.value.lineno for k in node.keywords if k.arg == "default" and _has_value(k.value, knob)]
+            getter = getattr(node.func, "attr", None) == "get" or getattr(node.func, "id", None) == "getattr"
+            keyed = [i for i, a in enumerate(node.args) if isinstance(a, ast.Constant) and a.value == knob]
+            if getter and keyed and len(node.args) > keyed[0] + 1 and _has_value(node.args[keyed[0] + 1], knob):
+                lines.append(node.lineno)
     return lines
 
 
 @pytest.mark.parametrize("knob", list(KNOBS))
 def test_each_knobs_default_is_written_once(knob):
     owner, constant = KNOBS[knob]
-    found = [f"{p.relative_to(ROOT)}:{line}" for p in _files("adrenaline_sgl")
+    files = [p for p in [*_files("adrenaline_sgl"), *_files("experiments")]
+             if knob not in STRING_KNOBS or not str(p.relative_to(ROOT)).startswith(STRING_KNOB_CHOOSERS)]
+    found = [f"{p.relative_to(ROOT)}:{line}" for p in files
              for line in _knob_literals(ast.parse(p.read_text()), knob, constant)]  # fmt: skip
     assert len(found) == 1 and found[0].startswith(owner + ":"), f"{knob} has literal defaults at {found}"
 
@@ -181,3 +202,41 @@ def test_the_knob_scanner_sees_every_way_of_writing_a_default():
            "ok: float = field(default=DEFAULT)\nexecutor_sm_share: float = DEFAULT\nexecutor_sm_share: float = 0.0\n")
     tree = ast.parse(src.replace("x:", "executor_sm_share:").replace("y =", "executor_sm_share ="))
     assert _knob_literals(tree, "executor_sm_share", "DEFAULT_EXECUTOR_SM_SHARE") == [1, 2, 3, 4, 5]
+    got = ast.parse("a = cfg.get('executor_sm_share', 0.2)\nb = getattr(args, 'executor_sm_share', 0.5)\n"
+                    "c = cfg.get('executor_sm_share', DEFAULT)\nd = getattr(args, 'executor_sm_share')\n")
+    assert _knob_literals(got, "executor_sm_share", "DEFAULT_EXECUTOR_SM_SHARE") == [1, 2]
+    strings = ast.parse("def f(transport='mooncake'): pass\nt = getattr(a, 'transport', 'inproc')\n"
+                        "def g(transport=DEFAULT_TRANSPORT): pass\nx = f(transport='inproc')\n")
+    assert _knob_literals(strings, "transport", "DEFAULT_TRANSPORT") == [1, 2]
+
+
+# ---- entry points ------------------------------------------------------------------------------------------
+
+RUNTIME = ("scheduler", "offload", "colocation", "sim", "proxy", "sglang_ext", "emulate", "configs", "support")
+ENTRY_POINTS = {  # runtime modules that are a process's own entry point (started by the launcher or a runtime)
+    "adrenaline_sgl/proxy/__main__.py",  # the adrenaline proxy (python -m adrenaline_sgl.proxy)
+    "adrenaline_sgl/proxy/config.py",  # its argparse parser, read from ProxyConfig's fields
+    "adrenaline_sgl/offload/server.py",  # the executor process offload.process starts
+    "adrenaline_sgl/support/run_with_stub.py",  # the wrapper SGLang tools run under on CPU machines
+    "adrenaline_sgl/sglang_ext/cpu/server_env.py",  # writes a hand-started CPU node's shims (--print-commands)
+}
+
+
+def _is_cli(tree: ast.AST) -> bool:
+    """An `if __name__ == "__main__":` block or an argparse parser built in the module."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare) and isinstance(node.left, ast.Name) and node.left.id == "__name__":
+            return True
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "ArgumentParser":
+            return True
+    return False
+
+
+def test_runtime_packages_keep_no_tools():
+    """CLIs and tools live in `adrenaline_sgl/tools/` (`python -m adrenaline_sgl.tools.<name>`); a runtime
+    package holds only the entry points of the processes it runs."""
+    clis = [str(p.relative_to(ROOT)) for part in RUNTIME for p in _files("adrenaline_sgl", part)
+            if _is_cli(ast.parse(p.read_text()))]  # fmt: skip
+    assert sorted(set(clis) - ENTRY_POINTS) == [], "move these tools to adrenaline_sgl/tools/"
+    assert _is_cli(ast.parse("import argparse\np = argparse.ArgumentParser()\n"))
+    assert _is_cli(ast.parse("if __name__ == '__main__':\n    main()\n"))

@@ -31,6 +31,9 @@ from adrenaline_sgl.colocation.partitioner import Partition, SMPartitioner, cuda
 from adrenaline_sgl.colocation.planner import Plan, PrefillLoad, SMSharePlanner
 from adrenaline_sgl.colocation.profiles import Profile
 
+DEFAULT_REPLAN_INTERVAL_S = 1.0  # seconds between re-plans of the executor's SM share
+DEFAULT_ARRIVAL_WINDOW_S = 10.0  # seconds of prompt-token arrivals averaged into the planner's load
+
 logger = logging.getLogger(__name__)
 
 _clock = time.monotonic  # seconds; PrefillColocation's default clock (tests replace it)
@@ -131,7 +134,8 @@ class PrefillColocation:
     """The executor's partition on a prefill instance, and (with a TTFT SLO) its re-planning."""
 
     def __init__(self, partitioner: SMPartitioner, planner: SMSharePlanner | None = None,
-                 batch_tokens: int = 2048, interval_s: float = 1.0, window_s: float = 10.0,
+                 batch_tokens: int = 2048, interval_s: float = DEFAULT_REPLAN_INTERVAL_S,
+                 window_s: float = DEFAULT_ARRIVAL_WINDOW_S,
                  clock: Callable[[], float] | None = None):
         self.clock = clock or _clock
         self.boundary = StepBoundaryPartitioner(partitioner)

@@ -68,7 +68,7 @@ class DecodeOffload:
         (`offload.control.call`), retried every `release_retry_s` s for requests whose executor failed
         (None: only a reconnect through `client()` sends them). `send_renew(executor, rids) -> (ok, result)`
         renews the KV leases of the requests this decode still has (`renew_s` s apart, from the first `mark`;
-        None: never, the executor then holds their KV only as long as its lease, `sglang_ext.prefill_lease`)."""
+        None: never, the executor then holds their KV only as long as its lease, `offload.lease`)."""
         self._connect = connect
         self._by_row: dict[int, OffloadedReq] = {}
         self._clients: dict[str, OffloadClient] = {}

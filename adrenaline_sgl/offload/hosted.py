@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 import torch
 
+from adrenaline_sgl.offload.transports.base import DEFAULT_TRANSPORT
+
 logger = logging.getLogger(__name__)
 
 
@@ -59,7 +61,7 @@ class HostedExecutor:
     `ExecutorService` with the `on_fault_stop` and `on_new_partition` attributes (PrefillExecutorService)."""
 
     def __init__(self, service, host: str, port: int, fault_injection: bool = False,
-                 stream=None, transport: str = "mooncake"):
+                 stream=None, transport: str = DEFAULT_TRANSPORT):
         self.stream = stream  # the executor partition's CUDA stream; None: the thread's current stream
         self.server = server_class(transport)(service, host, port)
         self._use_layer_stream(stream)

@@ -12,6 +12,7 @@ import tempfile
 import time
 
 from .errors import OffloadError
+from .transports.base import DEFAULT_TRANSPORT
 
 
 class ExecutorProcess:
@@ -19,7 +20,7 @@ class ExecutorProcess:
 
     def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, num_slots: int, dtype: str = "float32",
                  attention: str = "auto", start_timeout_s: float = 120.0, extra_args: list[str] | None = None,
-                 transport: str = "mooncake"):
+                 transport: str = DEFAULT_TRANSPORT):
         cmd = [sys.executable, "-m", "adrenaline_sgl.offload.server", "--transport", transport,
                "--num-layers", str(num_layers),
                "--num-kv-heads", str(num_kv_heads), "--head-dim", str(head_dim), "--num-slots", str(num_slots),

@@ -24,7 +24,7 @@ from .cli_args import int_in
 from .executor import AttentionExecutor
 from .pool import KVPool
 from .service import ExecutorService
-from .transports.base import SERVER_TRANSPORTS
+from .transports.base import DEFAULT_TRANSPORT, SERVER_TRANSPORTS
 from .wire import dtype_from_name
 
 
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32", help="KV dtype")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="pool device")
     p.add_argument("--attention", choices=ATTENTION_CHOICES, default="auto", help="decode attention kernel")
-    p.add_argument("--transport", choices=SERVER_TRANSPORTS, default="mooncake", help="how layer data moves")
+    p.add_argument("--transport", choices=SERVER_TRANSPORTS, default=DEFAULT_TRANSPORT, help="how layer data moves")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (control and doorbells)")
     p.add_argument("--port", type=int, default=0, help="port to bind; 0 picks a free one")
     p.add_argument("--threads", type=int_in("threads", 1, 1024), default=1,

@@ -55,6 +55,13 @@ def parse_policy(text: str, field: str = "policy") -> tuple[str, float]:
     return "ratio", ratio
 
 
+def ratio_policy(ratio: float) -> str:
+    """The policy spec of a fixed offload ratio (`never` for 0), checked by `parse_policy`."""
+    spec = "never" if ratio == 0 else f"ratio:{ratio:g}"
+    parse_policy(spec, "offload ratio")
+    return spec
+
+
 @dataclass(frozen=True)
 class RequestInfo:
     """A new request as the proxy sees it."""

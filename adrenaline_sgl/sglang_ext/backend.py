@@ -315,7 +315,7 @@ RENEW_TIMEOUT_S = 1.0  # one lease renewal call (off the scheduler thread; the n
 
 def renew_sender(args):
     """`send(executor, rids) -> (ok, result)`: renews the KV leases of requests this decode still has, over the
-    executor's control socket (prefill frees the KV of requests nobody renews: `sglang_ext.prefill_lease`)."""
+    executor's control socket (prefill frees the KV of requests nobody renews: `offload.lease`)."""
     from adrenaline_sgl.offload import control
 
     def send(executor: str, rids: list[str]) -> tuple[bool, object]:

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adrenaline_sgl.colocation.config import EXECUTOR_PARTITIONERS, ColocationConfig
-from adrenaline_sgl.offload.transports.base import TRANSPORTS
+from adrenaline_sgl.colocation.replan import DEFAULT_ARRIVAL_WINDOW_S, DEFAULT_REPLAN_INTERVAL_S
+from adrenaline_sgl.offload.lease import DEFAULT_LEASE_S, check_lease_s
+from adrenaline_sgl.offload.transports.base import DEFAULT_TRANSPORT, TRANSPORTS
 from adrenaline_sgl.scheduler.bounds import DEFAULT_EXECUTOR_SM_SHARE, check_executor_sm_share
-from adrenaline_sgl.sglang_ext.prefill_lease import DEFAULT_LEASE_S, check_lease_s
 
 ROLES = ("none", "prefill", "decode")
 MAX_REPLAN_INTERVAL_S = 3600.0
@@ -57,7 +58,7 @@ class AdrenalineArgs:
     transport: str = _opt(
         "Transport between decode and the executor: inproc (tests, one process), mooncake (TCP or RDMA), "
         "cuda_ipc (one node, GPU only).",
-        default="mooncake",
+        default=DEFAULT_TRANSPORT,
     )
     executor_host: str = _opt(
         "Prefill: interface the executor binds (127.0.0.1 unless opened on purpose). Decode: the executor to "
@@ -124,12 +125,12 @@ class AdrenalineArgs:
     )
     replan_interval_s: float = _opt(
         f"Prefill, with --adrenaline-ttft-slo-ms: seconds between re-plans, (0, {MAX_REPLAN_INTERVAL_S:g}].",
-        default=1.0,
+        default=DEFAULT_REPLAN_INTERVAL_S,
     )
     arrival_window_s: float = _opt(
         "Prefill, with --adrenaline-ttft-slo-ms: sliding window in seconds over which the prompt tokens "
         f"arriving at this instance are averaged into tokens/s, (0, {MAX_REPLAN_INTERVAL_S:g}].",
-        default=10.0,
+        default=DEFAULT_ARRIVAL_WINDOW_S,
     )
 
     def __post_init__(self):

@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import logging
 
+from adrenaline_sgl.colocation.config import ColocationConfig
 from adrenaline_sgl.colocation.partitioner import SMPartitioner
 from adrenaline_sgl.colocation.planner import PlannerConfig, SMSharePlanner
 from adrenaline_sgl.colocation.profiles import default_profile, load_profile
-from adrenaline_sgl.colocation.replan import PrefillColocation, planning_device
+from adrenaline_sgl.colocation.replan import (
+    DEFAULT_ARRIVAL_WINDOW_S,
+    DEFAULT_REPLAN_INTERVAL_S,
+    PrefillColocation,
+    planning_device,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -29,9 +35,9 @@ def executor_partition(args, device) -> SMPartitioner:
     from adrenaline_sgl import colocation
 
     share, device = args.executor_sm_share, str(device)
-    name = getattr(args, "executor_partitioner", "auto")
-    # NOTE: called positionally as before for the default ("auto"), so fakes of the old signature still fit
-    part = colocation.executor_partitioner(share, device) if name == "auto" else \
+    name = getattr(args, "executor_partitioner", ColocationConfig.partitioner)
+    # NOTE: called positionally as before for the default, so fakes of the old signature still fit
+    part = colocation.executor_partitioner(share, device) if name == ColocationConfig.partitioner else \
         colocation.executor_partitioner(share, device, name=name)  # fmt: skip
     logger.info("adrenaline: executor partition %s on %s: share %.2f, %s SMs", part.name, device, share,
                 part.num_sms if part.num_sms is not None else "all")
@@ -55,7 +61,8 @@ def make_colocation(args, device: str, scheduler=None, num_layers: int | None = 
         part.close()
         raise
     coloc = PrefillColocation(part, planner, batch_tokens_of(scheduler),
-                              getattr(args, "replan_interval_s", 1.0), getattr(args, "arrival_window_s", 10.0))
+                              getattr(args, "replan_interval_s", DEFAULT_REPLAN_INTERVAL_S),
+                              getattr(args, "arrival_window_s", DEFAULT_ARRIVAL_WINDOW_S))
     logger.info("adrenaline colocation: re-planning every %g s for a mean TTFT of %g ms: profile %s (%s), "
                 "planning %s (%s, %d SMs), batch %d tokens, %s partitioner", coloc.interval_s, slo, profile.name,
                 profile.source, source, info.name, info.total_sms, coloc.batch_tokens, part.name)  # fmt: skip

@@ -40,11 +40,11 @@ from adrenaline_sgl.colocation.replan import PrefillColocation
 from adrenaline_sgl.offload.errors import NotReadyError, OffloadError, UnknownRequestError
 from adrenaline_sgl.offload.executor import AttentionExecutor
 from adrenaline_sgl.offload.hosted import HostedExecutor, check_transport_here
+from adrenaline_sgl.offload.lease import DEFAULT_LEASE_S, for_lease_s
 from adrenaline_sgl.offload.pool import KVPool, ReservedSlots
 from adrenaline_sgl.offload.service import ExecutorService
 from adrenaline_sgl.sglang_ext.prefill_colocation import COLOCATION_ATTR, executor_partition, make_colocation
 from adrenaline_sgl.sglang_ext.prefill_kept import KeptKV
-from adrenaline_sgl.sglang_ext.prefill_lease import DEFAULT_LEASE_S, for_lease_s
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class PrefillExecutorService(ExecutorService):
         return None, {}
 
     def _op_renew(self, args, tensors, client):
-        """Decode still has these requests: their KV leases run again (prefill_lease); returns the ids not held."""
+        """Decode still has these requests: their KV leases run again (offload.lease); returns the ids not held."""
         lease = self.kept.lease
         return {"unknown": lease.renew(args["rids"]) if lease is not None else []}, {}
 

@@ -74,7 +74,7 @@ class KeptKV:
         self.executor = executor  # an AttentionExecutor over this instance's pool, or None
         self.allocator = allocator  # SGLang's token allocator the kept slots (and the reserve) come from
         self.reserved_tokens = reserved_tokens  # slots taken once from `allocator` for the executor
-        self.lease = None  # prefill_lease.KVLeases of the kept KV (None: held until decode releases it)
+        self.lease = None  # offload.lease.KVLeases of the kept KV (None: held until decode releases it)
         self._kept: dict[str, KeptReq] = {}
         self._to_release: list[str] = []
         self._lock = threading.Lock()

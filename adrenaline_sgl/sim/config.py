@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields
 
+from adrenaline_sgl.scheduler.admission import parse_policy
 from adrenaline_sgl.scheduler.bounds import (
     DEFAULT_EXECUTOR_SM_SHARE,
     DEFAULT_MEM_FRACTION,
@@ -132,13 +133,12 @@ class SimConfig:
         _check_range("max_decode_batch", self.max_decode_batch, 1, 4096)
         _check_range("gpu_mem_util", self.gpu_mem_util, 0.0, 1.0, lo_open=True)
         _check_range("tpot_slo_ms", self.tpot_slo_ms, 0.0, 1e6, lo_open=True)
-        if not isinstance(self.offload, str) or not self.offload:
-            raise ValueError(f"offload={self.offload!r} is invalid; valid: never | always | ratio:F | auto")
+        parse_policy(self.offload, "offload")  # the scheduler's grammar: never | always | ratio:F | auto
 
     @property
     def offload_enabled(self) -> bool:
-        """True when requests may be offloaded (any policy but never)."""
-        return self.offload != "never"
+        """True when requests may be offloaded: any policy but never and ratio:0 (a bound of 0 offloads none)."""
+        return parse_policy(self.offload, "offload") not in (("never", 0.0), ("ratio", 0.0))
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from adrenaline_sgl.scheduler.admission import ratio_policy
 from adrenaline_sgl.sim import metrics
 from adrenaline_sgl.sim.records import PREFILL
 
@@ -22,10 +23,6 @@ from .. import common, sim_runs
 HERE = Path(__file__).resolve().parent
 FIG = "fig6"
 COMMON_ARGS = True  # takes experiments.common's flags (experiments/run.py passes `all`'s ARGS)
-
-
-def policy_of(ratio: float) -> str:
-    return "never" if ratio == 0 else f"ratio:{ratio:g}"
 
 
 @common.guarded
@@ -39,11 +36,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def one(p) -> tuple[list, list]:  # runs in a worker: return rows, not the raw records
         model, ratio = p
-        found = sim_runs.max_throughput(cfg, model, policy_of(ratio), cfg["workload"], key=model)
+        found = sim_runs.max_throughput(cfg, model, ratio_policy(ratio), cfg["workload"], key=model)
         rate = found["request_rate"]
         if not rate > 0:
             raise common.ExperimentError(f"fig6: {model} at ratio {ratio} sustains not even the search's rate_lo")
-        pt = sim_runs.run_point(cfg, model, policy_of(ratio), cfg["workload"], rate)
+        pt = sim_runs.run_point(cfg, model, ratio_policy(ratio), cfg["workload"], rate)
         system = "pd" if ratio == 0 else "adrenaline"
         window = metrics.steady_window(pt.result.requests)
         u = metrics.utilization(pt.result, 1, 1, window)

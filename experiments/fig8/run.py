@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from adrenaline_sgl.scheduler.admission import ratio_policy
+
 from .. import common, sim_runs
 
 HERE = Path(__file__).resolve().parent
@@ -24,9 +26,10 @@ def policy_of(ratio) -> str:
         value = float(ratio)
     except (TypeError, ValueError):
         raise common.ExperimentError(f"offload ratio {ratio!r} must be a number >= 0 or 'auto'") from None
-    if value < 0:
-        raise common.ExperimentError(f"offload ratio {ratio!r} must be a number >= 0 or 'auto'")
-    return "never" if value == 0 else f"ratio:{value:g}"
+    try:
+        return ratio_policy(value)
+    except ValueError as err:
+        raise common.ExperimentError(f"offload ratio {ratio!r} must be a number >= 0 or 'auto' ({err})") from None
 
 
 @common.guarded

@@ -17,12 +17,12 @@ import torch
 
 from adrenaline_sgl.offload.decode_state import DecodeOffload
 from adrenaline_sgl.offload.executor import AttentionExecutor
+from adrenaline_sgl.offload.lease import MIN_LEASE_S, KVLeases, check_lease_s
 from adrenaline_sgl.offload.pool import KVPool
 from adrenaline_sgl.offload.transports.router import RouterServer
 from adrenaline_sgl.sglang_ext import flags
 from adrenaline_sgl.sglang_ext.prefill_executor import PrefillExecutorService
 from adrenaline_sgl.sglang_ext.prefill_kept import KeptKV
-from adrenaline_sgl.sglang_ext.prefill_lease import MIN_LEASE_S, KVLeases, check_lease_s
 
 LAYERS, SLOTS, HKV, D = 2, 32, 2, 4
 LEASE_S = 20.0

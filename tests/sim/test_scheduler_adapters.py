@@ -37,16 +37,15 @@ def test_small_run_on_the_scheduler(policy):
         ({"gpu": "tpu-v5"}, "gpu must be one of"),
         ({"predictor": "oracle"}, "predictor must be one of"),
         ({"link": "carrier-pigeon"}, "link must be one of"),
-        ({"offload": "sometimes"}, "policy='sometimes': expected never, always, auto or ratio:F"),
-        ({"offload": "ratio:x"}, "policy='ratio:x': expected never"),
+        ({"offload": "sometimes"}, "offload='sometimes': expected never, always, auto or ratio:F"),
+        ({"offload": "ratio:x"}, "offload='ratio:x': expected never"),
         ({"model": "llama2-70b"}, r"llama2-70b does not fit on a100-80g at tp=1: .* use tp >= 2"),
         ({"model": "llama2-70b", "tp": 3}, r"tp=3 cannot split llama2-70b"),
     ],
 )
 def test_unknown_names_are_one_line_errors(kwargs, match):
-    cfg = SimConfig(**kwargs)
-    with pytest.raises(ValueError, match=match) as err:
-        simulate(cfg, WorkloadConfig(num_requests=5))
+    with pytest.raises(ValueError, match=match) as err:  # at construction (offload) or when simulated
+        simulate(SimConfig(**kwargs), WorkloadConfig(num_requests=5))
     assert "\n" not in str(err.value)
 
 

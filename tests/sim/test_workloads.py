@@ -133,7 +133,7 @@ def test_missing_file_and_bad_configs_name_the_problem(tmp_path):
         WorkloadConfig(name="azure_conv")
     with pytest.raises(ValueError, match=r"executor_sm_share must be in \(0, 1\) \(the executor's fraction"):
         SimConfig(executor_sm_share=1.5)
-    with pytest.raises(ValueError, match="offload='' is invalid; valid: never"):
+    with pytest.raises(ValueError, match="offload='': expected never, always, auto or ratio:F"):
         SimConfig(offload="")
 
 

@@ -62,6 +62,7 @@ def _cuda_ipc(**kwargs) -> Channel:
 TRANSPORTS: dict[str, Callable[..., Channel]] = {"inproc": _inproc, "mooncake": _mooncake, "cuda_ipc": _cuda_ipc}
 # The executor-process end of each cross-process transport (`python -m adrenaline_sgl.offload.server`).
 SERVER_TRANSPORTS = ("mooncake", "cuda_ipc")
+DEFAULT_TRANSPORT = "mooncake"  # decode <-> executor across processes (TCP here, RDMA on a cluster)
 
 
 def create_channel(transport: str, **kwargs) -> Channel:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import requests
 
+from adrenaline_sgl.protocol import FAULT_STOP_PATH
 from adrenaline_sgl.tools.chaos import cases
 from adrenaline_sgl.tools.chaos.stack import ChaosStack
 from adrenaline_sgl.tools.chaos.traffic import Call, Outcome, Progress, run_calls
@@ -131,7 +132,7 @@ FAULTS = ("executor-stop", "prefill-sigstop", "prefill-sigkill", "decode-sigstop
 
 def _apply(stack: ChaosStack, fault: str) -> None:
     if fault == "executor-stop":  # the executor thread stops, SGLang's prefill keeps serving
-        requests.post(stack.url("prefill-0") + "/adrenaline/executor/stop", timeout=10).raise_for_status()
+        requests.post(stack.url("prefill-0") + FAULT_STOP_PATH, timeout=10).raise_for_status()
         return
     target = "prefill-0" if fault.startswith("prefill") else "decode-0"
     stack.signal(target, signal.SIGSTOP if fault.endswith("sigstop") else signal.SIGKILL)

@@ -26,6 +26,7 @@ import yaml
 from adrenaline_sgl.configs import cluster
 from adrenaline_sgl.configs.commands import port_is_free
 from adrenaline_sgl.launch import RunningCluster, group_members, start_cluster
+from adrenaline_sgl.protocol import LOAD_PATH, OFFLOAD_KEY
 from adrenaline_sgl.tools.chaos import sockets
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -205,7 +206,7 @@ class ChaosStack:
 
     def load(self, name: str) -> dict | None:
         """`GET /adrenaline/load` of a server (None: no answer)."""
-        return self._get(name, "/adrenaline/load")
+        return self._get(name, LOAD_PATH)
 
     def sglang_loads(self, name: str) -> tuple[int, int] | None:
         """(num_used_tokens, running + waiting requests) from SGLang's own `/v1/loads` (None: no answer)."""
@@ -226,7 +227,7 @@ class ChaosStack:
         """One tiny local (not offloaded) request straight to prefill and decode, as a proxy sends it: it wakes
         an idle `--sleep-on-idle` prefill scheduler, whose next pass applies pending releases."""
         spec = self.running.spec("prefill-0")
-        body = {"text": "Hi", "sampling_params": {"max_new_tokens": 1, "custom_params": {"adrenaline_offload": False}},
+        body = {"text": "Hi", "sampling_params": {"max_new_tokens": 1, "custom_params": {OFFLOAD_KEY: False}},
                 "bootstrap_host": spec.host, "bootstrap_port": spec.ports[1],
                 "bootstrap_room": self._rng.randint(0, 2**63 - 1)}  # fmt: skip
 
