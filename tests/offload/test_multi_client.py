@@ -255,3 +255,44 @@ def test_begin_step_with_more_rows_than_the_clients_buffers_is_refused_at_the_st
         client.begin_step(rids)
     for rid in rids:
         client.release(rid)
+
+
+def test_two_busy_clients_share_the_executor_fairly(cluster):
+    """Two clients stepping as fast as they can at once (equal batches, each on its own thread): the executor
+    serves their layers in arrival order, so neither is starved: when the first has run all its steps, the
+    other has run at least half of its own."""
+    import threading
+
+    steps = 12
+    a, b = cluster.connect(), cluster.connect()
+    ref = Reference()
+    batches = [cluster.adopt(a, ref, ["fa"], seed=3), cluster.adopt(b, ref, ["fb"], seed=4)]
+    done_at: list[list[float]] = [[], []]
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def run(i: int, client: OffloadClient) -> None:
+        try:
+            start.wait(timeout=10)
+            for step in range(steps):
+                client.begin_step(batches[i])
+                for layer in range(LAYERS):
+                    client.submit(layer, *random_rows(1, seed=100 * step + layer))
+                    client.wait()
+                done_at[i].append(time.monotonic())
+        except BaseException as err:  # noqa: BLE001 - reported by the main thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate((a, b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and all(len(d) == steps for d in done_at), (errors, [len(d) for d in done_at])
+    first_done = min(d[-1] for d in done_at)
+    behind = min(sum(t <= first_done for t in d) for d in done_at)
+    print(f"{cluster.transport}: when the first client finished its {steps} steps the other had run {behind}")
+    assert behind >= steps // 2
+    for client, rids in zip((a, b), batches):
+        for rid in rids:
+            client.release(rid)
