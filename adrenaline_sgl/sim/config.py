@@ -22,7 +22,7 @@ from adrenaline_sgl.scheduler.bounds import (
 
 DECODE_KV_ADMISSIONS = ("reserve-max", "watermark")
 EXECUTOR_COLOCATIONS = ("partition", "timeshare")
-WORKLOADS = ("sharegpt", "openthoughts", "azure_conv", "azure_code")
+WORKLOADS = ("sharegpt", "sharegpt_multiturn", "openthoughts", "azure_conv", "azure_code")
 
 
 def _help(text: str, default):
@@ -145,7 +145,10 @@ class SimConfig:
 class WorkloadConfig:
     """Which requests arrive and when: a length distribution or a dataset file, and a Poisson rate."""
 
-    name: str = _help("sharegpt | openthoughts (synthetic by default) | azure_conv | azure_code (trace)", "sharegpt")
+    name: str = _help(
+        "sharegpt | sharegpt_multiturn (measured) | openthoughts (synthetic) | azure_conv | azure_code (trace)",
+        "sharegpt",
+    )
     request_rate: float = _help("mean Poisson arrival rate (requests/s), > 0", 2.0)
     num_requests: int = _help("requests in the run", 400)
     seed: int = _help("seed for lengths and arrivals; same seed, same run", 0)

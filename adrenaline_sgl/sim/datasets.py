@@ -3,7 +3,8 @@
 Formats, chosen by the file suffix:
 - `.json`   ShareGPT: a list of {"conversations": [{"from": "human", "value": ...}, {"from": "gpt", ...}, ...]};
             the first two turns make one request, as in SGLang's bench_serving. Entries with fewer than two
-            turns are skipped.
+            turns are skipped. For workload `sharegpt_multiturn` every answer makes one request instead,
+            the conversation before it as its prompt (`answer_rows`).
 - `.jsonl`  OpenThoughts (one JSON object a line) and `.parquet` (the Hugging Face dump of the same rows):
             "conversations" (from/value or role/content), "messages" (role/content), or the
             problem / deepseek_reasoning + deepseek_solution columns of OpenThoughts-114k's metadata config.
@@ -19,12 +20,34 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 CHARS_PER_TOKEN = 4.0
+ANSWER_ROLES = ("gpt", "assistant")  # ShareGPT's `from`, and `role` in the messages format
+MULTITURN = "sharegpt_multiturn"  # the workload whose dataset rows are every answer with its history
+
+
+def answer_rows(turns: Sequence[tuple[str, int]], bos_tokens: int = 0) -> list[tuple[int, int]]:
+    """(prompt, output) token counts of every answer of one conversation, given its turns as (role, count).
+
+    An answer is a turn whose role is in ANSWER_ROLES at position k >= 1. Its prompt is the turns before it
+    concatenated with no chat template or separator: the sum of their counts; its output is its own count.
+    `bos_tokens` (0 or 1) is how many tokens of each count are a BOS (counts taken as `tokenizer.encode(text)`
+    with special tokens): the prompt then carries one BOS, not one per turn (an empty turn counts 0 tokens).
+    """
+    if bos_tokens not in (0, 1):
+        raise ValueError(f"bos_tokens must be 0 or 1, got {bos_tokens!r}")
+    rows, history = [], 0  # history: tokens of the turns so far, without BOS
+    for k, (role, count) in enumerate(turns):
+        if count < 0:
+            raise ValueError(f"turn {k}: a token count is >= 0, got {count}")
+        if k >= 1 and role in ANSWER_ROLES:
+            rows.append((bos_tokens + history, count))
+        history += max(count - bos_tokens, 0)
+    return rows
 
 
 def _fail(path: Path, why: str) -> ValueError:
@@ -43,6 +66,10 @@ def token_counter(tokenizer: str | None) -> Callable[[str], int]:
     return lambda text: len(tok.encode(text, add_special_tokens=False))
 
 
+def _turn_role(turn) -> str:
+    return str(turn.get("from", turn.get("role", ""))) if isinstance(turn, dict) else ""  # _turn_text checks
+
+
 def _turn_text(turn, path: Path, where: str) -> str:
     if not isinstance(turn, dict):
         raise _fail(path, f"{where}: a turn is {type(turn).__name__}, expected an object")
@@ -52,15 +79,22 @@ def _turn_text(turn, path: Path, where: str) -> str:
     raise _fail(path, f"{where}: a turn has no string 'value' or 'content'")
 
 
-def _pair_from_row(row, path: Path, where: str) -> tuple[str, str] | None:
-    """(prompt text, output text) of one dataset row, None when it has fewer than two turns."""
+def _turns_of_row(row, path: Path, where: str) -> list | None:
+    """The turns of a conversation row, None when the row has no 'conversations' or 'messages' field."""
     if not isinstance(row, dict):
         raise _fail(path, f"{where}: expected a JSON object, got {type(row).__name__}")
     turns = row.get("conversations", row.get("messages"))
+    if turns is None:
+        return None
+    if not isinstance(turns, list | tuple) and not hasattr(turns, "tolist"):
+        raise _fail(path, f"{where}: 'conversations' is not a list")
+    return list(turns.tolist() if hasattr(turns, "tolist") else turns)
+
+
+def _pair_from_row(row, path: Path, where: str) -> tuple[str, str] | None:
+    """(prompt text, output text) of one dataset row, None when it has fewer than two turns."""
+    turns = _turns_of_row(row, path, where)
     if turns is not None:
-        if not isinstance(turns, list | tuple) and not hasattr(turns, "tolist"):
-            raise _fail(path, f"{where}: 'conversations' is not a list")
-        turns = list(turns.tolist() if hasattr(turns, "tolist") else turns)
         if len(turns) < 2:
             return None
         return _turn_text(turns[0], path, where), _turn_text(turns[1], path, where)
@@ -133,13 +167,17 @@ def load_lengths(path: str | Path, workload: str, tokenizer: str | None = None) 
         prompt, output = _lengths_csv(path)
     elif path.suffix in _READERS:
         count = token_counter(tokenizer)
-        prompt_l, output_l = [], []
+        pairs = []
         for where, row in _READERS[path.suffix](path):
-            pair = _pair_from_row(row, path, where)
-            if pair is not None:
-                prompt_l.append(count(pair[0]))
-                output_l.append(count(pair[1]))
-        prompt, output = np.asarray(prompt_l, dtype=np.int64), np.asarray(output_l, dtype=np.int64)
+            if workload == MULTITURN:
+                turns = _turns_of_row(row, path, where)
+                if turns is None:
+                    raise _fail(path, f"{where}: workload {workload!r} needs a 'conversations' or 'messages' field")
+                pairs += answer_rows([(_turn_role(t), count(_turn_text(t, path, where))) for t in turns])
+            elif (pair := _pair_from_row(row, path, where)) is not None:
+                pairs.append((count(pair[0]), count(pair[1])))
+        prompt = np.asarray([p for p, _ in pairs], dtype=np.int64)
+        output = np.asarray([o for _, o in pairs], dtype=np.int64)
     else:
         raise ValueError(f"dataset file {path}: unknown suffix {path.suffix!r}; valid: .json .jsonl .parquet .csv")
     if len(prompt) == 0:

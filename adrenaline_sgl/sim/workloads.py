@@ -18,6 +18,13 @@ Default lengths per workload (a real dataset file replaces them through `Workloa
   throughput divided by its rate suggests): prompt + output does (481 with vLLM's filter, the
   paper's baseline being vLLM 0.6, whose benchmark prints a total-token throughput): see
   docs/simulator.md, "Workloads".
+- sharegpt_multiturn: measured pairs, one per ShareGPT answer with the conversation before it as its
+  prompt (`data/sharegpt_multiturn_llama2.csv`: 20,000 of the 61,236 answers of the same 17,671
+  conversations, a seeded subsample; its header gives the counting rule and provenance). Sampled with the
+  same rule as sharegpt. Means within 4096: prompt 933, output 333 tokens (medians 858 and 298); all
+  61,236 answers give 932 / 334. This is the sample the paper's calibration data points to: attention's
+  69.5% of a batch-80 decode step and the KV's 57.3% of HBM both need about 1,170-1,220 tokens in flight
+  per request; this sample has 1,245, the first-turn one 540 (`sim/workload_calibration.py`).
 - openthoughts: synthetic log-normal, prompt mean 250, output mean 2600 tokens before clipping to the
   context (clipped to [MIN_TOKENS, context], means of the unclipped law). OpenThoughts-114k pairs short
   problems with DeepSeek-R1 traces: 2.77 GB of rows for 113,957 examples in a faithful conversion's
@@ -61,7 +68,7 @@ SYNTHETIC = {
     "openthoughts": (LengthLaw(250.0, 0.8), LengthLaw(2600.0, 0.6)),
 }
 # Workloads whose default lengths are measured pairs shipped with the package (file in adrenaline_sgl/sim/data).
-MEASURED = {"sharegpt": "sharegpt_llama2.csv"}
+MEASURED = {"sharegpt": "sharegpt_llama2.csv", "sharegpt_multiturn": "sharegpt_multiturn_llama2.csv"}
 
 
 @cache
