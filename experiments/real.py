@@ -87,6 +87,9 @@ def bench_command(url: str, workload: str, rate: float, num_prompts: int, seed: 
            "--request-rate", str(rate), "--seed", str(seed), "--output-file", str(out_file)]  # fmt: skip
     if workload == "sharegpt" and dataset_path:
         cmd += ["--dataset-name", "sharegpt", "--dataset-path", dataset_path]
+    elif workload == "sharegpt_multiturn" and dataset_path:  # bench_serving samples a file's first turns only
+        raise ExperimentError("MODE=real: bench_serving sends a ShareGPT file's first turns, not every answer: "
+                              "use --workload sharegpt with --dataset-path")
     else:  # no download allowed: random token ids with the mean lengths of the simulator's default sample
         from adrenaline_sgl.sim.workloads import mean_lengths
 

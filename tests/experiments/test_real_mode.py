@@ -43,6 +43,10 @@ def test_bench_command(tmp_path, monkeypatch):
     assert cmd[cmd.index("--request-rate") + 1] == "2.5" and cmd[cmd.index("--dataset-name") + 1] == "random-ids"
     cmd = real.bench_command("http://h:1", "sharegpt", 1.0, 10, 0, tmp_path / "o.jsonl", dataset_path="sg.json")
     assert cmd[cmd.index("--dataset-path") + 1] == "sg.json"
+    cmd = real.bench_command("http://h:1", "sharegpt_multiturn", 1.0, 10, 0, tmp_path / "o.jsonl")
+    assert cmd[cmd.index("--random-input-len") + 1] == "933" and cmd[cmd.index("--random-output-len") + 1] == "333"
+    with pytest.raises(ValueError, match="first turns, not every answer: use --workload sharegpt"):
+        real.bench_command("http://h:1", "sharegpt_multiturn", 1.0, 10, 0, tmp_path / "o.jsonl", dataset_path="s.json")
     monkeypatch.delenv("ADRENALINE_MODEL_PATH")
     with pytest.raises(ValueError, match="needs ADRENALINE_MODEL_PATH"):
         real.bench_command("http://h:1", "sharegpt", 1.0, 10, 0, tmp_path / "o.jsonl")
