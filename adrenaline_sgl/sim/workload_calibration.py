@@ -18,19 +18,18 @@ output length o, with p + o/2 tokens on average, so requests weigh by o: sum(o (
 The band is the two implied contexts widened by BAND_TOL either side: one published measurement each, vLLM
 rounds KV to 16-token blocks, and the batch at the KV reading is assumed.
 
-    python -m adrenaline_sgl.sim.workload_calibration      # the table for both ShareGPT samples
+    python -m adrenaline_sgl.tools.workload_check      # the table for both ShareGPT samples
 """
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 
 import numpy as np
 
 from adrenaline_sgl.scheduler.cost_model import Predictor, get_predictor
 
-from .workloads import MEASURED, fit_context, measured_pairs
+from .workloads import fit_context, measured_pairs
 
 GPU, MODEL = "a100-80g", "llama2-7b"  # the calibration data's setup
 PAPER_BATCH = 80
@@ -108,22 +107,3 @@ def check(name: str, max_context: int = 4096) -> WorkloadCheck:
     ctx = in_flight_context(prompt, output)
     return WorkloadCheck(name, float(prompt.mean()), float(output.mean()), ctx, simple_context(prompt, output),
                          attention_share(ctx), calibration_band())  # fmt: skip
-
-
-def main(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
-    lo, hi = calibration_band()
-    print(f"{MODEL} on {GPU}, batch {PAPER_BATCH}: attention {PAPER_ATTN_SHARE:.1%} of decode time -> context "
-          f"{context_for_attention_share():.0f} tokens; KV {PAPER_KV_HBM_FRAC:.1%} of HBM -> "
-          f"{kv_tokens_per_request():.0f} tokens a request; band (+-{BAND_TOL:.0%}) {lo:.0f}..{hi:.0f}")  # fmt: skip
-    for name in MEASURED:
-        c = check(name)
-        print(f"{name:>20}: prompt {c.mean_prompt_tokens:.0f}, output {c.mean_output_tokens:.0f}, in flight "
-              f"{c.in_flight_tokens:.0f} (simple {c.simple_tokens:.0f}) tokens, attention {c.attn_share:.1%} at "
-              f"batch {PAPER_BATCH} ({attention_share(c.simple_tokens):.1%} at simple): "
-              f"{'within' if c.within_band else 'OUTSIDE'} the band")  # fmt: skip
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

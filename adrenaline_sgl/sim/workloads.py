@@ -24,7 +24,7 @@ Default lengths per workload (a real dataset file replaces them through `Workloa
   same rule as sharegpt. Means within 4096: prompt 933, output 333 tokens (medians 858 and 298); all
   61,236 answers give 932 / 334. This is the sample the paper's calibration data points to: attention's
   69.5% of a batch-80 decode step and the KV's 57.3% of HBM both need about 1,170-1,220 tokens in flight
-  per request; this sample has 1,245, the first-turn one 540 (`sim/workload_calibration.py`).
+  per request; this sample has 1,244, the first-turn one 539 (`sim/workload_calibration.py`).
 - openthoughts: synthetic log-normal, prompt mean 250, output mean 2600 tokens before clipping to the
   context (clipped to [MIN_TOKENS, context], means of the unclipped law). OpenThoughts-114k pairs short
   problems with DeepSeek-R1 traces: 2.77 GB of rows for 113,957 examples in a faithful conversion's
