@@ -32,6 +32,7 @@ ACTIVE_REQ_COUNT = f"{_QUEUE}._active_req_count"
 # NOTE: `pop_preallocated` (and `allocate_host_staged`) price a request's admission with this method, not
 # with `_prealloc_required_tokens` (which only the SWA path, retraction resume and the capacity check read).
 ADMISSION_TOKENS = f"{_QUEUE}._required_admission_tokens"
+POP_PREALLOCATED = f"{_QUEUE}.pop_preallocated"
 
 PADDING_SLOT = 0  # SGLang's padding slot: never handed out by the allocator, never freed here
 
@@ -157,6 +158,24 @@ def admission_tokens_hook(original, self, req, allocated_tokens, prefix_len, ret
     return 0
 
 
+def offloaded_first_hook(original, self, rids_to_check=None, pp_good_rids=None, pp_bad_rids=None):
+    """Changes: the pre-allocation queue is tried offloaded requests first, then local ones, each group in
+    arrival order. Why: SGLang admits in FIFO order and stops at the first request that does not fit
+    (`pop_preallocated`: "Pop the preallocated requests from the pending queue (FIFO)"); an offloaded request
+    asks decode for no KV (`admission_tokens_hook`), so behind a local request waiting for memory it would
+    wait for nothing, its prefill and first token held up, while the executor's memory it was sent for sits
+    unused. Local requests keep their order among themselves and lose no KV to this (offloaded ones take a
+    request slot, no tokens)."""
+    args = flags.of(self.scheduler.server_args)
+    if (decode_state.current() is not None and args.role == "decode" and self.pp_size == 1
+            and self.token_to_kv_pool_allocator.page_size == 1):  # fmt: skip
+        offloaded = [marks.is_offloaded(d.req, args) for d in self.queue]
+        if any(offloaded) and offloaded != sorted(offloaded, reverse=True):  # a local request is ahead of one
+            self.queue[:] = ([d for d, off in zip(self.queue, offloaded) if off]
+                             + [d for d, off in zip(self.queue, offloaded) if not off])  # fmt: skip
+    return original(self, rids_to_check, pp_good_rids, pp_bad_rids)
+
+
 def hooks(hook_type) -> list[tuple[str, object, object]]:
     around = hook_type.AROUND
     return [
@@ -165,4 +184,5 @@ def hooks(hook_type) -> list[tuple[str, object, object]]:
         (RETRACTION_ORDER, retraction_order_hook, around),
         (ACTIVE_REQ_COUNT, active_req_count_hook, around),
         (ADMISSION_TOKENS, admission_tokens_hook, around),
+        (POP_PREALLOCATED, offloaded_first_hook, around),
     ]

@@ -103,6 +103,10 @@ class SimConfig:
         "request whose KV arrived gets its first token out at the next scheduler iteration and joins the step "
         "after the one in flight (docs/simulator.md, 'Overlap scheduling'); False (--disable-overlap-schedule): it "
         "joins the step starting at that iteration", True)
+    offloaded_admission_first: bool = _help(
+        "decode's pre-allocation queue tries offloaded requests before local ones (the plugin's "
+        "decode_alloc.offloaded_first_hook: they ask decode for no KV, so they do not wait behind a local request "
+        "waiting for memory); False: SGLang's FIFO order, the first request that does not fit stops admission", True)
     gpu_mem_util: float = _help(
         "fraction of HBM for weights + KV (the scheduler's default, SGLang's mem_fraction_static)", DEFAULT_MEM_FRACTION
     )

@@ -3,10 +3,11 @@
 One request's life, as SGLang 0.5.23's PD disaggregation runs it with its default
 `--disaggregation-decode-allocation-policy early` (docs/simulator.md, "KV hand-off"):
   arrival -> proxy routes it and asks the scheduler to offload or not -> the decode instance's
-  pre-allocation queue (FIFO): a local request waits there until decode can allocate its prompt KV
-  (`_admit_tokens`: SGLang's `pop_preallocated` rule), an offloaded one until decode has a request slot
-  and its per-request headroom -> only then does prefill see it (SGLang's prefill keeps it in its bootstrap
-  queue until decode has sent the KV destination) -> prefill queue -> prefill batch (token budget; on
+  pre-allocation queue (FIFO; offloaded requests ahead of local ones, the plugin's order): a local request
+  waits there until decode can allocate its prompt KV (`_admit_tokens`: SGLang's `pop_preallocated` rule), an
+  offloaded one until decode has a request slot and its budget is not overdrawn -> only then does prefill
+  see it (SGLang's prefill keeps it in its bootstrap queue until decode has sent the KV destination) ->
+  prefill queue -> prefill batch (token budget; on
   adrenaline the prefill engine keeps 1 - executor_sm_share of the SMs) -> first token
   -> local:     its KV crosses the link into the slots decode allocated, prefill frees it, join the batch
      offloaded: KV stays on the prefill GPU, first token + metadata to decode, join the decode batch
@@ -227,6 +228,11 @@ class Simulator:
             d.local_active += 1
             self._push(t + self.costs.kv_restore_ms(fill + 1) / 1e3, TRANSFER_DONE, r.rid)
             admitted = True
+        if self.cfg.offloaded_admission_first:  # the plugin's order: offloaded (no decode KV) first, then local
+            offloaded = [self.reqs[rid].offloaded for rid in d.prealloc]
+            if any(offloaded) and offloaded != sorted(offloaded, reverse=True):  # each group in arrival order
+                d.prealloc = deque([rid for rid, off in zip(d.prealloc, offloaded) if off]
+                                   + [rid for rid, off in zip(d.prealloc, offloaded) if not off])
         while d.prealloc:
             r = self.reqs[d.prealloc[0]]
             need = self._admit_tokens(d, r)

@@ -257,6 +257,44 @@ def test_admission_hook_target_is_what_pop_preallocated_calls():
     assert decode_alloc.ADMISSION_TOKENS.rsplit(".", 1)[1] in DecodePreallocQueue.pop_preallocated.__code__.co_names
 
 
+def test_pop_preallocated_tries_offloaded_requests_first_each_group_in_arrival_order(hooked):
+    """SGLang's `pop_preallocated` admits in queue order and stops at the first request that does not fit; the
+    hook puts offloaded requests (no decode KV) ahead of local ones, keeping each group's order, so a local
+    request waiting for memory holds up no offloaded one. Without the adrenaline backend the queue is stock."""
+    q = make_queue()
+    q.pp_size = 1
+    entries = [types.SimpleNamespace(req=new_req(i, off)) for i, off in enumerate([False, True, False, True])]
+    seen = []
+
+    def original(self, rids_to_check=None, pp_good_rids=None, pp_bad_rids=None):  # records what SGLang would scan
+        seen.append([d.req.rid for d in self.queue])
+        return [], []
+
+    hook = _wrap_fn(original, decode_alloc.offloaded_first_hook, HookType.AROUND)
+    q.queue = list(entries)
+    hook(q)
+    assert seen[-1] == ["r1", "r3", "r0", "r2"]
+    q.queue.append(types.SimpleNamespace(req=new_req(4, True)))  # a newer offloaded request: behind r1, r3 only
+    hook(q)
+    assert seen[-1] == ["r1", "r3", "r4", "r0", "r2"]
+    decode_state.install(None)  # e.g. the attention backend is not 'adrenaline'
+    q.queue = list(entries)
+    hook(q)
+    assert seen[-1] == ["r0", "r1", "r2", "r3"]
+
+
+def test_pop_preallocated_stops_at_the_first_request_that_does_not_fit():
+    """The stock behaviour the order hook exists for (sglang 0.5.23): a FIFO scan with a `break` on the first
+    request whose admission does not fit, and the hook's target is that method."""
+    import inspect
+
+    source = inspect.getsource(DecodePreallocQueue.pop_preallocated)
+    assert decode_alloc.POP_PREALLOCATED.rsplit(".", 1)[1] == DecodePreallocQueue.pop_preallocated.__name__
+    assert "for i, decode_req in enumerate(self.queue):" in source
+    fits = source.index("_prealloc_reservation_fits(")
+    assert source.index("break", fits) < source.index("preallocated_reqs.append", fits)
+
+
 def test_without_the_adrenaline_backend_everything_is_stock(sgl_context, hooked):
     with sgl_context():
         q = make_queue()

@@ -84,3 +84,21 @@ def test_watermark_admission_charges_an_offloaded_request_no_kv():
     assert sim._admit_tokens(d, local) is None  # needs its prompt + the reserve: 18 > 2
     d.local_active = 2  # budget 10 - 16 < 0
     assert sim._admit_tokens(d, offloaded) is None
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_an_offloaded_request_does_not_wait_behind_a_local_one_waiting_for_decode_memory(first):
+    """The plugin's pre-allocation order (sglang_ext/decode_alloc.offloaded_first_hook): a local request
+    that does not fit stops SGLang's FIFO admission, but an offloaded request behind it asks for no decode KV
+    and is admitted (offloaded_admission_first); with SGLang's plain FIFO it waits behind the local one."""
+    reqs = Requests(np.array([0.0, 0.0, 0.0]), np.array([10, 10, 10]), np.array([20, 20, 20]))
+    sim = Simulator(SimConfig(decode_kv_admission="watermark", decode_reserved_tokens=8,
+                              offloaded_admission_first=first), reqs, FakeCosts(), FakePolicy(None))  # fmt: skip
+    d = sim.decode[0]
+    d.reserved_tokens, d.local_active = d.capacity_tokens - 10, 1  # budget 2: no local newcomer fits
+    local_a, offloaded, local_b = sim.reqs
+    offloaded.offloaded = True
+    d.prealloc.extend([local_a.rid, offloaded.rid, local_b.rid])
+    sim._try_prealloc(0.0, d)
+    assert list(d.prealloc) == ([local_a.rid, local_b.rid] if first else [local_a.rid, offloaded.rid, local_b.rid])
+    assert (offloaded.decode_admit_s == 0.0) == first and d.offloaded_admitted == int(first)
