@@ -25,8 +25,6 @@ from adrenaline_sgl.offload.transports.base import DEFAULT_TRANSPORT, TRANSPORTS
 from adrenaline_sgl.scheduler.bounds import DEFAULT_EXECUTOR_SM_SHARE, check_executor_sm_share
 
 ROLES = ("none", "prefill", "decode")
-DEFAULT_PYTHON_SWITCH_US = 5000.0  # sys.getswitchinterval() of CPython
-DEFAULT_EXECUTOR_SWITCH_US = 0.0  # 0: leave the process's interval alone
 MAX_REPLAN_INTERVAL_S = 3600.0
 ATTR_NAME = "_adrenaline"  # attribute on sglang's ServerArgs record
 
@@ -102,13 +100,6 @@ class AdrenalineArgs:
         "died leaves no KV behind. 0: no lease (held until decode releases it). 0 or 10..86400.",
         default=DEFAULT_LEASE_S,
     )
-    executor_switch_interval_us: float = _opt(
-        "Prefill: the Python thread switch interval of the process hosting the executor, in microseconds "
-        f"(sys.setswitchinterval; 0: Python's {DEFAULT_PYTHON_SWITCH_US:g} us). The executor's thread takes the GIL "
-        "several times per layer; while the prefill scheduler's thread runs Python, each take may wait a whole "
-        "interval. 1..100000.",
-        default=DEFAULT_EXECUTOR_SWITCH_US,
-    )
     enable_fault_injection: bool = _opt(
         "Prefill, tests only: serve POST /adrenaline/executor/stop (loopback clients only), which stops this "
         "instance's executor thread while SGLang keeps serving, to test decode's handling of a dead executor.",
@@ -163,9 +154,6 @@ class AdrenalineArgs:
         if not self.remote_timeout_s > 0:
             raise ValueError(f"adrenaline remote_timeout_s={self.remote_timeout_s}: expected > 0")
         check_lease_s(self.kv_lease_s, "adrenaline kv_lease_s")
-        if not (self.executor_switch_interval_us == 0 or 1 <= self.executor_switch_interval_us <= 100000):
-            raise ValueError(f"adrenaline executor_switch_interval_us={self.executor_switch_interval_us}: expected 0 "
-                             "(Python's default) or 1..100000")
         self._check_colocation()
 
     def _check_colocation(self) -> None:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
 from collections.abc import Callable
 
 from adrenaline_sgl.colocation.replan import PrefillColocation
@@ -158,11 +157,6 @@ def host_executor(scheduler, args) -> tuple[KeptKV, HostedExecutor | None]:
         raise
     if coloc.replanning:
         setattr(scheduler, COLOCATION_ATTR, coloc)
-    switch_us = getattr(args, "executor_switch_interval_us", 0)
-    if hosted is not None and switch_us:  # the executor's thread shares this process's GIL with the scheduler's
-        sys.setswitchinterval(switch_us / 1e6)
-        logger.info("adrenaline: thread switch interval %g us (the executor's thread waits at most that long for "
-                    "the GIL)", switch_us)
     return kept, hosted
 
 
