@@ -25,6 +25,7 @@ from adrenaline_sgl.offload.transports.base import DEFAULT_TRANSPORT, TRANSPORTS
 from adrenaline_sgl.scheduler.bounds import DEFAULT_EXECUTOR_SM_SHARE, check_executor_sm_share
 
 ROLES = ("none", "prefill", "decode")
+DEFAULT_IDLE_YIELD_US = 500.0  # docs/perf.md, "The executor beside a spinning scheduler"
 MAX_REPLAN_INTERVAL_S = 3600.0
 ATTR_NAME = "_adrenaline"  # attribute on sglang's ServerArgs record
 
@@ -100,6 +101,13 @@ class AdrenalineArgs:
         "died leaves no KV behind. 0: no lease (held until decode releases it). 0 or 10..86400.",
         default=DEFAULT_LEASE_S,
     )
+    executor_idle_yield_us: float = _opt(
+        "Prefill: microseconds the scheduler's thread sleeps at each pass of its loop that found no batch, when "
+        "it hosts the executor (0: never). Without it that loop spins in Python (also with --sleep-on-idle while "
+        "requests are in flight), and the executor's thread, which needs the same GIL several times per layer, "
+        "waits for it: decode's per-layer round trip was 3.4x (one core) to 6x (two cores) longer. 0..100000.",
+        default=DEFAULT_IDLE_YIELD_US,
+    )
     enable_fault_injection: bool = _opt(
         "Prefill, tests only: serve POST /adrenaline/executor/stop (loopback clients only), which stops this "
         "instance's executor thread while SGLang keeps serving, to test decode's handling of a dead executor.",
@@ -154,6 +162,8 @@ class AdrenalineArgs:
         if not self.remote_timeout_s > 0:
             raise ValueError(f"adrenaline remote_timeout_s={self.remote_timeout_s}: expected > 0")
         check_lease_s(self.kv_lease_s, "adrenaline kv_lease_s")
+        if not 0 <= self.executor_idle_yield_us <= 100000:
+            raise ValueError(f"adrenaline executor_idle_yield_us={self.executor_idle_yield_us}: expected 0..100000")
         self._check_colocation()
 
     def _check_colocation(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 
 from adrenaline_sgl.sglang_ext import decode_hooks, flags, marks
 from adrenaline_sgl.sglang_ext.prefill_colocation import COLOCATION_ATTR
@@ -25,6 +26,7 @@ HELD_REQS = f"{_OBSERVER}.session_held_req_count"
 INIT_DISAGG = "sglang.srt.managers.scheduler.Scheduler.init_disaggregation"
 ADD_TO_QUEUE = "sglang.srt.managers.scheduler.Scheduler._add_request_to_queue"
 PROCESS_REQ = "sglang.srt.disaggregation.prefill.PrefillBootstrapQueue._process_req"
+ON_IDLE = "sglang.srt.managers.scheduler.Scheduler.on_idle"
 SERVER_ATTR = "_adrenaline_executor"
 STORE_ATTR = "_adrenaline_kept"
 
@@ -237,6 +239,21 @@ def held_reqs_hook(original, self):
     return original(self) + held_by_adrenaline(self.token_to_kv_pool_allocator)[1]
 
 
+def idle_yield_hook(original, self):
+    """Changes: a prefill scheduler that hosts the executor sleeps `--adrenaline-executor-idle-yield-us` after
+    each pass of its loop that found no batch. Why: without a batch SGLang's loop spins in Python, holding the
+    GIL: while requests are in flight (bootstrap, transfers) `on_idle` only does `time.sleep(0)`, which hands
+    the GIL over only when the other thread wins the race, and `--sleep-on-idle` parks the loop only when
+    nothing is in flight. The executor's thread takes the GIL several times per layer and waited for it
+    (docs/perf.md, "The executor beside a spinning scheduler"). After a pass the idle sleeper parked, the
+    extra sleep is noise."""
+    result = original(self)
+    args = flags.of(self.server_args)
+    if args.role == "prefill" and args.executor_idle_yield_us > 0 and getattr(self, SERVER_ATTR, None) is not None:
+        time.sleep(args.executor_idle_yield_us / 1e6)
+    return result
+
+
 def hooks(hook_type) -> list[tuple[str, object, object]]:
     around = hook_type.AROUND
     return [
@@ -250,4 +267,5 @@ def hooks(hook_type) -> list[tuple[str, object, object]]:
         (ABORT, abort_hook, around),
         (HELD_TOKENS, held_tokens_hook, around),
         (HELD_REQS, held_reqs_hook, around),
+        (ON_IDLE, idle_yield_hook, around),
     ]
