@@ -82,6 +82,19 @@ def _bind_error(path: Path) -> str:
     return lines[-1][-200:] if lines else ""
 
 
+def prefill_forget_s(env=None) -> float:
+    """Seconds after a prefill instance dies before it may serve again on the same address. SGLang's decode
+    instances poll each prefill's bootstrap server every SGLANG_DISAGGREGATION_HEARTBEAT_INTERVAL seconds (5)
+    and drop what they cached of it (its KV endpoints) after SGLANG_DISAGGREGATION_HEARTBEAT_MAX_FAILURE misses
+    in a row (2). A prefill back on its address sooner is taken for the old process, and every new request to
+    it waits on the dead process's endpoints (make e2e, 2026-12-05: the first request after a quick restart hung
+    60 s). Their product plus one interval of margin: 15 s by default."""
+    env = os.environ if env is None else env
+    interval = max(float(env.get("SGLANG_DISAGGREGATION_HEARTBEAT_INTERVAL", 5.0)), 2.0)
+    misses = max(int(env.get("SGLANG_DISAGGREGATION_HEARTBEAT_MAX_FAILURE", 2)), 1)
+    return interval * (misses + 1)
+
+
 def _set_parent_death_signal() -> None:
     """In the child before exec: SIGTERM when the launcher dies, so a SIGKILLed launcher leaves nothing."""
     import ctypes
@@ -224,6 +237,12 @@ class ProcessGroupSet:
             raise LaunchError(f"{spec.name}: processes {group_members(psutil, old.pid)} of the old group survive "
                               "SIGKILL")  # fmt: skip
         self.running = [(s, p) for s, p in self.running if s.name != spec.name]
+        if spec.role == "prefill":  # decode instances must first drop the dead one (SGLang's heartbeat)
+            wait_s = prefill_forget_s() - (time.monotonic() - t0)
+            if wait_s > 0:
+                print(f"launch: {spec.name} restarts in {wait_s:.0f} s (decode instances first drop the old process: "
+                      "SGLang's heartbeat)", flush=True)
+                time.sleep(wait_s)
         log = self.folder / spec.log_name
         if log.exists():
             log.rename(self.folder / f"{spec.log_name}.{1 + sum(1 for _ in self.folder.glob(spec.log_name + '.*'))}")

@@ -147,3 +147,26 @@ def test_started_process_tree_is_pinned_with_its_thread_env(tmp_path):
     finally:
         assert procs.stop_all() == []
     assert _allowed(os.getpid()) == format_cpu_list(os.sched_getaffinity(0))  # the launcher itself: unchanged
+
+
+def test_a_prefill_restarts_only_after_decode_instances_have_dropped_the_dead_one(tmp_path, monkeypatch):
+    """SGLang's decode heartbeat drops a prefill after 2 missed 5 s polls; a prefill back sooner is taken for the
+    old process (the first request after a quick restart hung 60 s in make e2e), so its restart waits that out."""
+    from adrenaline_sgl import launch
+
+    assert launch.prefill_forget_s({}) == 15.0
+    assert launch.prefill_forget_s({"SGLANG_DISAGGREGATION_HEARTBEAT_INTERVAL": "3",
+                                    "SGLANG_DISAGGREGATION_HEARTBEAT_MAX_FAILURE": "1"}) == 6.0  # fmt: skip
+    slept = []
+    monkeypatch.setattr(launch, "prefill_forget_s", lambda env=None: 2.0)
+    real_sleep = time.sleep
+    monkeypatch.setattr(launch.time, "sleep", lambda s: slept.append(s) or real_sleep(min(s, 0.2)))
+    procs = ProcessGroupSet(tmp_path, stop_timeout_s=5)
+    spec = _spec(tmp_path, "prefill-0", "ok")
+    try:
+        procs.start([spec])
+        procs.wait_healthy([spec], timeout_s=30)
+        procs.restart(spec, startup_timeout_s=30)
+    finally:
+        assert procs.stop_all() == []
+    assert any(1.0 < s <= 2.0 for s in slept)  # the rest of the 2 s after the kill

@@ -25,7 +25,7 @@ import yaml
 
 from adrenaline_sgl.configs import cluster
 from adrenaline_sgl.configs.commands import port_is_free
-from adrenaline_sgl.launch import RunningCluster, group_members, start_cluster
+from adrenaline_sgl.launch import RunningCluster, group_members, prefill_forget_s, start_cluster
 from adrenaline_sgl.protocol import LOAD_PATH, OFFLOAD_KEY
 from adrenaline_sgl.tools.chaos import sockets
 
@@ -179,6 +179,8 @@ class ChaosStack:
                 with contextlib.suppress(Exception):
                     popen.wait(timeout=5)  # reap the old leader
         procs.running = [(s, p) for s, p in procs.running if s.name not in names]
+        if any(s.role == "prefill" for s in specs):  # decode instances must first drop the dead prefill
+            time.sleep(max(0.0, prefill_forget_s() - (time.monotonic() - t0)))
         for spec in specs:  # keep the old log (the crash is in it): <name>.log.1, .2, ...
             log = self.folder / spec.log_name
             if log.exists():
